@@ -115,11 +115,11 @@ def ensure_demo_table(database: str | Path, rows: int = 100_000, seed: int = 42)
             [schema, table],
         ).fetchone()[0]
         if exists:
-            current = con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]
+            current = con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608 - constant name
             if current == rows:
                 return False
         trips = generate_taxi_trips(rows, seed)  # noqa: F841 - read by DuckDB's replacement scan
-        con.execute(f"CREATE OR REPLACE TABLE {DEMO_TABLE} AS SELECT * FROM trips")
+        con.execute(f"CREATE OR REPLACE TABLE {DEMO_TABLE} AS SELECT * FROM trips")  # noqa: S608 - constant name
         return True
     finally:
         con.close()

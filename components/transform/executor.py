@@ -1,0 +1,284 @@
+"""Transform executor: fit the feature transform on the training split with a
+full pass in Apache Beam, then encode every split with it.
+
+Beam runs on the DirectRunner locally and on Dataflow at scale (``runner`` and
+``pipeline_options`` are parameters). Work is done per Arrow record batch,
+never per row: GUIDE §4 measured 60x between the two on the DirectRunner.
+
+Two Beam pipelines run one after the other: *analyze* (CombineGlobally of
+mergeable statistics over the training split) and *encode* (map every batch of
+every split through the fitted transform). The encode pass needs the fitted
+vocabularies to know its output schema before it starts writing Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from cauce import data
+from cauce.artifacts import CauceError, atomic_dir
+from cauce.features import FeatureStatistics, FittedTransform, check_columns, numeric_column
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TransformResult:
+    split_rows: dict[str, int]
+    dropped_rows: dict[str, int]
+    feature_names: list[str]
+    metadata: dict
+
+
+def _label_array(batch: pa.RecordBatch | pa.Table, label: str) -> np.ndarray:
+    """The label as float64 with NaN where missing; anything non-numeric is an error."""
+    return numeric_column(batch.column(label), label)
+
+
+def validate_source(dataset_dir: str, label: str, numeric: list[str], categorical: list[str], analyze_split: str) -> list[str]:
+    """Check columns and types before any Beam job starts (and before any Dataflow spend)."""
+    if not numeric and not categorical:
+        raise CauceError("no features given: pass numeric_features and/or categorical_features")
+    splits = data.split_names(dataset_dir)
+    if analyze_split not in splits:
+        raise CauceError(f"analyze split {analyze_split!r} not found in {dataset_dir}; splits present: {splits}")
+    for split in splits:
+        schema = ds.dataset(data.split_path(dataset_dir, split), format="parquet").schema
+        check_columns(schema, label, numeric, categorical, f"split {split!r} of {dataset_dir}")
+    if ds.dataset(data.split_path(dataset_dir, analyze_split), format="parquet").count_rows() == 0:
+        raise CauceError(f"split {analyze_split!r} of {dataset_dir} is empty: nothing to fit the transform on")
+    return splits
+
+
+def _make_combine_fn(numeric: list[str], categorical: list[str]):
+    import apache_beam as beam
+
+    class StatisticsCombineFn(beam.CombineFn):
+        def create_accumulator(self):
+            return FeatureStatistics(numeric, categorical)
+
+        def add_input(self, accumulator, batch):
+            return accumulator.add_batch(batch)
+
+        def merge_accumulators(self, accumulators):
+            accumulators = iter(accumulators)
+            merged = next(accumulators)
+            for other in accumulators:
+                merged.merge(other)
+            return merged
+
+        def extract_output(self, accumulator):
+            return accumulator
+
+    return StatisticsCombineFn()
+
+
+def encode_batch(batch: pa.RecordBatch | pa.Table, fitted: FittedTransform, passthrough: list[str]) -> pa.Table:
+    """Raw batch -> encoded float32 feature columns + float label + passthrough columns.
+
+    Rows without a label are dropped: they cannot train or evaluate anything.
+    """
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    label = _label_array(table, fitted.label)
+    keep = ~np.isnan(label)
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+        label = label[keep]
+    unique = np.unique(label)
+    if not np.isin(unique, (0.0, 1.0)).all():
+        raise CauceError(
+            f"label column {fitted.label!r} must be binary 0/1 (or boolean); found values {unique[:10].tolist()}"
+        )
+    features = fitted.transform_table(table)
+    columns = {name: pa.array(features[:, j]) for j, name in enumerate(fitted.feature_names)}
+    columns[fitted.label] = pa.array(label.astype(np.int64))
+    for name in passthrough:
+        columns[name] = table.column(name)
+    return pa.table(columns)
+
+
+def _output_schema(fitted: FittedTransform, source_schema: pa.Schema, passthrough: list[str]) -> pa.Schema:
+    fields = [pa.field(name, pa.float32()) for name in fitted.feature_names]
+    fields.append(pa.field(fitted.label, pa.int64()))
+    fields += [source_schema.field(name) for name in passthrough]
+    return pa.schema(fields)
+
+
+def _pipeline_options(runner: str, pipeline_options: dict | None):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = dict(pipeline_options or {})
+    options["runner"] = runner  # always explicit: Beam 2.77's default tries Prism, which fails offline
+    if runner == "DirectRunner":
+        options.setdefault("direct_num_workers", 1)
+        options.setdefault("direct_running_mode", "in_memory")
+    flags = []
+    for key, value in options.items():
+        if isinstance(value, bool):
+            if value:
+                flags.append(f"--{key}")
+        elif isinstance(value, list):
+            flags += [f"--{key}={item}" for item in value]
+        else:
+            flags.append(f"--{key}={value}")
+    return PipelineOptions(flags)
+
+
+def _run_beam(build, runner: str, pipeline_options: dict | None):
+    """Run a Beam pipeline and surface our own CauceError instead of Beam's wrapper."""
+    import apache_beam as beam
+
+    try:
+        with beam.Pipeline(options=_pipeline_options(runner, pipeline_options)) as pipeline:
+            build(pipeline)
+    except CauceError:
+        raise
+    except Exception as error:  # Beam re-raises worker errors wrapped; find ours
+        cause = error
+        while cause is not None:
+            if isinstance(cause, CauceError):
+                raise CauceError(str(cause)) from error
+            cause = cause.__cause__ or cause.__context__
+        message = str(error)
+        if "CauceError" in message:
+            raise CauceError(message.split("CauceError:")[-1].strip().splitlines()[0]) from error
+        raise
+
+
+def run_transform(
+    dataset_dir: str,
+    label: str,
+    numeric_features: list[str],
+    categorical_features: list[str],
+    transformed_dir: str,
+    transform_dir: str,
+    analyze_split: str = "train",
+    top_k: int = 100,
+    passthrough_columns: list[str] | None = None,
+    runner: str = "DirectRunner",
+    pipeline_options: dict | None = None,
+    dataset_uri: str = "",
+    transformed_uri: str = "",
+) -> TransformResult:
+    """Fit the transform on ``analyze_split`` and encode every split.
+
+    ``*_dir`` are the paths this process reads and writes (on Vertex, the Cloud
+    Storage FUSE paths of the artifacts); ``*_uri`` are the same locations as
+    Beam workers on Dataflow must see them (``gs://``). Locally they coincide.
+
+    Outputs: ``transformed_dir`` (a cauce Dataset with the same splits, encoded
+    features + label) and ``transform_dir`` (``transform.json``). On the
+    DirectRunner both are written atomically; on Dataflow the encoded shards
+    go straight to ``transformed_uri`` (Beam finalizes each write atomically)
+    and ``_schema.json`` is written last, so a failed job leaves no dataset
+    that reads as complete.
+    """
+    import apache_beam as beam
+    from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
+
+    numeric = list(numeric_features)
+    categorical = list(categorical_features)
+    passthrough = list(passthrough_columns or [])
+    splits = validate_source(dataset_dir, label, numeric, categorical, analyze_split)
+    source_schema = ds.dataset(data.split_path(dataset_dir, analyze_split), format="parquet").schema
+    missing_passthrough = [c for c in passthrough if c not in source_schema.names]
+    if missing_passthrough:
+        raise CauceError(f"passthrough column(s) {missing_passthrough} not found; columns present: {source_schema.names}")
+
+    local = runner == "DirectRunner"
+    source_root = dataset_dir if local or not dataset_uri else dataset_uri
+
+    def glob(split: str) -> str:
+        return f"{source_root.rstrip('/')}/{split}/*.parquet"
+
+    # Pass 1: analyze. Statistics merge across batches and workers; the fitted
+    # transform comes back through a staging file because on Dataflow (and in
+    # Beam's in-process runner, which pickles every function) a worker cannot
+    # hand a Python object back to this process.
+    staging_root = str(Path(transform_dir).parent) if local else (transformed_uri or dataset_uri).rstrip("/")
+    staging_uri = f"{staging_root}/.analyze-{uuid.uuid4().hex}.json"
+    fitted = _analyze(glob(analyze_split), numeric, categorical, label, top_k, staging_uri, runner, pipeline_options)
+
+    # Pass 2: encode every split with the fitted transform.
+    schema = _output_schema(fitted, source_schema, passthrough)
+
+    def encode_into(root: str):
+        def build(pipeline):
+            for split in splits:
+                _ = (
+                    pipeline
+                    | f"Read[{split}]" >> ReadFromParquetBatched(glob(split))
+                    | f"Encode[{split}]" >> beam.Map(encode_batch, fitted=fitted, passthrough=passthrough)
+                    | f"Write[{split}]"
+                    >> WriteToParquetBatched(
+                        f"{root.rstrip('/')}/{split}/part", schema=schema, file_name_suffix=".parquet", codec="zstd"
+                    )
+                )
+
+        _run_beam(build, runner, pipeline_options)
+
+    def count_and_describe(out: str) -> tuple[dict, dict]:
+        rows, dropped = {}, {}
+        for split in splits:
+            rows[split] = ds.dataset(Path(out) / split, format="parquet").count_rows()
+            dropped[split] = ds.dataset(data.split_path(dataset_dir, split), format="parquet").count_rows() - rows[split]
+            if dropped[split]:
+                log.warning("split %s: dropped %d rows with a missing label %r", split, dropped[split], label)
+        data.write_schema(out, schema, rows, label=label, feature_names=fitted.feature_names)
+        return rows, dropped
+
+    if local:
+        with atomic_dir(transformed_dir) as out:
+            encode_into(str(out))
+            split_rows, dropped = count_and_describe(str(out))
+    else:
+        encode_into(transformed_uri)
+        split_rows, dropped = count_and_describe(transformed_dir)
+
+    with atomic_dir(transform_dir) as out:
+        fitted.save(out)
+
+    metadata = {
+        "rows": split_rows,
+        "dropped_rows_missing_label": dropped,
+        "features_in": len(numeric) + len(categorical),
+        "features_out": len(fitted.feature_names),
+        "label": label,
+        "runner": runner,
+    }
+    return TransformResult(split_rows, dropped, fitted.feature_names, metadata)
+
+
+def _analyze(train_glob, numeric, categorical, label, top_k, staging_uri, runner, pipeline_options) -> FittedTransform:
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.parquetio import ReadFromParquetBatched
+
+    def write(fitted: FittedTransform) -> None:
+        with FileSystems.create(staging_uri) as handle:
+            handle.write(json.dumps(fitted.to_dict()).encode())
+
+    def analyze(pipeline):
+        _ = (
+            pipeline
+            | "ReadTrain" >> ReadFromParquetBatched(train_glob, columns=numeric + categorical)
+            | "Statistics" >> beam.CombineGlobally(_make_combine_fn(numeric, categorical))
+            | "Fit" >> beam.Map(lambda stats: FittedTransform.fit(stats, label, top_k=top_k))
+            | "Write" >> beam.Map(write)
+        )
+
+    _run_beam(analyze, runner, pipeline_options)
+    try:
+        with FileSystems.open(staging_uri) as handle:
+            payload = json.loads(handle.read())
+    finally:
+        FileSystems.delete([staging_uri])
+    return FittedTransform(payload["label"], payload["numeric"], payload["categorical"], payload["rows_analyzed"])

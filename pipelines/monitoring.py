@@ -1,0 +1,38 @@
+"""The `monitoring` pipeline: compare a window of served requests with the
+training data (skew), per feature, with TFDV's measures."""
+
+from kfp import dsl
+
+from cauce.components import monitor
+from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
+
+
+@dsl.pipeline(
+    name="cauce-monitoring",
+    description="Training/serving skew and drift of the features a deployed model receives.",
+)
+def monitoring(
+    baseline_uri: str,
+    request_log_dir: str,
+    numeric_features: list = DEMO_NUMERIC,
+    categorical_features: list = DEMO_CATEGORICAL,
+    baseline_split: str = "train",
+    thresholds: dict = {},
+    default_numeric_threshold: float = 0.3,
+    default_categorical_threshold: float = 0.3,
+    window_start: str = "",
+    window_end: str = "",
+):
+    baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
+    monitor(
+        baseline=baseline.output,
+        request_log_dir=request_log_dir,
+        numeric_features=numeric_features,
+        categorical_features=categorical_features,
+        baseline_split=baseline_split,
+        thresholds=thresholds,
+        default_numeric_threshold=default_numeric_threshold,
+        default_categorical_threshold=default_categorical_threshold,
+        window_start=window_start,
+        window_end=window_end,
+    ).set_display_name("monitor")

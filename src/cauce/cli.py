@@ -1,0 +1,312 @@
+"""The `cauce` command line: run pipelines locally, compile, validate and submit them."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cauce.artifacts import CauceError
+
+app = typer.Typer(help="cauce: the ML lifecycle as Kubeflow / Vertex AI pipelines.", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1):
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- run
+def _run_with_progress(pipeline: str, arguments: dict, verbose: bool):
+    from cauce import spec
+    from cauce.local import PipelineFailed, run_spec
+    from cauce.paths import cauce_home
+
+    spec_path = spec.compile_pipeline(pipeline, cauce_home() / "specs")
+    marks = {"RUNNING": "[yellow]…[/]", "SUCCESS": "[green]✓[/]", "FAILURE": "[red]✗[/]"}
+    started: dict[str, float] = {}
+
+    def on_event(task: str, status: str) -> None:
+        if status == "RUNNING":
+            started[task] = time.monotonic()
+            status_line.update(f"[bold]{pipeline}[/]: running [cyan]{task}[/] …")
+        else:
+            elapsed = time.monotonic() - started.get(task, time.monotonic())
+            console.print(f"  {marks.get(status, status)} {task:<12} {elapsed:6.1f} s")
+
+    console.print(f"[bold]{pipeline}[/] — running [dim]{spec_path}[/] with kfp.local")
+    try:
+        with console.status(f"[bold]{pipeline}[/]: starting …") as status_line:
+            result = run_spec(spec_path, arguments, on_event=on_event, verbose=verbose)
+    except PipelineFailed as error:
+        _fail(str(error))
+    console.print(f"  [bold]done[/] in {result.seconds:.1f} s  [dim](log: {result.log_file})[/]")
+    return result
+
+
+def _ensure_demo(pipeline: str, arguments: dict, rows: int) -> None:
+    from cauce import demo
+    from cauce.paths import local_database
+
+    uses_demo = pipeline == "training" and "source" not in arguments and arguments.get("backend", "local") == "local"
+    if uses_demo:
+        database = arguments.get("local_database") or str(local_database())
+        with console.status(f"preparing the demo table {demo.DEMO_TABLE} ({rows:,} rows) …"):
+            created = demo.ensure_demo_table(database, rows)
+        if created:
+            console.print(f"  loaded {rows:,} generated taxi trips into the local engine ({database})")
+
+
+@app.command()
+def run(
+    pipeline: str = typer.Argument(..., help="training or monitoring"),
+    rows: int = typer.Option(100_000, help="rows of the generated demo table (training on the local default)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter name=value (repeatable)"),
+    verbose: bool = typer.Option(False, help="stream every task's log to the terminal"),
+):
+    """Run a pipeline locally with kfp.local, from its compiled spec."""
+    from cauce import spec
+
+    try:
+        arguments = spec.parse_params(pipeline, param)
+        _ensure_demo(pipeline, arguments, rows)
+    except CauceError as error:
+        _fail(str(error))
+    result = _run_with_progress(pipeline, arguments, verbose)
+    if pipeline == "training":
+        _print_training_summary(result)
+    else:
+        _print_monitoring_summary(result)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _print_training_summary(result) -> None:
+    table = Table(title="training: summary", show_lines=False)
+    table.add_column("phase", style="cyan")
+    table.add_column("result")
+    table.add_column("time", justify="right")
+    seconds = result.task_seconds
+    extract = result.task("extract")
+    if extract:
+        splits = extract.artifacts.get("dataset", {}).get("metadata", {}).get("split_rows") or {}
+        detail = ", ".join(f"{k} {int(v):,}" for k, v in splits.items()) or f"{int(extract.parameters.get('rows', 0)):,} rows"
+        table.add_row("extract", f"rows: {detail}", f"{seconds.get(extract.name, 0):.1f} s")
+    transform = result.task("transform")
+    if transform:
+        table.add_row("transform", f"{int(transform.parameters.get('features_out', 0))} encoded features", f"{seconds.get(transform.name, 0):.1f} s")
+    train = result.task("train")
+    if train:
+        table.add_row("train", f"eval AUC {_fmt(train.parameters.get('eval_auc'))}", f"{seconds.get(train.name, 0):.1f} s")
+    evaluate = result.task("evaluate")
+    if evaluate:
+        metrics = evaluate.artifacts.get("metrics", {}).get("metadata", {})
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in list(metrics.items())[:5])
+        verdict = "[green]blessed[/]" if evaluate.parameters.get("blessed") else "[red]not blessed[/]"
+        table.add_row("evaluate", f"{verdict}; {shown}", f"{seconds.get(evaluate.name, 0):.1f} s")
+    register = result.task("register")
+    table.add_row(
+        "register",
+        f"version {register.parameters.get('version')} ({register.parameters.get('model_uri')})" if register else "skipped (not blessed)",
+        f"{seconds.get(register.name, 0):.1f} s" if register else "",
+    )
+    deploy = result.task("deploy")
+    table.add_row(
+        "deploy",
+        f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else "skipped (not blessed)",
+        f"{seconds.get(deploy.name, 0):.1f} s" if deploy else "",
+    )
+    table.add_row("total", "", f"{result.seconds:.1f} s")
+    console.print(table)
+    if deploy:
+        url = deploy.parameters.get("endpoint_url")
+        console.print(
+            f"try it: [bold]curl -s {url} -H 'Content-Type: application/json' "
+            f"-d @{Path(result.run_dir) / 'example-request.json'}[/]"
+        )
+
+
+def _print_monitoring_summary(result) -> None:
+    task = result.task("monitor")
+    if task is None:
+        return
+    report = task.artifacts.get("drift_report", {})
+    drifted = task.parameters.get("drifted_features") or []
+    flag = "[red]DRIFT DETECTED[/]" if task.parameters.get("drift_detected") else "[green]no drift[/]"
+    console.print(f"monitor: {flag}" + (f" in {', '.join(drifted)}" if drifted else ""))
+    console.print(f"  report: {report.get('uri', '')}")
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    rows: int = typer.Option(100_000, help="rows of the generated taxi-trip table"),
+    requests: int = typer.Option(200, help="prediction requests to send before monitoring"),
+    drift: bool = typer.Option(False, help="shift the traffic (longer trips, more cash) so monitoring flags drift"),
+    port: int = typer.Option(8080, help="local port of the serving process"),
+    verbose: bool = typer.Option(False, help="stream every task's log to the terminal"),
+):
+    """The whole lifecycle on your laptop: train and deploy, send traffic, monitor."""
+    from cauce.components.deploy.executor import smoke_instances_from
+
+    _ensure_demo("training", {}, rows)
+    training = _run_with_progress("training", {"port": port}, verbose)
+    deploy_task, extract_task, train_task = training.task("deploy"), training.task("extract"), training.task("train")
+    if deploy_task is None:
+        _print_training_summary(training)
+        _fail("the model was not blessed, so nothing was deployed; see the evaluate report")
+    url = deploy_task.parameters["endpoint_url"]
+    dataset_uri = extract_task.artifacts["dataset"]["uri"]
+    instances = smoke_instances_from(dataset_uri, "eval", train_task.artifacts["model"]["uri"], rows=requests)
+    if drift:
+        instances = [dict(i, trip_miles=(i["trip_miles"] or 0) * 3 + 5, payment_type="Cash") for i in instances]
+    (Path(training.run_dir) / "example-request.json").write_text(json.dumps({"instances": instances[:2]}, indent=2))
+    _send_traffic(url, instances)
+    monitoring = _run_with_progress(
+        "monitoring",
+        {"baseline_uri": dataset_uri, "request_log_dir": deploy_task.parameters["request_log_dir"]},
+        verbose,
+    )
+    _print_training_summary(training)
+    _print_monitoring_summary(monitoring)
+
+
+def _send_traffic(url: str, instances: list[dict]) -> None:
+    from cauce.components.deploy.executor import _post_json
+
+    with console.status(f"sending {len(instances)} prediction requests to {url} …"):
+        errors = sum(_post_json(url, {"instances": [instance]})[0] != 200 for instance in instances)
+    console.print(f"  sent {len(instances)} requests to {url} ({errors} errors)")
+
+
+# --------------------------------------------------------------------------- compile / validate / submit
+@app.command("compile")
+def compile_(
+    pipeline: Optional[str] = typer.Argument(None, help="pipeline to compile (default: all)"),
+    output_dir: Path = typer.Option(Path("build/pipelines"), "--output-dir", "-o", help="where to write <name>.yaml"),
+):
+    """Compile pipelines to KFP pipeline-spec YAML (the files Vertex runs)."""
+    from cauce import spec
+    from cauce.pipelines import PIPELINES
+
+    names = [pipeline] if pipeline else sorted(PIPELINES)
+    try:
+        for name in names:
+            path = spec.compile_pipeline(name, output_dir)
+            spec.validate_spec(path)
+            console.print(f"compiled [cyan]{name}[/] -> {path}")
+    except CauceError as error:
+        _fail(str(error))
+
+
+@app.command()
+def validate(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="compiled pipeline YAML")):
+    """Check a compiled spec strictly offline (PipelineSpec proto + Vertex PipelineJob)."""
+    from cauce import spec
+
+    try:
+        info = spec.validate_spec(spec_file)
+    except CauceError as error:
+        _fail(str(error))
+    console.print(f"[green]valid[/]: {info['name']} — {len(info['tasks'])} tasks, {len(info['parameters'])} parameters")
+    console.print(f"  images: {', '.join(info['images'])}")
+
+
+@app.command()
+def submit(
+    pipeline: str = typer.Argument(..., help="pipeline to submit"),
+    project: str = typer.Option(..., help="Google Cloud project"),
+    region: str = typer.Option(..., help="Vertex AI region, e.g. us-central1"),
+    pipeline_root: str = typer.Option(..., help="gs:// folder for pipeline artifacts"),
+    param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter name=value (repeatable)"),
+    service_account: str = typer.Option("", help="service account the pipeline runs as"),
+    api_endpoint: str = typer.Option("", help="Vertex API endpoint override (private endpoints, tests)"),
+    enable_caching: bool = typer.Option(True, help="let Vertex reuse outputs of unchanged steps"),
+    dry_run: bool = typer.Option(False, help="build the job and print it, submit nothing"),
+):
+    """Submit a pipeline to Vertex AI Pipelines (aiplatform.PipelineJob)."""
+    import tempfile
+
+    from cauce import spec
+
+    if not pipeline_root.startswith("gs://"):
+        _fail(f"--pipeline-root must be a gs:// URI, got {pipeline_root!r}")
+    try:
+        values = spec.parse_params(pipeline, param)
+        values.setdefault("project", project)
+        values.setdefault("location", region)
+        values.setdefault("backend", "bigquery")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = spec.compile_pipeline(pipeline, tmp)
+            spec.validate_spec(path)
+            job = _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching)
+            if dry_run:
+                from google.protobuf import json_format
+
+                body = json_format.MessageToDict(job._gca_resource._pb)
+                body.pop("pipelineSpec", None)
+                console.print_json(json.dumps(body))
+                console.print("[yellow]dry run[/]: nothing submitted")
+                return
+            job.submit(service_account=service_account or None)
+    except CauceError as error:
+        _fail(str(error))
+    console.print(f"submitted: {job.resource_name}")
+
+
+def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching):
+    from google.cloud import aiplatform
+
+    init = {"project": project, "location": region}
+    if api_endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        init.update(api_endpoint=api_endpoint, api_transport="rest", credentials=AnonymousCredentials())
+    aiplatform.init(**init)
+    return aiplatform.PipelineJob(
+        display_name=Path(path).stem,
+        template_path=str(path),
+        pipeline_root=pipeline_root,
+        parameter_values=values,
+        enable_caching=enable_caching,
+        project=project,
+        location=region,
+    )
+
+
+# --------------------------------------------------------------------------- serving
+@app.command()
+def serve(
+    model_dir: str = typer.Option("", help="model directory or gs:// URI (default: $AIP_STORAGE_URI)"),
+    host: str = typer.Option("", help="bind address (default 127.0.0.1)"),
+    port: int = typer.Option(0, help="port (default $AIP_HTTP_PORT or 8080)"),
+    request_log_dir: str = typer.Option("", help="write request logs (JSONL) here"),
+):
+    """Serve a model with the Vertex serving contract (what the serving image runs)."""
+    from cauce.serving.server import serve as serve_model
+
+    serve_model(model_dir, host, port, request_log_dir=request_log_dir)
+
+
+@app.command()
+def stop(endpoint_name: str = typer.Argument("taxi-tips", help="local endpoint to stop")):
+    """Stop a local serving process started by a deploy step."""
+    from cauce.components.deploy.executor import stop_local
+
+    console.print("stopped" if stop_local(endpoint_name) else f"no local endpoint {endpoint_name!r} running")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,87 @@
+"""The fitted transform: statistics, fitting, and the one apply path shared by
+training and serving (no training/serving skew)."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cauce.artifacts import CauceError
+from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC, generate_taxi_trips
+from cauce.features import FeatureStatistics, FittedTransform
+
+
+@pytest.fixture(scope="module")
+def trips():
+    return generate_taxi_trips(3000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(trips):
+    return FittedTransform.fit(FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(trips), DEMO_LABEL, top_k=10)
+
+
+def test_statistics_merge_equals_single_pass(trips):
+    whole = FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(trips)
+    parts = FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL)
+    for batch in trips.to_batches(max_chunksize=700):
+        parts.merge(FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(batch))
+    assert parts.rows == whole.rows == 3000
+    for name in DEMO_NUMERIC:
+        assert parts.count[name] == whole.count[name]
+        assert parts.total[name] == pytest.approx(whole.total[name])
+    assert parts.values == whole.values
+
+
+def test_fit_matches_numpy(trips, fitted):
+    miles = trips.column("trip_miles").to_numpy(zero_copy_only=False)
+    spec = next(f for f in fitted.numeric if f["name"] == "trip_miles")
+    assert spec["mean"] == pytest.approx(np.nanmean(miles))
+    assert spec["std"] == pytest.approx(np.nanstd(miles))
+    payment = next(f for f in fitted.categorical if f["name"] == "payment_type")
+    assert payment["vocabulary"][0] == "Credit Card"  # the most frequent value comes first
+    assert len(next(f for f in fitted.categorical if f["name"] == "pickup_community_area")["vocabulary"]) == 10
+
+
+def test_training_and_serving_encode_identically(trips, fitted, tmp_path):
+    """The skew test: the same rows encoded as an Arrow batch (training, batch
+    prediction) and as JSON instances (serving) give identical features."""
+    fitted.save(tmp_path)
+    reloaded = FittedTransform.load(tmp_path)
+    rows = trips.slice(0, 500)
+    instances = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items() if k in reloaded.input_features}
+                 for row in rows.to_pylist()]
+    np.testing.assert_array_equal(fitted.transform_table(rows), reloaded.transform_instances(instances))
+
+
+def test_missing_values_and_unseen_categories(fitted):
+    table = pa.table({
+        **{name: pa.array([None], pa.float64()) for name in DEMO_NUMERIC},
+        **{name: pa.array(["never-seen"], pa.string()) for name in DEMO_CATEGORICAL},
+    })
+    row = fitted.transform_table(table)[0]
+    assert not row[: len(DEMO_NUMERIC)].any()  # missing -> mean -> 0
+    oov_columns = [i for i, name in enumerate(fitted.feature_names) if name.endswith("=<OOV>")]
+    assert row[oov_columns].tolist() == [1.0] * len(DEMO_CATEGORICAL)
+    assert row.sum() == len(DEMO_CATEGORICAL)
+
+
+def test_request_errors_name_the_field(fitted, trips):
+    instance = {k: v for k, v in trips.slice(0, 1).to_pylist()[0].items() if k in fitted.input_features}
+    with pytest.raises(CauceError, match="missing field 'fare'"):
+        fitted.transform_instances([{k: v for k, v in instance.items() if k != "fare"}])
+    with pytest.raises(CauceError, match="'trip_seconds' must be a number, got 'soon'"):
+        fitted.transform_instances([dict(instance, trip_seconds="soon")])
+    with pytest.raises(CauceError, match="'company' must be a string"):
+        fitted.transform_instances([dict(instance, company=["a"])])
+
+
+def test_non_numeric_value_in_numeric_column_is_named():
+    stats = FeatureStatistics(["fare"], [])
+    with pytest.raises(CauceError, match="numeric feature 'fare' holds a non-numeric value 'twelve'"):
+        stats.add_batch(pa.table({"fare": pa.array(["1.5", "twelve"])}))
+
+
+def test_all_missing_numeric_feature_cannot_be_fitted():
+    stats = FeatureStatistics(["fare"], []).add_batch(pa.table({"fare": pa.array([None, None], pa.float64())}))
+    with pytest.raises(CauceError, match="'fare' has no values"):
+        FittedTransform.fit(stats, "label")

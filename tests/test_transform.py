@@ -1,0 +1,71 @@
+"""The Beam transform on the real DirectRunner."""
+
+import pyarrow as pa
+import pytest
+
+from cauce import data
+from cauce.artifacts import CauceError, atomic_dir
+from cauce.components.transform.executor import run_transform
+from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC
+from cauce.features import FittedTransform
+
+
+def test_transform_encodes_every_split(trained_model):
+    raw, transformed, transform_dir, _ = trained_model
+    fitted = FittedTransform.load(transform_dir)
+    schema = data.read_schema(transformed)
+    assert schema["splits"] == {"train": 3000, "eval": 1000}
+    assert schema["feature_names"] == fitted.feature_names
+    eval_encoded = data.read_split(transformed, "eval")
+    # Beam's output equals the in-process apply of the same fitted transform.
+    import numpy as np
+
+    expected = fitted.transform_table(data.read_split(raw, "eval"))
+    got = np.column_stack([eval_encoded.column(n).to_numpy() for n in fitted.feature_names])
+    np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected, axis=0))
+    assert fitted.rows_analyzed == 3000  # fitted on train only
+
+
+def _write(directory, tables: dict):
+    with atomic_dir(directory) as out:
+        rows = {split: data.write_split(out, split, table) for split, table in tables.items()}
+        data.write_schema(out, next(iter(tables.values())).schema, rows)
+    return str(directory)
+
+
+def _small(n=50, **overrides):
+    columns = {
+        "x": pa.array([float(i) for i in range(n)]),
+        "c": pa.array(["a", "b"] * (n // 2)),
+        "y": pa.array([i % 2 for i in range(n)]),
+    }
+    columns.update(overrides)
+    return pa.table(columns)
+
+
+def test_rows_without_label_are_dropped(tmp_path):
+    labels = pa.array([None if i < 5 else i % 2 for i in range(50)], pa.int64())
+    raw = _write(tmp_path / "raw", {"train": _small(y=labels), "eval": _small()})
+    result = run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "out"), str(tmp_path / "fn"))
+    assert result.split_rows == {"eval": 50, "train": 45}
+    assert result.dropped_rows == {"eval": 0, "train": 5}
+
+
+@pytest.mark.parametrize(
+    ("label", "numeric", "tables", "message"),
+    [
+        ("nope", ["x"], {"train": _small()}, "label column 'nope' not found"),
+        ("y", ["x", "ghost"], {"train": _small()}, r"feature column\(s\) \['ghost'\] not found"),
+        ("y", ["x"], {"eval": _small()}, "analyze split 'train' not found"),
+        ("y", ["c"], {"train": _small()}, "numeric feature 'c' holds a non-numeric value 'a'"),
+        ("y", ["x"], {"train": _small(y=pa.array([2] * 50))}, "label column 'y' must be binary 0/1"),
+        ("y", ["x"], {"train": _small().slice(0, 0)}, "is empty"),
+    ],
+)
+def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, label, numeric, tables, message):
+    raw = _write(tmp_path / "raw", tables)
+    out = tmp_path / "outputs"
+    out.mkdir()
+    with pytest.raises(CauceError, match=message):
+        run_transform(raw, label, numeric, [], str(out / "transformed"), str(out / "transform"))
+    assert list(out.iterdir()) == []  # no partial artifact, no staging file
