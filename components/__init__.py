@@ -1,19 +1,12 @@
 """The cauce components: one KFP v2 component per lifecycle phase.
 
-    from cauce.components import extract, transform, train, evaluate, register, deploy, monitor
+    from cauce.components.extract.component import extract
+    from cauce.components.train.component import train
 
-Each is a lightweight Python component on a cauce image; the logic it runs is
-plain Python in ``cauce.components.<phase>.executor``. Component definitions
-load on first access, so importing an executor (inside a running step) does
-not load every other component.
+Each is a lightweight Python component on a cauce image (``component.py``); the
+logic it runs is plain Python in ``executor.py`` beside it, which tests call
+without KFP. Package ``__init__`` files import nothing: inside a running step
+KFP loads a runtime-only ``kfp.dsl`` in which definitions cannot be built.
 """
 
-import importlib
-
-__all__ = ["extract", "transform", "train", "evaluate", "register", "deploy", "monitor"]
-
-
-def __getattr__(name: str):
-    if name in __all__:
-        return getattr(importlib.import_module(f"cauce.components.{name}.component"), name)
-    raise AttributeError(f"module 'cauce.components' has no attribute {name!r}")
+PHASES = ("extract", "transform", "train", "evaluate", "register", "deploy", "monitor")

@@ -3,7 +3,7 @@ training data (skew), per feature, with TFDV's measures."""
 
 from kfp import dsl
 
-from cauce.components import monitor
+from cauce.components.monitor.component import monitor
 from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
 
 

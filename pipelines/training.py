@@ -11,7 +11,12 @@ One compiled spec serves both places; only parameter values differ:
 
 from kfp import dsl
 
-from cauce.components import deploy, evaluate, extract, register, train, transform
+from cauce.components.deploy.component import deploy
+from cauce.components.evaluate.component import evaluate
+from cauce.components.extract.component import extract
+from cauce.components.register.component import register
+from cauce.components.train.component import train
+from cauce.components.transform.component import transform
 from cauce.demo import DEMO_CATEGORICAL, DEMO_KEY, DEMO_LABEL, DEMO_NUMERIC, DEMO_TABLE
 from cauce.images import SERVING_IMAGE
 

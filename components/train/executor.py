@@ -53,6 +53,12 @@ def build_estimator(hyperparameters: dict, seed: int):
         )
     if "random_state" in valid:
         params.setdefault("random_state", seed)
+    # KFP passes dict parameters through a protobuf Struct, where every number is
+    # a float: give integer-valued parameters back their int type.
+    for key, value in params.items():
+        default = valid.get(key)
+        if isinstance(value, float) and value.is_integer() and isinstance(default, int) and not isinstance(default, bool):
+            params[key] = int(value)
     try:
         estimator.set_params(**params)
     except (TypeError, ValueError) as error:
@@ -95,7 +101,12 @@ def run_train(
     x_train, y_train = _matrix(transformed_dir, train_split, fitted)
     if len(np.unique(y_train)) < 2:
         raise CauceError(f"label {fitted.label!r} has a single class in split {train_split!r}: cannot train a classifier")
-    estimator.fit(x_train, y_train)
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    try:
+        estimator.fit(x_train, y_train)
+    except InvalidParameterError as error:
+        raise CauceError(f"invalid hyperparameters for {model_type!r}: {error}") from None
 
     metrics = {f"train_{k}": v for k, v in classification_metrics(y_train, estimator.predict_proba(x_train)[:, 1]).items()}
     if eval_split in data.split_names(transformed_dir):

@@ -251,7 +251,7 @@ def submit(
         with tempfile.TemporaryDirectory() as tmp:
             path = spec.compile_pipeline(pipeline, tmp)
             spec.validate_spec(path)
-            job = _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching)
+            job = _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run)
             if dry_run:
                 from google.protobuf import json_format
 
@@ -266,14 +266,15 @@ def submit(
     console.print(f"submitted: {job.resource_name}")
 
 
-def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching):
+def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run=False):
+    from google.auth.credentials import AnonymousCredentials
     from google.cloud import aiplatform
 
     init = {"project": project, "location": region}
     if api_endpoint:
-        from google.auth.credentials import AnonymousCredentials
-
-        init.update(api_endpoint=api_endpoint, api_transport="rest", credentials=AnonymousCredentials())
+        init.update(api_endpoint=api_endpoint, api_transport="rest")
+    if api_endpoint or dry_run:  # a dry run sends nothing, so it needs no credentials
+        init["credentials"] = AnonymousCredentials()
     aiplatform.init(**init)
     return aiplatform.PipelineJob(
         display_name=Path(path).stem,

@@ -13,14 +13,17 @@ import json
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from cauce.paths import cauce_home
 
-_TASK_START = re.compile(r"Executing task '?(?:\x1b\[\d+m)?([\w.-]+)")
-_TASK_END = re.compile(r"Task '?(?:\x1b\[\d+m)?([\w.-]+)(?:\x1b\[0m)?'? finished with status (?:\x1b\[\d+m)?(\w+)")
+# kfp.local colours task names: "Executing task \x1b[96m'extract'\x1b[0m".
+_ANSI = re.compile(r"\x1b\[\d+m")
+_TASK_START = re.compile(r"Executing task '([\w.-]+)'")
+_TASK_END = re.compile(r"Task '([\w.-]+)' finished with status (\w+)")
 
 
 @dataclass
@@ -70,6 +73,7 @@ class _LogTee(io.TextIOBase):
     def _scan(self, line: str) -> None:
         if self.on_event is None:
             return
+        line = _ANSI.sub("", line)
         if match := _TASK_END.search(line):
             self.on_event(match.group(1), match.group(2))
         elif match := _TASK_START.search(line):
@@ -107,6 +111,9 @@ def run_spec(
             on_event(task, status)
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    # kfp.local warns that our base images are "non-Python": by design (GUIDE §2) the
+    # body runs in this virtualenv, which has what the image has.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
     started = time.monotonic()
     with open(log_file, "w") as handle:
         tee = _LogTee(handle, track, sys.__stdout__ if verbose else None)
