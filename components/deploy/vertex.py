@@ -1,0 +1,176 @@
+"""Deploy a registered Vertex AI model version to an endpoint and smoke-test it.
+
+Plain Python over the real ``google.cloud.aiplatform`` SDK (imported inside the
+function: it costs about 1.5 s). The SDK is initialised by the register executor's
+``init_vertex``, so both steps point at the same service the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cauce.artifacts import CauceError
+from cauce.components.register.executor import check_display_name, init_vertex, newest_resource
+
+# A smoke test answers in well under a minute; without a timeout the SDK would wait forever.
+SMOKE_TIMEOUT_S = 120.0
+
+
+def _check_deploy_arguments(
+    model_resource_name: str,
+    endpoint_display_name: str,
+    min_replicas: int,
+    max_replicas: int,
+    traffic_percentage: int,
+    smoke_instances: list[Any] | None,
+) -> None:
+    if not model_resource_name or "/models/" not in model_resource_name:
+        raise CauceError(
+            f"model_resource_name {model_resource_name!r} is not a Vertex AI model: expected "
+            "projects/<p>/locations/<l>/models/<id>[@<version>], the register step's model_uri"
+        )
+    check_display_name(endpoint_display_name, "endpoint_display_name")
+    if not 1 <= min_replicas <= max_replicas:
+        raise CauceError(
+            f"replicas must satisfy 1 <= min_replicas <= max_replicas, got min_replicas={min_replicas}, "
+            f"max_replicas={max_replicas}"
+        )
+    if not 0 < traffic_percentage <= 100:
+        raise CauceError(f"traffic_percentage must be in 1..100, got {traffic_percentage}")
+    if smoke_instances is not None and (not isinstance(smoke_instances, list) or not smoke_instances):
+        raise CauceError(
+            "smoke_instances must be a non-empty list of instances, or None to skip the smoke test"
+        )
+
+
+def deploy_vertex(
+    model_resource_name: str,
+    endpoint_display_name: str,
+    project: str,
+    location: str,
+    machine_type: str = "n1-standard-2",
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    traffic_percentage: int = 100,
+    smoke_instances: list[Any] | None = None,
+    api_endpoint: str = "",
+    credentials: Any = None,
+) -> dict[str, str]:
+    """Deploy ``model_resource_name`` (``.../models/<id>@<version>``) behind the endpoint
+    named ``endpoint_display_name``, creating the endpoint if none has that name.
+
+    The new deployment gets ``traffic_percentage`` of the traffic. If that same model
+    version already serves exactly that share, it is reused instead of deployed twice
+    (a retried step costs nothing). With ``smoke_instances`` the endpoint must answer
+    one prediction per instance; if it does not, the deployment made by this call is
+    undeployed, the previous traffic split restored, and :class:`CauceError` raised.
+    Only after the smoke test passes, and only at 100 % traffic, are the endpoint's
+    other deployments (now at 0 %) undeployed.
+    """
+    _check_deploy_arguments(
+        model_resource_name,
+        endpoint_display_name,
+        min_replicas,
+        max_replicas,
+        traffic_percentage,
+        smoke_instances,
+    )
+    aiplatform = init_vertex(project, location, api_endpoint, credentials)
+    from google.api_core import exceptions as google_exceptions
+
+    try:
+        model = aiplatform.Model(model_resource_name)
+    except google_exceptions.NotFound as error:
+        raise CauceError(
+            f"model_resource_name {model_resource_name!r} not found in Vertex AI: {error}"
+        ) from error
+
+    endpoint = newest_resource(aiplatform.Endpoint.list(filter=f'display_name="{endpoint_display_name}"'))
+    if endpoint is None:
+        endpoint = aiplatform.Endpoint.create(display_name=endpoint_display_name, sync=True)
+
+    deployed_model_id = _serving_deployment(endpoint, model, traffic_percentage)
+    newly_deployed = deployed_model_id is None
+    previous_traffic_split = endpoint.traffic_split
+    if newly_deployed:
+        before = {deployed.id for deployed in endpoint.list_models()}
+        if traffic_percentage < 100 and not before:
+            raise CauceError(
+                f"traffic_percentage={traffic_percentage} but endpoint {endpoint_display_name!r} serves no "
+                "model yet: the first deployment must take 100 % of the traffic"
+            )
+        endpoint.deploy(
+            model=model,
+            deployed_model_display_name=f"{model.display_name}-v{model.version_id}",
+            traffic_percentage=traffic_percentage,
+            machine_type=machine_type,
+            min_replica_count=min_replicas,
+            max_replica_count=max_replicas,
+            sync=True,
+        )
+        # The SDK drops the deploy operation's answer: find the deployment that appeared.
+        appeared = [
+            deployed
+            for deployed in endpoint.list_models()
+            if deployed.id not in before and _is_version(deployed, model)
+        ]
+        deployed_model_id = max(appeared, key=lambda deployed: deployed.create_time).id
+
+    if smoke_instances is not None:
+        try:
+            _smoke_test(endpoint, endpoint_display_name, smoke_instances)
+        except CauceError as error:
+            if not newly_deployed:
+                raise
+            # Leave the endpoint as it was: a broken version must not keep the traffic.
+            endpoint.undeploy(
+                deployed_model_id=deployed_model_id, traffic_split=previous_traffic_split or None
+            )
+            raise CauceError(
+                f"{error}; rolled back: deployment {deployed_model_id} undeployed, "
+                f"traffic split restored to {previous_traffic_split}"
+            ) from error
+    if traffic_percentage == 100:
+        for deployed in endpoint.list_models():
+            if deployed.id != deployed_model_id:
+                endpoint.undeploy(deployed_model_id=deployed.id)
+
+    # The host the SDK's prediction client talks to: the regional one, or api_endpoint.
+    host = aiplatform.initializer.global_config.get_client_options(prediction_client=True).api_endpoint
+    base_url = host if "://" in host else f"https://{host}"
+    return {
+        "endpoint_resource_name": endpoint.resource_name,
+        "deployed_model_id": deployed_model_id,
+        "endpoint_url": f"{base_url}/v1/{endpoint.resource_name}:predict",
+    }
+
+
+def _serving_deployment(endpoint: Any, model: Any, traffic_percentage: int) -> str | None:
+    """The id of a deployment of this exact model version that already has the wanted traffic."""
+    traffic_split = endpoint.traffic_split
+    for deployed in endpoint.list_models():
+        if _is_version(deployed, model) and traffic_split.get(deployed.id, 0) == traffic_percentage:
+            return deployed.id
+    return None
+
+
+def _is_version(deployed: Any, model: Any) -> bool:
+    """Whether a DeployedModel serves this model version (it names them in two fields)."""
+    return deployed.model == model.resource_name and deployed.model_version_id == model.version_id
+
+
+def _smoke_test(endpoint: Any, endpoint_display_name: str, instances: list[Any]) -> None:
+    from google.api_core import exceptions as google_exceptions
+
+    where = f"endpoint {endpoint_display_name!r} ({endpoint.resource_name})"
+    try:
+        response = endpoint.predict(instances=instances, timeout=SMOKE_TIMEOUT_S)
+    except google_exceptions.GoogleAPICallError as error:
+        raise CauceError(
+            f"smoke test failed: {where} could not predict {len(instances)} instances: {error}"
+        ) from error
+    if len(response.predictions) != len(instances):
+        raise CauceError(
+            f"smoke test failed: {where} returned {len(response.predictions)} predictions "
+            f"for {len(instances)} instances"
+        )

@@ -1,0 +1,71 @@
+"""KFP definition of the monitor step: serving requests compared with the training baseline.
+
+A thin shell: the logic lives in ``executor.py`` (plain Python, tested without KFP).
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from cauce.images import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def monitor(
+    baseline: dsl.Input[dsl.Dataset],
+    request_log_dir: str,
+    numeric_features: list,
+    categorical_features: list,
+    drift_report: dsl.Output[dsl.Artifact],
+    report_html: dsl.Output[dsl.HTML],
+    baseline_split: str = "train",
+    # KFP needs a literal default to put in the spec; it is never mutated.
+    thresholds: dict = {},  # noqa: B006
+    default_numeric_threshold: float = 0.3,
+    default_categorical_threshold: float = 0.3,
+    window_start: str = "",
+    window_end: str = "",
+) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drifted_features", list)]):
+    """Drift/skew of serving requests against a baseline split, measured as TFDV does.
+
+    Numeric features: approximate Jensen-Shannon divergence; categorical features:
+    L-infinity distance. ``drift_report`` holds report.json and report.html; ``report_html``
+    is the same page as a single file, which the Vertex AI console renders.
+    """
+    import os
+    from typing import NamedTuple
+
+    from cauce.artifacts import atomic_file
+    from cauce.components.monitor.executor import REPORT_HTML, run_monitor
+
+    report = run_monitor(
+        baseline_dir=baseline.path,
+        baseline_split=baseline_split,
+        request_log_dir=request_log_dir,
+        output_dir=drift_report.path,
+        numeric_features=numeric_features,
+        categorical_features=categorical_features,
+        thresholds=thresholds,
+        default_numeric_threshold=default_numeric_threshold,
+        default_categorical_threshold=default_categorical_threshold,
+        window_start=window_start,
+        window_end=window_end,
+    )
+    with open(os.path.join(drift_report.path, REPORT_HTML)) as page, atomic_file(report_html.path) as copy:
+        copy.write(page.read())
+    drift_report.metadata.update(
+        {
+            "drift_detected": report["drift_detected"],
+            "drifted_features": report["drifted_features"],
+            "num_features": report["num_features"],
+            "num_drifted": report["num_drifted"],
+            "baseline_rows": report["baseline_rows"],
+            "serving_rows": report["current_rows"],
+        }
+    )
+
+    class MonitorOutputs(NamedTuple):
+        drift_detected: bool
+        drifted_features: list
+
+    return MonitorOutputs(report["drift_detected"], report["drifted_features"])

@@ -1,0 +1,410 @@
+"""Register a trained model in MLflow's model registry or in Vertex AI Model Registry.
+
+Plain Python: the KFP component (component.py) calls :func:`run_register`; tests call
+the functions directly. MLflow and the Vertex SDK are imported inside the functions
+that use them, so importing this module stays cheap (``cauce.components.deploy.vertex``
+imports :func:`init_vertex` from here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from cauce.artifacts import CauceError
+from cauce.paths import default_mlflow_uri
+
+MODEL_CARD = "cauce_model.json"
+# Version tag holding the hash of the registered directory: how a re-run finds its version.
+CONTENT_HASH_TAG = "cauce.content_hash"
+
+# "/" and ":" are refused by MLflow itself; "@" would break `models:/name@alias`, and
+# quotes would break the search filter that finds an already registered version.
+_MLFLOW_NAME_FORBIDDEN = set("/:@'\"`")
+# MLflow reserves "latest" and "v<digits>" (they already mean something in `models:/` URIs).
+_MLFLOW_ALIAS = re.compile(r"[A-Za-z0-9_-]+")
+_MLFLOW_RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)
+# Vertex AI rules: version aliases must not look like version ids; labels are lowercase.
+_VERTEX_ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]")
+_VERTEX_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_VERTEX_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_VERTEX_MAX_LABELS = 64
+_VERTEX_DISPLAY_NAME_MAX = 128
+
+
+# -- the model directory ---------------------------------------------------------------------
+
+
+def read_model_card(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Return the parsed ``cauce_model.json`` of a Model artifact directory."""
+    directory = Path(model_dir)
+    if not directory.is_dir():
+        raise CauceError(
+            f"model directory not found at {directory}: expected the Model artifact of the train step"
+        )
+    card_path = directory / MODEL_CARD
+    if not card_path.is_file():
+        raise CauceError(
+            f"{MODEL_CARD} not found in model directory {directory}: is this a cauce Model artifact?"
+        )
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CauceError(f"{card_path} is not valid JSON: {error}") from error
+    if not isinstance(card, dict):
+        raise CauceError(f"{card_path} must hold a JSON object, got {type(card).__name__}")
+    return card
+
+
+def content_hash(model_dir: str | os.PathLike) -> str:
+    """SHA-256 over every file's relative path, size and bytes, in path order."""
+    directory = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        # Path and size delimit each file, so moving bytes between files changes the hash.
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _card_metrics(card: dict[str, Any]) -> dict[str, float]:
+    metrics = card.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise CauceError(f"{MODEL_CARD} 'metrics' must be an object of name: number, got {metrics!r}")
+    try:
+        return {str(name): float(value) for name, value in metrics.items()}
+    except (TypeError, ValueError) as error:
+        raise CauceError(f"{MODEL_CARD} 'metrics' must map names to numbers, got {metrics!r}") from error
+
+
+# -- MLflow ----------------------------------------------------------------------------------
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative paths are relative to the cwd)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+
+
+def _check_mlflow_name(model_name: str) -> None:
+    if not model_name or not model_name.strip():
+        raise CauceError("model_name is empty: give the name to register the model under")
+    if model_name != model_name.strip() or _MLFLOW_NAME_FORBIDDEN & set(model_name):
+        raise CauceError(
+            f"model_name {model_name!r} is not usable in MLflow: no surrounding spaces "
+            f"and none of {''.join(sorted(_MLFLOW_NAME_FORBIDDEN))}"
+        )
+
+
+def _check_mlflow_alias(alias: str) -> None:
+    if not _MLFLOW_ALIAS.fullmatch(alias or "") or _MLFLOW_RESERVED_ALIAS.fullmatch(alias):
+        raise CauceError(
+            f"alias {alias!r} is not a valid MLflow alias: use letters, digits, '_' and '-', "
+            "and not 'latest' or 'v<number>'"
+        )
+
+
+def register_mlflow(
+    model_dir: str | os.PathLike,
+    model_name: str,
+    tracking_uri: str,
+    alias: str = "champion",
+    tags: dict[str, str] | None = None,
+    description: str = "",
+) -> dict[str, str]:
+    """Register ``model_dir`` as a new version of ``model_name`` and point ``alias`` at it.
+
+    The directory's files are logged as the artifacts (under ``model/``) of a run in the
+    experiment named after the model; the version's source is ``runs:/<run_id>/model``.
+    Version tags carry the card's framework, task, label and metrics (``metric.<name>``),
+    the user's ``tags`` and the directory's content hash. Registering the same content
+    again creates nothing and returns the existing version; the alias is (re)pointed at
+    the returned version either way, so ``models:/<name>@<alias>`` is this model afterwards.
+
+    An empty ``tracking_uri`` means :func:`default_mlflow_uri`. For ``sqlite:///`` URIs the
+    artifacts go to ``artifacts/`` beside the database file, never into the cwd.
+    """
+    card = read_model_card(model_dir)
+    metrics = _card_metrics(card)
+    _check_mlflow_name(model_name)
+    _check_mlflow_alias(alias)
+    tracking_uri = tracking_uri or default_mlflow_uri()
+    database = _sqlite_path(tracking_uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    digest = content_hash(model_dir)
+    already_registered = client.search_model_versions(
+        f"name = '{model_name}' and tag.`{CONTENT_HASH_TAG}` = '{digest}'"
+    )
+    if already_registered:
+        version = str(min(int(mv.version) for mv in already_registered))
+    else:
+        run_id = _log_model_run(client, model_dir, model_name, metrics, digest, database)
+        version_tags = {
+            **{
+                key: str(card[key])
+                for key in ("framework", "framework_version", "task", "label")
+                if card.get(key)
+            },
+            **{f"metric.{name}": repr(value) for name, value in metrics.items()},
+            **{str(key): str(value) for key, value in (tags or {}).items()},
+            CONTENT_HASH_TAG: digest,
+        }
+        _ensure_registered_model(client, model_name, description)
+        model_version = client.create_model_version(
+            name=model_name,
+            source=f"runs:/{run_id}/model",
+            run_id=run_id,
+            tags=version_tags,
+            description=description,
+        )
+        version = str(model_version.version)
+    client.set_registered_model_alias(model_name, alias, version)
+    return {
+        "registry": "mlflow",
+        "model_name": model_name,
+        "version": version,
+        "model_uri": f"models:/{model_name}/{version}",
+        "alias": alias,
+    }
+
+
+def _log_model_run(
+    client: Any,
+    model_dir: str | os.PathLike,
+    model_name: str,
+    metrics: dict[str, float],
+    digest: str,
+    database: Path | None,
+) -> str:
+    """Log the model directory and its metrics as a finished run; return the run id."""
+    from mlflow.entities import Metric
+
+    experiment = client.get_experiment_by_name(model_name)
+    if experiment is None:
+        # Without an explicit location a local run's artifacts would land in ./mlruns of the cwd.
+        artifact_location = (database.parent / "artifacts" / model_name).as_uri() if database else None
+        experiment_id = client.create_experiment(model_name, artifact_location=artifact_location)
+    elif experiment.lifecycle_stage == "deleted":
+        raise CauceError(
+            f"MLflow experiment {model_name!r} is deleted: restore it or register under another model_name"
+        )
+    else:
+        experiment_id = experiment.experiment_id
+    run = client.create_run(experiment_id, run_name=f"register-{digest[:12]}")
+    run_id = run.info.run_id
+    try:
+        client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+        timestamp = run.info.start_time
+        client.log_batch(
+            run_id, metrics=[Metric(name, value, timestamp, 0) for name, value in metrics.items()]
+        )
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _ensure_registered_model(client: Any, model_name: str, description: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model_name, description=description or None)
+    except MlflowException as error:
+        # Creating first and tolerating "exists" is safe when two runs register at once.
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+# -- Vertex AI -------------------------------------------------------------------------------
+
+
+def init_vertex(project: str, location: str, api_endpoint: str = "", credentials: Any = None) -> Any:
+    """Point the ``google.cloud.aiplatform`` SDK at ``project``/``location`` and return the module.
+
+    With ``api_endpoint`` (e.g. ``http://127.0.0.1:PORT`` of a local stand-in) the SDK uses
+    its REST transport, which accepts a scheme in the endpoint, and anonymous credentials
+    unless ``credentials`` are given. Beware: ``aiplatform.init`` is process-wide and keeps
+    an endpoint set earlier when called later without one.
+    """
+    if not project:
+        raise CauceError("project is empty: give the Google Cloud project to use Vertex AI in")
+    if not location:
+        raise CauceError("location is empty: give the Vertex AI region, e.g. us-central1")
+
+    from google.cloud import aiplatform
+
+    if api_endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        aiplatform.init(
+            project=project,
+            location=location,
+            api_endpoint=api_endpoint,
+            api_transport="rest",
+            credentials=credentials or AnonymousCredentials(),
+        )
+    else:
+        aiplatform.init(project=project, location=location, credentials=credentials)
+    return aiplatform
+
+
+def check_display_name(display_name: str, parameter: str) -> None:
+    """Vertex display names: 1 to 128 characters. We also refuse double quotes, which
+    would break the ``display_name="..."`` filter used to find the resource again."""
+    if not display_name or not display_name.strip():
+        raise CauceError(f"{parameter} is empty: Vertex AI needs a display name")
+    if len(display_name) > _VERTEX_DISPLAY_NAME_MAX:
+        raise CauceError(
+            f"{parameter} {display_name!r} is {len(display_name)} characters long; "
+            f"Vertex AI allows at most {_VERTEX_DISPLAY_NAME_MAX}"
+        )
+    if '"' in display_name or "\\" in display_name:
+        raise CauceError(f"{parameter} {display_name!r} must not contain double quotes or backslashes")
+
+
+def check_vertex_labels(labels: dict[str, str]) -> None:
+    if len(labels) > _VERTEX_MAX_LABELS:
+        raise CauceError(f"labels has {len(labels)} entries; Vertex AI allows at most {_VERTEX_MAX_LABELS}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _VERTEX_LABEL_KEY.fullmatch(key):
+            raise CauceError(
+                f"label key {key!r} is invalid: Vertex AI label keys start with a lowercase letter and "
+                "hold at most 63 lowercase letters, digits, '_' or '-'"
+            )
+        if not isinstance(value, str) or not _VERTEX_LABEL_VALUE.fullmatch(value):
+            raise CauceError(
+                f"label {key}={value!r} is invalid: Vertex AI label values hold at most 63 lowercase "
+                "letters, digits, '_' or '-'"
+            )
+
+
+def vertex_label_value(text: str) -> str:
+    """Turn free text (e.g. a framework name) into a valid Vertex label value."""
+    return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
+
+
+def newest_resource(resources: list[Any]) -> Any | None:
+    """The most recently updated Vertex resource: our pick when several share a display name."""
+    return max(resources, key=lambda resource: resource.update_time, default=None)
+
+
+def register_vertex(
+    model_uri: str,
+    display_name: str,
+    project: str,
+    location: str,
+    serving_image: str,
+    api_endpoint: str = "",
+    alias: str = "champion",
+    labels: dict[str, str] | None = None,
+    description: str = "",
+    predict_route: str = "/predict",
+    health_route: str = "/health",
+    credentials: Any = None,
+) -> dict[str, str]:
+    """Upload ``model_uri`` (a ``gs://`` directory) to Vertex AI Model Registry.
+
+    If a model named ``display_name`` exists, the upload becomes its next version
+    (the newest such model when there are several); otherwise a new model is created.
+    The new version becomes the default version and takes ``alias`` from whichever
+    version held it, and serves with ``serving_image`` under the Vertex custom-container
+    contract (``predict_route``, ``health_route``).
+    """
+    check_display_name(display_name, "display_name")
+    labels = dict(labels or {})
+    check_vertex_labels(labels)
+    if not _VERTEX_ALIAS.fullmatch(alias or ""):
+        raise CauceError(
+            f"alias {alias!r} is not a valid Vertex AI version alias: it must start with a lowercase "
+            "letter, end with a lowercase letter or digit, and hold letters, digits and '-' (2-128 characters)"
+        )
+    if not model_uri.startswith("gs://"):
+        # The SDK would otherwise try to copy a local path into a staging bucket.
+        raise CauceError(
+            f"model_uri {model_uri!r} is not a gs:// URI: Vertex AI serves models from Cloud Storage"
+        )
+    if not serving_image:
+        raise CauceError("serving_image is empty: give the container image that serves the model")
+    for parameter, route in (("predict_route", predict_route), ("health_route", health_route)):
+        if not route.startswith("/"):
+            raise CauceError(f"{parameter} {route!r} must be an HTTP path starting with '/'")
+
+    aiplatform = init_vertex(project, location, api_endpoint, credentials)
+    parent = newest_resource(aiplatform.Model.list(filter=f'display_name="{display_name}"'))
+    model = aiplatform.Model.upload(
+        display_name=display_name,
+        parent_model=parent.resource_name if parent else None,
+        is_default_version=True,
+        # A fresh list: the SDK appends "default" to the list it is given.
+        version_aliases=[alias],
+        labels=labels,
+        description=description or None,
+        serving_container_image_uri=serving_image,
+        serving_container_predict_route=predict_route,
+        serving_container_health_route=health_route,
+        artifact_uri=model_uri,
+        sync=True,
+    )
+    return {
+        "registry": "vertex",
+        "resource_name": model.resource_name,
+        "version_id": model.version_id,
+        "model_uri": f"{model.resource_name}@{model.version_id}",
+        "alias": alias,
+    }
+
+
+# -- the component's entry point -------------------------------------------------------------
+
+
+def run_register(
+    model_dir: str,
+    model_uri: str,
+    model_name: str,
+    mlflow_tracking_uri: str = "",
+    project: str = "",
+    location: str = "us-central1",
+    api_endpoint: str = "",
+    serving_image: str = "",
+    alias: str = "champion",
+) -> dict[str, str]:
+    """What the KFP component does: Vertex AI when ``project`` is set, MLflow otherwise.
+
+    ``model_dir`` is the artifact's local path (a ``/gcs/`` mount on Vertex) and
+    ``model_uri`` its URI (``gs://`` on Vertex). The result always has ``model_uri`` and
+    ``version`` (the Vertex version id, or the MLflow version number).
+    """
+    if not project:
+        return register_mlflow(model_dir, model_name, mlflow_tracking_uri, alias=alias)
+
+    from cauce.images import SERVING_IMAGE
+
+    card = read_model_card(model_dir)
+    labels = {key: vertex_label_value(str(card[key])) for key in ("framework", "task") if card.get(key)}
+    metrics = _card_metrics(card)
+    description = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
+    result = register_vertex(
+        model_uri=model_uri,
+        display_name=model_name,
+        project=project,
+        location=location,
+        serving_image=serving_image or SERVING_IMAGE,
+        api_endpoint=api_endpoint,
+        alias=alias,
+        labels=labels,
+        description=f"metrics: {description}" if description else "",
+    )
+    return {**result, "version": result["version_id"]}
