@@ -9,7 +9,13 @@ import pytest
 
 from cauce import data
 from cauce.artifacts import CauceError
-from cauce.components.deploy.executor import _post_json, deploy_local, local_endpoint, smoke_instances_from, stop_local
+from cauce.components.deploy.executor import (
+    _post_json,
+    deploy_local,
+    local_endpoint,
+    smoke_instances_from,
+    stop_local,
+)
 from cauce.serving.app import MAX_BODY_BYTES
 
 

@@ -6,7 +6,6 @@ import pytest
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
 from cauce.components.transform.executor import run_transform
-from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC
 from cauce.features import FittedTransform
 
 

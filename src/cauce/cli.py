@@ -6,7 +6,6 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -194,7 +193,7 @@ def _send_traffic(url: str, instances: list[dict]) -> None:
 # --------------------------------------------------------------------------- compile / validate / submit
 @app.command("compile")
 def compile_(
-    pipeline: Optional[str] = typer.Argument(None, help="pipeline to compile (default: all)"),
+    pipeline: str | None = typer.Argument(None, help="pipeline to compile (default: all)"),
     output_dir: Path = typer.Option(Path("build/pipelines"), "--output-dir", "-o", help="where to write <name>.yaml"),
 ):
     """Compile pipelines to KFP pipeline-spec YAML (the files Vertex runs)."""
