@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-# pytest_plugins added at integration
+pytest_plugins = ["tests.fixtures.bigquery_emulator", "tests.fixtures.vertex_server"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -26,7 +26,7 @@ from cauce.images import SERVING_IMAGE
     description="Extract from BigQuery, transform with Beam, train, evaluate with TFMA, register and deploy if blessed.",
 )
 def training(
-    source: str = f"SELECT * FROM {DEMO_TABLE}",
+    source: str = DEMO_TABLE,
     key_column: str = DEMO_KEY,
     label: str = DEMO_LABEL,
     numeric_features: list = DEMO_NUMERIC,
@@ -80,7 +80,9 @@ def training(
         slice_features=slice_features,
         thresholds=thresholds,
     ).set_display_name("evaluate")
-    with dsl.If(evaluated.outputs["blessed"] == True, name="blessed"):  # noqa: E712 - KFP condition syntax
+    # A single bool output, not a NamedTuple field: kfp.local (2.17) cannot resolve
+    # a dsl.If condition on a NamedTuple field and silently skips the branch.
+    with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):
         registered = register(
             model=trained.outputs["model"],
             model_name=model_name,

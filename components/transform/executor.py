@@ -112,32 +112,12 @@ def _output_schema(fitted: FittedTransform, source_schema: pa.Schema, passthroug
     return pa.schema(fields)
 
 
-def _pipeline_options(runner: str, pipeline_options: dict | None):
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    options = dict(pipeline_options or {})
-    options["runner"] = runner  # always explicit: Beam 2.77's default tries Prism, which fails offline
-    if runner == "DirectRunner":
-        options.setdefault("direct_num_workers", 1)
-        options.setdefault("direct_running_mode", "in_memory")
-    flags = []
-    for key, value in options.items():
-        if isinstance(value, bool):
-            if value:
-                flags.append(f"--{key}")
-        elif isinstance(value, list):
-            flags += [f"--{key}={item}" for item in value]
-        else:
-            flags.append(f"--{key}={value}")
-    return PipelineOptions(flags)
-
-
 def _run_beam(build, runner: str, pipeline_options: dict | None):
     """Run a Beam pipeline and surface our own CauceError instead of Beam's wrapper."""
-    import apache_beam as beam
+    from cauce.beam_pipelines import make_pipeline
 
     try:
-        with beam.Pipeline(options=_pipeline_options(runner, pipeline_options)) as pipeline:
+        with make_pipeline(runner, pipeline_options) as pipeline:
             build(pipeline)
     except CauceError:
         raise

@@ -113,7 +113,7 @@ def _print_training_summary(result) -> None:
     if evaluate:
         metrics = evaluate.artifacts.get("metrics", {}).get("metadata", {})
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in list(metrics.items())[:5])
-        verdict = "[green]blessed[/]" if evaluate.parameters.get("blessed") else "[red]not blessed[/]"
+        verdict = "[green]blessed[/]" if evaluate.parameters.get("Output") else "[red]not blessed[/]"
         table.add_row("evaluate", f"{verdict}; {shown}", f"{seconds.get(evaluate.name, 0):.1f} s")
     register = result.task("register")
     table.add_row(

@@ -1,0 +1,51 @@
+"""KFP definition of the evaluate step: a thin shell over ``executor.run_evaluate``."""
+
+from kfp import dsl
+
+from cauce.images import TF_IMAGE
+
+
+@dsl.component(base_image=TF_IMAGE, install_kfp_package=False)
+def evaluate(
+    model: dsl.Input[dsl.Model],
+    dataset: dsl.Input[dsl.Dataset],
+    metrics: dsl.Output[dsl.Metrics],
+    classification_metrics: dsl.Output[dsl.ClassificationMetrics],
+    evaluation: dsl.Output[dsl.Artifact],
+    report: dsl.Output[dsl.HTML],
+    split: str = "eval",
+    slice_features: list = [],  # noqa: B006 - KFP takes parameter defaults from the signature
+    thresholds: dict = {"auc": 0.6},  # noqa: B006
+) -> bool:
+    """Evaluate ``model`` on ``split`` of the raw ``dataset`` with TensorFlow Model Analysis.
+
+    ``thresholds`` maps a metric name to a lower bound (or to
+    ``{"lower_bound": x, "upper_bound": y}``) on the overall slice; ``blessed``
+    is TFMA's validation result, and the component's single output (a single
+    output rather than a NamedTuple because kfp.local cannot resolve a
+    ``dsl.If`` on a NamedTuple field; the metrics are in ``metrics``). ``evaluation`` holds TFMA's output,
+    ``evaluation.json`` and the report; ``report`` is the same HTML report.
+    """
+    import shutil
+    from pathlib import Path
+
+    from cauce.components.evaluate.executor import REPORT_FILE, run_evaluate
+
+    result = run_evaluate(
+        model_dir=model.path,
+        dataset_dir=dataset.path,
+        output_dir=evaluation.path,
+        split=split,
+        slice_features=slice_features,
+        thresholds=thresholds,
+    )
+    for name, value in result["metrics"].items():
+        if value is not None:
+            metrics.log_metric(name, value)
+    roc = result["roc"]
+    classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
+    confusion = result["confusion_matrix"]
+    classification_metrics.log_confusion_matrix(confusion["labels"], confusion["matrix"])
+    shutil.copyfile(Path(evaluation.path) / REPORT_FILE, report.path)
+    evaluation.metadata.update({"blessed": result["blessed"], "reasons": result["reasons"], "split": split})
+    return bool(result["blessed"])

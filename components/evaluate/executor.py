@@ -1,0 +1,511 @@
+"""Evaluate a binary classifier on a dataset split with TensorFlow Model Analysis.
+
+The model scores the split here, in plain Python, through the same fitted
+transform serving uses; TFMA then runs model-agnostic on (label, prediction,
+slice features): it computes the overall and per-slice metrics, and its own
+validator decides the blessing from the thresholds. This module only shapes
+TFMA's output into ``evaluation.json`` and a readable ``report.html``.
+
+TensorFlow Model Analysis (and with it TensorFlow and Beam) is imported inside
+:func:`_run_tfma` only, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cauce import model as cauce_model
+from cauce.artifacts import CauceError, atomic_dir, write_json
+from cauce.data import read_split
+
+TFMA_DIR = "tfma"
+EVALUATION_FILE = "evaluation.json"
+REPORT_FILE = "report.html"
+
+# The scalar metrics computed on every slice: TFMA metric class -> the name TFMA
+# reports it under (the name thresholds use). All are TFMA-native metrics, so no
+# Keras metric wrapper is involved.
+SCALAR_METRICS = {
+    "ExampleCount": "example_count",
+    "AUC": "auc",
+    "AUCPrecisionRecall": "auc_precision_recall",
+    "BinaryAccuracy": "binary_accuracy",
+    "Precision": "precision",
+    "Recall": "recall",
+    "BinaryCrossEntropy": "binary_crossentropy",
+}
+DECISION_THRESHOLD = 0.5  # the cut-off of accuracy, precision, recall and the confusion matrix
+ROC_THRESHOLDS = 100  # ConfusionMatrixPlot cuts at -1e-6, 0, 1/100, ..., 1: 102 ROC points
+CALIBRATION_BUCKETS = 10
+BEAM_BATCH_ROWS = 50_000  # rows per Arrow record batch handed to TFMA
+
+# The name the prediction column takes in the table TFMA reads; chosen so it
+# cannot collide with a real column.
+PREDICTION_KEY = "__cauce_prediction__"
+MISSING_SLICE_VALUE = "<missing>"
+_BOUND_NAMES = ("lower_bound", "upper_bound")
+
+
+def run_evaluate(
+    model_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    split: str = "eval",
+    slice_features: list[str] | tuple[str, ...] = (),
+    thresholds: dict | None = None,
+) -> dict:
+    """Evaluate the model in ``model_dir`` on ``split`` of the raw dataset in ``dataset_dir``.
+
+    ``thresholds`` maps a metric name (see ``SCALAR_METRICS``) to a lower bound,
+    or to ``{"lower_bound": x, "upper_bound": y}`` (either key may be left out;
+    an upper bound is what a loss such as ``binary_crossentropy`` needs). They
+    apply to the overall slice; the model is blessed when TFMA's validation of
+    them passes; with no thresholds TFMA does not bless.
+
+    Writes ``output_dir`` atomically: ``tfma/`` (TFMA's eval config, metrics,
+    plots and validation result), ``evaluation.json`` and ``report.html``.
+    Returns the summary: ``blessed``, ``metrics``, ``slices``,
+    ``confusion_matrix``, ``roc``, ``calibration``, ``thresholds``, ``reasons``.
+    """
+    slice_features = list(slice_features)
+    bounds = normalize_thresholds(thresholds)
+    model = cauce_model.load(model_dir)
+    table = read_split(dataset_dir, split)
+    labels = _binary_labels(table, model.label, split)
+    _check_slice_features(table, slice_features, model.label, split)
+
+    scores = model.predict_scores(table)
+    columns = {model.label: labels, PREDICTION_KEY: pa.array(scores, pa.float64())}
+    for feature in slice_features:
+        column = pc.cast(table.column(feature), pa.string())
+        columns[feature] = pc.fill_null(column, MISSING_SLICE_VALUE)
+    eval_table = pa.table(columns)
+
+    with atomic_dir(output_dir) as out:
+        summary = _run_tfma(eval_table, model.label, slice_features, bounds, out / TFMA_DIR)
+        summary.update(split=split, rows=eval_table.num_rows, label=model.label, model=model.metadata)
+        write_json(out / EVALUATION_FILE, summary)
+        (out / REPORT_FILE).write_text(render_report(summary))
+    return summary
+
+
+def normalize_thresholds(thresholds: dict | None) -> dict[str, dict[str, float]]:
+    """Turn ``{"auc": 0.6, "binary_crossentropy": {"upper_bound": 0.5}}`` into
+    ``{metric: {"lower_bound"?: float, "upper_bound"?: float}}``, or raise naming the bad entry."""
+    normalized = {}
+    for name, bound in (thresholds or {}).items():
+        if name not in SCALAR_METRICS.values():
+            raise CauceError(
+                f"thresholds: unknown metric {name!r}; valid metric names: {sorted(SCALAR_METRICS.values())}"
+            )
+        if isinstance(bound, dict):
+            unknown = sorted(set(bound) - set(_BOUND_NAMES))
+            if unknown or not bound:
+                raise CauceError(
+                    f"thresholds[{name!r}] = {bound!r}: expected a number (lower bound) or a mapping "
+                    f"with {' and/or '.join(_BOUND_NAMES)}"
+                )
+            entry = dict(bound)
+        else:
+            entry = {"lower_bound": bound}
+        for key, value in entry.items():
+            if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value):
+                raise CauceError(f"thresholds[{name!r}] {key} must be a number, got {value!r}")
+            entry[key] = float(value)
+        normalized[name] = entry
+    return normalized
+
+
+def _binary_labels(table: pa.Table, label: str, split: str) -> pa.Array:
+    """Return the label column as int64 0/1, or raise saying what is wrong with it."""
+    if label not in table.column_names:
+        raise CauceError(
+            f"label column {label!r} (the model's label) not found in split {split!r}; "
+            f"columns present: {table.column_names}"
+        )
+    if table.num_rows == 0:
+        raise CauceError(f"split {split!r} is empty: there is nothing to evaluate")
+    column = table.column(label)
+    if not (
+        pa.types.is_integer(column.type)
+        or pa.types.is_floating(column.type)
+        or pa.types.is_boolean(column.type)
+    ):
+        raise CauceError(f"label column {label!r} has type {column.type}; expected binary 0/1 numbers")
+    if column.null_count:
+        raise CauceError(
+            f"label column {label!r} has {column.null_count} missing value(s); expected 0 or 1 in every row"
+        )
+    values = pc.cast(column, pa.float64()).to_numpy()
+    present = np.unique(values)
+    unexpected = np.setdiff1d(present, [0.0, 1.0])
+    if unexpected.size:
+        raise CauceError(
+            f"label column {label!r} is not binary: it holds {unexpected[:5].tolist()}; expected only 0 and 1"
+        )
+    if present.size < 2:
+        raise CauceError(
+            f"label column {label!r} holds only the class {int(present[0])} in split {split!r}; "
+            "evaluating a classifier (AUC, precision, recall) needs examples of both classes"
+        )
+    return pa.array(values.astype(np.int64))
+
+
+def _check_slice_features(table: pa.Table, slice_features: list[str], label: str, split: str) -> None:
+    missing = [name for name in slice_features if name not in table.column_names]
+    if missing:
+        raise CauceError(
+            f"slice feature(s) {missing} not found in split {split!r}; columns present: {table.column_names}"
+        )
+    if label in slice_features:
+        raise CauceError(f"slice_features: {label!r} is the label; slice by feature columns only")
+
+
+def _run_tfma(
+    eval_table: pa.Table, label: str, slice_features: list[str], bounds: dict, tfma_dir: Path
+) -> dict:
+    """Run TFMA over ``eval_table`` into ``tfma_dir`` and summarize what it wrote."""
+    import apache_beam as beam
+    import tensorflow_model_analysis as tfma
+    from tfx_bsl.arrow import table_util
+
+    eval_config = build_eval_config(label, slice_features, bounds)
+    # TFMA reads Arrow record batches whose columns are lists (one list per
+    # example); plain columns give no error but no metrics either.
+    batches = [
+        table_util.CanonicalizeRecordBatch(b) for b in eval_table.to_batches(max_chunksize=BEAM_BATCH_ROWS)
+    ]
+    from cauce.beam_pipelines import make_pipeline
+
+    with make_pipeline("DirectRunner") as pipeline:
+        _ = (
+            pipeline
+            | "EvalBatches" >> beam.Create(batches, reshuffle=False)
+            | "TFMA"
+            >> tfma.ExtractEvaluateAndWriteResults(eval_config=eval_config, output_path=str(tfma_dir))
+        )
+
+    slices = {}
+    for metrics_for_slice in tfma.load_metrics(str(tfma_dir)):
+        slices[_slice_of(metrics_for_slice.slice_key)] = {
+            item.key.name: item.value for item in metrics_for_slice.metric_keys_and_values
+        }
+    # TFMA's writer merges every plot of a slice into one PlotData under a
+    # nameless key, so the plots are told apart by field, not by name.
+    (overall_plots,) = (
+        plots_for_slice.plot_keys_and_values[0].value
+        for plots_for_slice in tfma.load_plots(str(tfma_dir))
+        if not plots_for_slice.slice_key.single_slice_keys
+    )
+    validation = tfma.load_validation_result(str(tfma_dir))
+    overall = slices.pop(None)
+
+    return {
+        "blessed": bool(validation.validation_ok),
+        "metrics": _scalars(overall),
+        "slices": [
+            {"feature": feature, "value": value, "metrics": _scalars(values)}
+            for (feature, value), values in sorted(slices.items())
+        ],
+        "thresholds": bounds,
+        "reasons": _failure_reasons(validation),
+        "confusion_matrix": _confusion_matrix(overall["confusion_matrix_at_thresholds"]),
+        "roc": _roc_points(overall_plots.confusion_matrix_at_thresholds),
+        "calibration": _calibration_buckets(overall_plots.calibration_histogram_buckets),
+        "tfma_output": TFMA_DIR,
+    }
+
+
+def build_eval_config(label: str, slice_features: list[str], bounds: dict):
+    """The TFMA EvalConfig: overall + one slicing per feature, our metrics, thresholds on the overall slice."""
+    from tensorflow_model_analysis.proto import config_pb2
+
+    overall = config_pb2.SlicingSpec()
+    metrics = []
+    for class_name, name in SCALAR_METRICS.items():
+        metric = config_pb2.MetricConfig(class_name=class_name)
+        if name in bounds:
+            value_threshold = config_pb2.GenericValueThreshold()
+            for key, value in bounds[name].items():
+                getattr(value_threshold, key).value = value
+            # A MetricConfig.threshold would apply to every slice; this one
+            # applies to the overall slice only.
+            metric.per_slice_thresholds.add(
+                slicing_specs=[overall],
+                threshold=config_pb2.MetricThreshold(value_threshold=value_threshold),
+            )
+        metrics.append(metric)
+    metrics += [
+        config_pb2.MetricConfig(
+            class_name="ConfusionMatrixAtThresholds", config=f'"thresholds": [{DECISION_THRESHOLD}]'
+        ),
+        config_pb2.MetricConfig(
+            class_name="ConfusionMatrixPlot", config=f'"num_thresholds": {ROC_THRESHOLDS}'
+        ),
+        config_pb2.MetricConfig(class_name="CalibrationPlot", config=f'"num_buckets": {CALIBRATION_BUCKETS}'),
+    ]
+    return config_pb2.EvalConfig(
+        model_specs=[config_pb2.ModelSpec(label_key=label, prediction_key=PREDICTION_KEY)],
+        slicing_specs=[overall, *(config_pb2.SlicingSpec(feature_keys=[name]) for name in slice_features)],
+        metrics_specs=[config_pb2.MetricsSpec(metrics=metrics)],
+    )
+
+
+def _slice_of(slice_key) -> tuple[str, str] | None:
+    """``None`` for the overall slice, else ``(feature, value)``."""
+    if not slice_key.single_slice_keys:
+        return None
+    (single,) = slice_key.single_slice_keys  # we only slice by one feature at a time
+    value = single.WhichOneof("kind")
+    raw = getattr(single, value)
+    return single.column, raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _scalars(values: dict) -> dict[str, float | None]:
+    """The scalar metrics of one slice, with None where a metric is undefined.
+
+    TFMA reports NaN for some undefined metrics (precision without predicted
+    positives) but 0 for the AUCs of a slice holding one class only; the
+    slice's own confusion matrix tells those apart.
+    """
+    scalars = {}
+    for name in SCALAR_METRICS.values():
+        value = values[name].double_value.value
+        scalars[name] = value if math.isfinite(value) else None
+    counts = _confusion_matrix(values["confusion_matrix_at_thresholds"])
+    positives = counts["true_positives"] + counts["false_negatives"]
+    negatives = counts["true_negatives"] + counts["false_positives"]
+    if positives == 0 or negatives == 0:
+        scalars["auc"] = None
+    if positives == 0:
+        scalars["auc_precision_recall"] = None
+    return scalars
+
+
+def _failure_reasons(validation) -> list[str]:
+    """One sentence per threshold TFMA's validator failed."""
+    if validation.missing_thresholds:
+        return ["no thresholds were set: TFMA blesses a model only by checking it against thresholds"]
+    reasons = []
+    for per_slice in validation.metric_validations_per_slice:
+        where = (
+            "overall"
+            if not per_slice.slice_key.single_slice_keys
+            else "slice " + "=".join(_slice_of(per_slice.slice_key))
+        )
+        for failure in per_slice.failures:
+            name = failure.metric_key.name
+            bound = failure.metric_threshold.value_threshold
+            if not failure.HasField("metric_value"):
+                reasons.append(f"{name} ({where}): {failure.message or 'not computed'}")
+                continue
+            value = failure.metric_value.double_value.value
+            limits = []
+            if bound.HasField("lower_bound"):
+                limits.append(f">= {bound.lower_bound.value:g}")
+            if bound.HasField("upper_bound"):
+                limits.append(f"<= {bound.upper_bound.value:g}")
+            reasons.append(f"{name} ({where}) = {value:.4f}, required {' and '.join(limits)}")
+    return reasons
+
+
+def _confusion_matrix(metric) -> dict:
+    (matrix,) = metric.confusion_matrix_at_thresholds.matrices
+    tn, fp = int(matrix.true_negatives), int(matrix.false_positives)
+    fn, tp = int(matrix.false_negatives), int(matrix.true_positives)
+    return {
+        "threshold": matrix.threshold,
+        "labels": ["0", "1"],
+        # rows: actual class, columns: predicted class (the layout KFP's ClassificationMetrics expects)
+        "matrix": [[tn, fp], [fn, tp]],
+        "true_negatives": tn,
+        "false_positives": fp,
+        "false_negatives": fn,
+        "true_positives": tp,
+    }
+
+
+def _roc_points(matrices) -> dict:
+    """ROC points from TFMA's confusion matrix plot, in order of increasing false positive rate."""
+    points = sorted(
+        ((m.false_positive_rate, m.recall, m.threshold) for m in matrices.matrices),
+        key=lambda point: (point[0], point[1]),
+    )
+    return {
+        "fpr": [round(p[0], 6) for p in points],
+        "tpr": [round(p[1], 6) for p in points],
+        "threshold": [round(p[2], 6) for p in points],
+    }
+
+
+def _calibration_buckets(histogram) -> list[dict]:
+    """Reliability table: mean score against the observed positive rate per score bucket."""
+    buckets = []
+    for bucket in histogram.buckets:
+        count = bucket.num_weighted_examples.value
+        if count <= 0:
+            continue  # includes TFMA's edge buckets (-inf, 0) and [1, inf), empty for probabilities
+        buckets.append(
+            {
+                # clamp the edge buckets' infinite bounds, which JSON cannot hold
+                "lower": round(max(bucket.lower_threshold_inclusive, 0.0), 6),
+                "upper": round(min(bucket.upper_threshold_exclusive, 1.0), 6),
+                "count": int(count),
+                "mean_score": bucket.total_weighted_refined_prediction.value / count,
+                "positive_rate": bucket.total_weighted_label.value / count,
+            }
+        )
+    return buckets
+
+
+# ---- report ------------------------------------------------------------------
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #1d1d1f; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; }
+.verdict { padding: .8em 1.2em; border-radius: 6px; font-size: 1.2em; font-weight: 600; }
+.blessed { background: #e3f6e8; border: 1px solid #2e8b57; }
+.rejected { background: #fde8e8; border: 1px solid #c0392b; }
+table { border-collapse: collapse; margin: .5em 0; }
+th, td { border: 1px solid #d0d0d5; padding: .3em .7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f6; } .pass { color: #2e8b57; } .fail { color: #c0392b; font-weight: 600; }
+.note { color: #666; }
+"""
+
+
+def render_report(summary: dict) -> str:
+    """A self-contained HTML page (no scripts, no external assets) of one evaluation."""
+    blessed = summary["blessed"]
+    verdict = (
+        "Blessed: every threshold passed" if blessed else "Not blessed: " + "; ".join(summary["reasons"])
+    )
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>Model evaluation</title><style>" + _STYLE + "</style></head><body>",
+        "<h1>Model evaluation</h1>",
+        f"<div class='verdict {'blessed' if blessed else 'rejected'}'>{html.escape(verdict)}</div>",
+        f"<p class='note'>Label <b>{html.escape(summary['label'])}</b>, split "
+        f"<b>{html.escape(summary['split'])}</b>, {summary['rows']:,} rows. Computed by TensorFlow Model "
+        f"Analysis; accuracy, precision, recall and the confusion matrix use the cut-off "
+        f"{summary['confusion_matrix']['threshold']:g}.</p>",
+        "<h2>Overall metrics</h2>",
+        _overall_table(summary["metrics"], summary["thresholds"]),
+        "<h2>Confusion matrix</h2>",
+        _confusion_table(summary["confusion_matrix"]),
+        "<h2>ROC curve</h2>",
+        _roc_svg(summary["roc"], summary["metrics"]["auc"]),
+        "<h2>Calibration</h2>",
+        _calibration_table(summary["calibration"]),
+    ]
+    if summary["slices"]:
+        parts += ["<h2>Metrics per slice</h2>", _slices_table(summary["slices"])]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:.{digits}f}"
+
+
+def _passes(value: float | None, bound: dict) -> bool:
+    if value is None:
+        return False
+    return value >= bound.get("lower_bound", -math.inf) and value <= bound.get("upper_bound", math.inf)
+
+
+def _overall_table(metrics: dict, thresholds: dict) -> str:
+    rows = []
+    for name, value in metrics.items():
+        bound = thresholds.get(name)
+        if bound is None:
+            required = status = ""
+        else:
+            required = " and ".join(
+                f"{'≥' if key == 'lower_bound' else '≤'} {limit:g}" for key, limit in bound.items()
+            )
+            status = (
+                "<span class='pass'>pass</span>"
+                if _passes(value, bound)
+                else "<span class='fail'>fail</span>"
+            )
+        rows.append(f"<tr><td>{name}</td><td>{_number(value)}</td><td>{required}</td><td>{status}</td></tr>")
+    return (
+        "<table><tr><th>metric</th><th>value</th><th>threshold</th><th></th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _confusion_table(confusion: dict) -> str:
+    (tn, fp), (fn, tp) = confusion["matrix"]
+    return (
+        "<table><tr><th></th><th>predicted 0</th><th>predicted 1</th></tr>"
+        f"<tr><td>actual 0</td><td>{tn:,}</td><td>{fp:,}</td></tr>"
+        f"<tr><td>actual 1</td><td>{fn:,}</td><td>{tp:,}</td></tr></table>"
+    )
+
+
+def _roc_svg(roc: dict, auc: float | None, size: int = 320, margin: int = 40) -> str:
+    def x(fpr: float) -> float:
+        return margin + fpr * size
+
+    def y(tpr: float) -> float:
+        return margin + (1 - tpr) * size
+
+    curve = " ".join(f"{x(f):.1f},{y(t):.1f}" for f, t in zip(roc["fpr"], roc["tpr"]))
+    ticks = "".join(
+        f"<text x='{x(v):.0f}' y='{margin + size + 16}' text-anchor='middle'>{v:g}</text>"
+        f"<text x='{margin - 6}' y='{y(v) + 4:.0f}' text-anchor='end'>{v:g}</text>"
+        for v in (0, 0.25, 0.5, 0.75, 1)
+    )
+    full = size + 2 * margin
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{full}' height='{full}' font-size='11' "
+        f"role='img' aria-label='ROC curve, AUC {_number(auc)}'>"
+        f"<rect x='{margin}' y='{margin}' width='{size}' height='{size}' fill='none' stroke='#999'/>"
+        f"<line x1='{x(0)}' y1='{y(0)}' x2='{x(1)}' y2='{y(1)}' stroke='#bbb' stroke-dasharray='4 4'/>"
+        f"<polyline points='{curve}' fill='none' stroke='#1f6feb' stroke-width='2'/>"
+        f"{ticks}"
+        f"<text x='{x(0.5)}' y='{full - 4}' text-anchor='middle'>false positive rate</text>"
+        f"<text transform='translate(12 {y(0.5)}) rotate(-90)' text-anchor='middle'>true positive rate</text>"
+        f"<text x='{x(0.6)}' y='{y(0.1)}'>AUC {_number(auc)}</text>"
+        "</svg>"
+    )
+
+
+def _calibration_table(buckets: list[dict]) -> str:
+    rows = "".join(
+        f"<tr><td>[{b['lower']:g}, {b['upper']:g})</td><td>{b['count']:,}</td>"
+        f"<td>{b['mean_score']:.3f}</td><td>{b['positive_rate']:.3f}</td></tr>"
+        for b in buckets
+    )
+    return (
+        "<table><tr><th>score bucket</th><th>rows</th><th>mean score</th><th>observed positive rate</th></tr>"
+        + rows
+        + "</table>"
+    )
+
+
+def _slices_table(slices: list[dict]) -> str:
+    names = list(SCALAR_METRICS.values())
+    header = "<tr><th>feature</th><th>value</th>" + "".join(f"<th>{name}</th>" for name in names) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{html.escape(s['feature'])}</td><td>{html.escape(s['value'])}</td>"
+        + "".join(f"<td>{_number(s['metrics'][name])}</td>" for name in names)
+        + "</tr>"
+        for s in slices
+    )
+    return "<table>" + header + rows + "</table>"

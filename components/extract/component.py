@@ -1,0 +1,60 @@
+"""KFP definition of the extract step (logic in executor.py)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from cauce.images import BASE_IMAGE
+
+
+# KFP needs literal, JSON-serializable defaults in the signature (it compiles them
+# into the spec and never mutates them), hence the dict defaults.
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def extract(
+    source: str,
+    key_column: str,
+    dataset: dsl.Output[dsl.Dataset],
+    splits: dict = {"train": 0.8, "eval": 0.2},  # noqa: B006
+    backend: str = "local",
+    local_database: str = "",
+    project: str = "",
+    location: str = "US",
+    api_endpoint: str = "",
+    query_parameters: dict = {},  # noqa: B006
+    maximum_bytes_billed: int = 0,
+) -> NamedTuple("ExtractOutputs", [("rows", int)]):
+    """Run a BigQuery query (or read a table) and split its rows into a Dataset by a hashed key.
+
+    Args:
+        source: table (dataset.table or project.dataset.table) or BigQuery Standard SQL
+            starting with SELECT or WITH.
+        key_column: the column whose FARM_FINGERPRINT decides each row's split.
+        dataset: output cauce Dataset: one Parquet folder per split + _schema.json.
+        splits: split name -> ratio (> 0, summing to 1).
+        backend: "local" (embedded DuckDB engine) or "bigquery".
+        local_database: DuckDB file of the local engine; empty = cauce's default.
+        project: BigQuery project that runs (and pays for) the query; empty = the credentials' default.
+        location: BigQuery location of the query job.
+        api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
+        query_parameters: @name -> scalar or list, sent as typed query parameters.
+        maximum_bytes_billed: fail a BigQuery query that would bill more; 0 = no limit.
+    """
+    from collections import namedtuple
+
+    from cauce.components.extract.executor import run_extract
+
+    result = run_extract(
+        source=source,
+        key_column=key_column,
+        output_dir=dataset.path,
+        splits=splits,
+        backend=backend,
+        local_database=local_database,
+        project=project,
+        location=location,
+        api_endpoint=api_endpoint,
+        query_parameters=query_parameters,
+        maximum_bytes_billed=maximum_bytes_billed,
+    )
+    dataset.metadata.update(result.metadata)
+    return namedtuple("ExtractOutputs", ["rows"])(result.metadata["rows"])

@@ -1,0 +1,243 @@
+"""The evaluate step: real TensorFlow Model Analysis runs on a small model,
+checked against scikit-learn on the same predictions."""
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_score
+
+from cauce import data
+from cauce import model as cauce_model
+from cauce.artifacts import CauceError
+from cauce.components.evaluate.executor import (
+    EVALUATION_FILE,
+    MISSING_SLICE_VALUE,
+    REPORT_FILE,
+    TFMA_DIR,
+    run_evaluate,
+)
+from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC, generate_taxi_trips
+from cauce.features import FeatureStatistics, FittedTransform
+
+ROWS = 3000
+SLICE = "payment_type"
+SLICE_WITH_NULLS = "company"
+# TFMA's AUC interpolates confusion matrices at 10 000 evenly spaced thresholds
+# instead of ranking every pair as sklearn does: only pairs whose scores share a
+# 1e-4 bucket can differ (measured: 2e-7 on this data).
+AUC_TOLERANCE = 1e-4
+
+
+def build_model_bundle(directory: Path, train: pa.Table) -> Path:
+    """A cauce Model directory (scikit-learn logistic regression + fitted transform)."""
+    stats = FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(train)
+    fitted = FittedTransform.fit(stats, DEMO_LABEL)
+    labels = train.column(DEMO_LABEL).to_numpy()
+    estimator = LogisticRegression(max_iter=500).fit(fitted.transform_table(train), labels)
+    directory.mkdir(parents=True)
+    joblib.dump(estimator, directory / "model.joblib")
+    fitted.save(directory)
+    metadata = {
+        "framework": "sklearn",
+        "label": DEMO_LABEL,
+        "task": "binary_classification",
+        "features": fitted.input_features,
+        "metrics": {},
+    }
+    (directory / "cauce_model.json").write_text(json.dumps(metadata))
+    return directory
+
+
+def write_dataset(directory: Path, eval_table: pa.Table) -> Path:
+    """A raw cauce Dataset directory holding one split, ``eval``."""
+    directory.mkdir(parents=True)
+    rows = data.write_split(directory, "eval", eval_table)
+    data.write_schema(directory, eval_table.schema, {"eval": rows})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """(model_dir, dataset_dir, eval_table): a model trained on one sample, evaluated on another."""
+    root = tmp_path_factory.mktemp("evaluate")
+    model_dir = build_model_bundle(root / "model", generate_taxi_trips(ROWS, seed=1))
+    eval_table = generate_taxi_trips(ROWS, seed=2)
+    return str(model_dir), str(write_dataset(root / "dataset", eval_table)), eval_table
+
+
+@pytest.fixture(scope="module")
+def labels_and_scores(bundle):
+    """The eval labels and the model's scores for them, computed without TFMA."""
+    model_dir, _, eval_table = bundle
+    return eval_table.column(DEMO_LABEL).to_numpy(), cauce_model.load(model_dir).predict_scores(eval_table)
+
+
+@pytest.fixture(scope="module")
+def passed(bundle, tmp_path_factory):
+    """(summary, output_dir) of an evaluation whose thresholds the model passes."""
+    model_dir, dataset_dir, _ = bundle
+    output_dir = tmp_path_factory.mktemp("passed") / "evaluation"
+    summary = run_evaluate(
+        model_dir,
+        dataset_dir,
+        output_dir,
+        slice_features=[SLICE, SLICE_WITH_NULLS],
+        thresholds={"auc": 0.6, "binary_accuracy": 0.55},
+    )
+    return summary, output_dir
+
+
+def test_overall_metrics_match_sklearn_on_the_same_predictions(labels_and_scores, passed):
+    summary, _ = passed
+    labels, scores = labels_and_scores
+    predicted = (scores > 0.5).astype(int)  # TFMA counts a score above the cut-off as positive
+    metrics = summary["metrics"]
+
+    assert metrics["example_count"] == ROWS
+    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=AUC_TOLERANCE)
+    assert metrics["binary_accuracy"] == accuracy_score(labels, predicted)
+    assert metrics["binary_crossentropy"] == pytest.approx(log_loss(labels, scores), rel=1e-6)
+    assert summary["confusion_matrix"]["matrix"] == confusion_matrix(labels, predicted).tolist()
+
+
+def test_every_slice_value_gets_its_own_metrics(bundle, labels_and_scores, passed):
+    _, _, eval_table = bundle
+    summary, _ = passed
+    labels, scores = labels_and_scores
+    slice_values = eval_table.column(SLICE).to_numpy(zero_copy_only=False)
+    slices = [entry for entry in summary["slices"] if entry["feature"] == SLICE]
+    assert {entry["value"] for entry in slices} == set(slice_values)
+    for entry in slices:
+        in_slice = slice_values == entry["value"]
+        assert entry["metrics"]["example_count"] == in_slice.sum()
+        assert entry["metrics"]["binary_accuracy"] == accuracy_score(labels[in_slice], scores[in_slice] > 0.5)
+        # AUC is undefined, not 0, for a slice holding one class only
+        assert (entry["metrics"]["auc"] is None) == (len(set(labels[in_slice])) < 2)
+
+    # rows without a value form their own slice instead of disappearing
+    counts = {
+        e["value"]: e["metrics"]["example_count"]
+        for e in summary["slices"]
+        if e["feature"] == SLICE_WITH_NULLS
+    }
+    assert counts[MISSING_SLICE_VALUE] == eval_table.column(SLICE_WITH_NULLS).null_count > 0
+    assert sum(counts.values()) == ROWS
+
+
+def test_passing_thresholds_bless_the_model(passed):
+    summary, output_dir = passed
+    assert summary["blessed"] is True and summary["reasons"] == []
+    assert summary["thresholds"] == {"auc": {"lower_bound": 0.6}, "binary_accuracy": {"lower_bound": 0.55}}
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted([EVALUATION_FILE, REPORT_FILE, TFMA_DIR])
+    assert (output_dir / TFMA_DIR / "validations.tfrecord").exists()
+
+
+def test_evaluation_json_and_report(passed):
+    summary, output_dir = passed
+
+    def reject(constant):
+        raise AssertionError(f"{constant} is not valid JSON")
+
+    written = json.loads((output_dir / EVALUATION_FILE).read_text(), parse_constant=reject)
+    assert written["blessed"] is True and written["metrics"] == summary["metrics"]
+    roc = written["roc"]
+    assert 50 <= len(roc["fpr"]) == len(roc["tpr"]) == len(roc["threshold"]) <= 200
+    assert roc["fpr"] == sorted(roc["fpr"]) and roc["tpr"] == sorted(roc["tpr"])
+    assert sum(bucket["count"] for bucket in written["calibration"]) == ROWS
+
+    report = (output_dir / REPORT_FILE).read_text()
+    assert report.index("Blessed") < report.index("Overall metrics")
+    assert "<svg" in report and "Credit Card" in report
+    assert "<script" not in report and "http://" not in report.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_impossible_threshold_is_not_blessed_and_says_why(bundle, tmp_path):
+    model_dir, dataset_dir, _ = bundle
+    summary = run_evaluate(model_dir, dataset_dir, tmp_path / "out", thresholds={"auc": 0.999})
+    assert summary["blessed"] is False
+    assert len(summary["reasons"]) == 1 and summary["reasons"][0].startswith("auc (overall)")
+    assert "Not blessed: auc" in (tmp_path / "out" / REPORT_FILE).read_text()
+
+
+def test_without_thresholds_tfma_does_not_bless(bundle, tmp_path):
+    model_dir, dataset_dir, _ = bundle
+    summary = run_evaluate(model_dir, dataset_dir, tmp_path / "out")
+    assert summary["blessed"] is False and summary["reasons"][0].startswith("no thresholds were set")
+    assert summary["metrics"]["auc"] > 0.6
+
+
+def _without_label(table):
+    return table.drop_columns([DEMO_LABEL])
+
+
+def _with_label(values):
+    def replace(table):
+        column = pa.array(np.resize(values, table.num_rows), pa.int64())
+        return table.set_column(table.column_names.index(DEMO_LABEL), DEMO_LABEL, column)
+
+    return replace
+
+
+@pytest.mark.parametrize(
+    ("make_table", "options", "message"),
+    [
+        (_without_label, {}, r"label column 'tipped_well' .* not found in split 'eval'; columns present"),
+        (
+            lambda t: t,
+            {"slice_features": ["borough"]},
+            r"slice feature\(s\) \['borough'\] not found .* columns present",
+        ),
+        (lambda t: t.slice(0, 0), {}, r"split 'eval' is empty"),
+        (lambda t: t, {"thresholds": {"f1": 0.5}}, r"unknown metric 'f1'; valid metric names: \['auc', "),
+        (lambda t: t, {"thresholds": {"auc": "high"}}, r"thresholds\['auc'\] lower_bound must be a number"),
+        (_with_label([0, 1, 2]), {}, r"label column 'tipped_well' is not binary: it holds \[2.0\]"),
+        (_with_label([1]), {}, r"holds only the class 1"),
+    ],
+    ids=[
+        "label-missing",
+        "slice-missing",
+        "empty-split",
+        "unknown-metric",
+        "bad-bound",
+        "not-binary",
+        "one-class",
+    ],
+)
+def test_bad_input_fails_clearly_and_leaves_nothing(bundle, tmp_path, make_table, options, message):
+    model_dir, _, eval_table = bundle
+    dataset_dir = write_dataset(tmp_path / "dataset", make_table(eval_table))
+    with pytest.raises(CauceError, match=message):
+        run_evaluate(model_dir, dataset_dir, tmp_path / "out", **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+
+
+def test_component_compiles_and_runs_under_kfp_local(bundle, kfp_local, tmp_path):
+    from kfp import compiler, dsl
+
+    from cauce.components.evaluate.component import evaluate
+
+    model_dir, dataset_dir, _ = bundle
+
+    @dsl.pipeline(name="evaluate-test")
+    def evaluate_pipeline() -> bool:
+        model = dsl.importer(artifact_uri=model_dir, artifact_class=dsl.Model)
+        dataset = dsl.importer(artifact_uri=dataset_dir, artifact_class=dsl.Dataset)
+        task = evaluate(model=model.output, dataset=dataset.output, slice_features=[SLICE])
+        return task.outputs["Output"]
+
+    compiler.Compiler().compile(evaluate_pipeline, str(tmp_path / "pipeline.yaml"))
+    assert evaluate_pipeline().output is True
+
+    (task_dir,) = kfp_local.glob("*/evaluate")
+    assert "Blessed" in (task_dir / "report").read_text()
+    outputs = json.loads((task_dir / "executor_output.json").read_text())
+    assert outputs["parameterValues"]["Output"] is True
+    logged = {name: entry["artifacts"][0]["metadata"] for name, entry in outputs["artifacts"].items()}
+    assert logged["metrics"]["auc"] > 0.6
+    assert len(logged["classification_metrics"]["confidenceMetrics"]) > 50
+    assert len(logged["classification_metrics"]["confusionMatrix"]["rows"]) == 2
