@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def _run_with_progress(pipeline: str, arguments: dict, verbose: bool):
     from cauce.paths import cauce_home
 
     spec_path = spec.compile_pipeline(pipeline, cauce_home() / "specs")
+    # While the pipeline runs, stdout is captured into the run's log file; progress
+    # goes to the terminal through a console bound to the real stdout.
+    terminal = Console(file=sys.stdout)
     marks = {"RUNNING": "[yellow]…[/]", "SUCCESS": "[green]✓[/]", "FAILURE": "[red]✗[/]"}
     started: dict[str, float] = {}
 
@@ -39,11 +43,11 @@ def _run_with_progress(pipeline: str, arguments: dict, verbose: bool):
             status_line.update(f"[bold]{pipeline}[/]: running [cyan]{task}[/] …")
         else:
             elapsed = time.monotonic() - started.get(task, time.monotonic())
-            console.print(f"  {marks.get(status, status)} {task:<12} {elapsed:6.1f} s")
+            terminal.print(f"  {marks.get(status, status)} {task:<12} {elapsed:6.1f} s")
 
     console.print(f"[bold]{pipeline}[/] — running [dim]{spec_path}[/] with kfp.local")
     try:
-        with console.status(f"[bold]{pipeline}[/]: starting …") as status_line:
+        with terminal.status(f"[bold]{pipeline}[/]: starting …") as status_line:
             result = run_spec(spec_path, arguments, on_event=on_event, verbose=verbose)
     except PipelineFailed as error:
         _fail(str(error))
@@ -88,7 +92,9 @@ def run(
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.4f}"
+        if math.isnan(value):
+            return "—"
+        return f"{int(value):,}" if value.is_integer() and abs(value) >= 1 else f"{value:.4f}"
     return str(value)
 
 
@@ -145,7 +151,8 @@ def _print_monitoring_summary(result) -> None:
     drifted = task.parameters.get("drifted_features") or []
     flag = "[red]DRIFT DETECTED[/]" if task.parameters.get("drift_detected") else "[green]no drift[/]"
     console.print(f"monitor: {flag}" + (f" in {', '.join(drifted)}" if drifted else ""))
-    console.print(f"  report: {report.get('uri', '')}")
+    html = Path(report.get("uri", "")) / "report.html"
+    console.print(f"  report: {html if html.exists() else report.get('uri', '')}")
 
 
 # --------------------------------------------------------------------------- demo

@@ -64,7 +64,7 @@ def generate_taxi_trips(rows: int = 100_000, seed: int = 42) -> pa.Table:
         + 0.08 * np.minimum(miles, 20)
         + np.where((hour >= 22) | (hour <= 3), 0.5, 0.0)
         + (company_idx % 5 - 2) * 0.15
-        + rng.normal(0, 0.8, rows)
+        + rng.normal(0, 1.6, rows)
         - 0.3
     )
     label = (logit > 0).astype(np.int64)
