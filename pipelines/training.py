@@ -21,85 +21,98 @@ from cauce.demo import DEMO_CATEGORICAL, DEMO_KEY, DEMO_LABEL, DEMO_NUMERIC, DEM
 from cauce.images import SERVING_IMAGE
 
 
-@dsl.pipeline(
-    name="cauce-training",
-    description="Extract from BigQuery, transform with Beam, train, evaluate with TFMA, register and deploy if blessed.",
-)
-def training(
-    source: str = DEMO_TABLE,
-    key_column: str = DEMO_KEY,
-    label: str = DEMO_LABEL,
-    numeric_features: list = DEMO_NUMERIC,
-    categorical_features: list = DEMO_CATEGORICAL,
-    slice_features: list = ["payment_type"],
-    splits: dict = {"train": 0.8, "eval": 0.2},
-    backend: str = "local",
-    local_database: str = "",
-    bigquery_location: str = "US",
-    query_parameters: dict = {},
-    runner: str = "DirectRunner",
-    pipeline_options: dict = {},
-    hyperparameters: dict = {"model_type": "hist_gradient_boosting", "max_iter": 200, "learning_rate": 0.1},
-    thresholds: dict = {"auc": 0.7},
-    model_name: str = "taxi-tips",
-    endpoint_name: str = "taxi-tips",
-    project: str = "",
-    location: str = "us-central1",
-    vertex_api_endpoint: str = "",
-    mlflow_tracking_uri: str = "",
-    serving_image: str = SERVING_IMAGE,
-    machine_type: str = "n1-standard-2",
-    port: int = 8080,
-):
-    extracted = extract(
-        source=source,
-        key_column=key_column,
-        splits=splits,
-        backend=backend,
-        local_database=local_database,
-        project=project,
-        location=bigquery_location,
-        query_parameters=query_parameters,
-    ).set_display_name("extract")
-    transformed = transform(
-        dataset=extracted.outputs["dataset"],
-        label=label,
-        numeric_features=numeric_features,
-        categorical_features=categorical_features,
-        runner=runner,
-        pipeline_options=pipeline_options,
-    ).set_display_name("transform")
-    trained = train(
-        transformed=transformed.outputs["transformed"],
-        transform_fn=transformed.outputs["transform_fn"],
-        hyperparameters=hyperparameters,
-    ).set_display_name("train")
-    evaluated = evaluate(
-        model=trained.outputs["model"],
-        dataset=extracted.outputs["dataset"],
-        slice_features=slice_features,
-        thresholds=thresholds,
-    ).set_display_name("evaluate")
-    # A single bool output, not a NamedTuple field: kfp.local (2.17) cannot resolve
-    # a dsl.If condition on a NamedTuple field and silently skips the branch.
-    with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):
-        registered = register(
-            model=trained.outputs["model"],
-            model_name=model_name,
-            mlflow_tracking_uri=mlflow_tracking_uri,
+def build_training_pipeline(train_op=train, name: str = "cauce-training"):
+    """Build the training pipeline around ``train_op``.
+
+    ``train_op`` is the train component itself (default) or a variant of it, for
+    example GCPC's ``create_custom_training_job_from_component(train, ...)`` to run
+    the same step as a Vertex AI CustomJob with chosen machines and accelerators.
+    """
+
+    @dsl.pipeline(
+        name=name,
+        description="Extract from BigQuery, transform with Beam, train, evaluate with TFMA, register and deploy if blessed.",
+    )
+    def training(
+        source: str = DEMO_TABLE,
+        key_column: str = DEMO_KEY,
+        label: str = DEMO_LABEL,
+        numeric_features: list = DEMO_NUMERIC,
+        categorical_features: list = DEMO_CATEGORICAL,
+        slice_features: list = ["payment_type"],
+        splits: dict = {"train": 0.8, "eval": 0.2},
+        backend: str = "local",
+        local_database: str = "",
+        bigquery_location: str = "US",
+        query_parameters: dict = {},
+        runner: str = "DirectRunner",
+        pipeline_options: dict = {},
+        hyperparameters: dict = {"model_type": "hist_gradient_boosting", "max_iter": 200, "learning_rate": 0.1},
+        thresholds: dict = {"auc": 0.7},
+        model_name: str = "taxi-tips",
+        endpoint_name: str = "taxi-tips",
+        project: str = "",
+        location: str = "us-central1",
+        vertex_api_endpoint: str = "",
+        mlflow_tracking_uri: str = "",
+        serving_image: str = SERVING_IMAGE,
+        machine_type: str = "n1-standard-2",
+        port: int = 8080,
+    ):
+        extracted = extract(
+            source=source,
+            key_column=key_column,
+            splits=splits,
+            backend=backend,
+            local_database=local_database,
             project=project,
-            location=location,
-            api_endpoint=vertex_api_endpoint,
-            serving_image=serving_image,
-        ).set_display_name("register")
-        deploy(
+            location=bigquery_location,
+            query_parameters=query_parameters,
+        ).set_display_name("extract")
+        transformed = transform(
+            dataset=extracted.outputs["dataset"],
+            label=label,
+            numeric_features=numeric_features,
+            categorical_features=categorical_features,
+            runner=runner,
+            pipeline_options=pipeline_options,
+        ).set_display_name("transform")
+        trained = train_op(
+            transformed=transformed.outputs["transformed"],
+            transform_fn=transformed.outputs["transform_fn"],
+            hyperparameters=hyperparameters,
+        ).set_display_name("train")
+        evaluated = evaluate(
             model=trained.outputs["model"],
-            smoke_dataset=extracted.outputs["dataset"],
-            endpoint_name=endpoint_name,
-            registered_model_uri=registered.outputs["model_uri"],
-            project=project,
-            location=location,
-            api_endpoint=vertex_api_endpoint,
-            machine_type=machine_type,
-            port=port,
-        ).set_display_name("deploy")
+            dataset=extracted.outputs["dataset"],
+            slice_features=slice_features,
+            thresholds=thresholds,
+        ).set_display_name("evaluate")
+        # A single bool output, not a NamedTuple field: kfp.local (2.17) cannot resolve
+        # a dsl.If condition on a NamedTuple field and silently skips the branch.
+        with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):
+            registered = register(
+                model=trained.outputs["model"],
+                model_name=model_name,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                project=project,
+                location=location,
+                api_endpoint=vertex_api_endpoint,
+                serving_image=serving_image,
+            ).set_display_name("register")
+            deploy(
+                model=trained.outputs["model"],
+                smoke_dataset=extracted.outputs["dataset"],
+                endpoint_name=endpoint_name,
+                registered_model_uri=registered.outputs["model_uri"],
+                project=project,
+                location=location,
+                api_endpoint=vertex_api_endpoint,
+                machine_type=machine_type,
+                port=port,
+            ).set_display_name("deploy")
+
+    return training
+
+
+training = build_training_pipeline()
