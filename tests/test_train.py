@@ -39,3 +39,62 @@ def test_bad_hyperparameters_fail_clearly(trained_model, tmp_path, hyperparamete
     with pytest.raises(CauceError, match=message):
         run_train(transformed, transform_dir, str(tmp_path / "model"), hyperparameters)
     assert not (tmp_path / "model").exists()
+
+
+def test_unknown_framework_and_task_fail_clearly_and_leave_nothing(trained_model, tmp_path):
+    _, transformed, transform_dir, _ = trained_model
+    with pytest.raises(CauceError, match=r"framework 'xgboost' is not supported; expected one of \['sklearn', 'keras', 'torch'\]"):
+        run_train(transformed, transform_dir, str(tmp_path / "model"), {}, framework="xgboost")
+    with pytest.raises(CauceError, match=r"task 'ranking' is not supported; expected one of \['binary', 'multiclass', 'regression'\]"):
+        run_train(transformed, transform_dir, str(tmp_path / "model"), {}, task="ranking")
+    with pytest.raises(CauceError, match="model_type 'logistic_regression' is not supported for task 'regression'"):
+        run_train(transformed, transform_dir, str(tmp_path / "model"), {"model_type": "logistic_regression"}, task="regression")
+    with pytest.raises(CauceError, match="invalid hyperparameters for 'random_forest'"):
+        run_train(transformed, transform_dir, str(tmp_path / "model"), {"model_type": "random_forest", "n_estimators": -3})
+    assert not (tmp_path / "model").exists()
+
+
+def test_bundle_metadata_records_versions_hashes_and_seed(trained_model):
+    _, _, transform_dir, model_dir = trained_model
+    meta = json.loads(open(f"{model_dir}/cauce_model.json").read())
+    assert meta["task"] == "binary" and meta["classes"] == [0, 1] and meta["seed"] == 42
+    assert meta["versions"]["scikit-learn"] == meta["framework_version"] and meta["versions"]["python"]
+    assert set(meta["data_hashes"]) == {"transform", "train", "eval"}
+    assert all(value.startswith("sha256:") for value in meta["data_hashes"].values())
+    assert meta["training_curves"] is None and meta["created_at"]
+
+
+def test_sklearn_bundles_load_and_serve_without_tensorflow_or_torch(trained_model):
+    """The serving process of a scikit-learn model stays light: no TF, Keras or torch import."""
+    import subprocess
+    import sys
+
+    raw, _, _, model_dir = trained_model
+    code = f"""
+import sys
+from cauce import data, model
+from cauce.serving.server import build_app
+from cauce.components.train.executor import run_train
+loaded = model.load({model_dir!r})
+loaded.predict_scores(data.read_split({raw!r}, "eval"))
+build_app({model_dir!r})
+heavy = sorted(m for m in ("tensorflow", "keras", "torch", "tensorflow_model_analysis") if m in sys.modules)
+assert not heavy, heavy
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_broken_bundles_fail_with_a_clear_error(trained_model, tmp_path):
+    import shutil
+
+    model_dir = trained_model[3]
+    shutil.copytree(model_dir, tmp_path / "m")
+    meta_path = tmp_path / "m" / "cauce_model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(meta, framework="onnx")))
+    with pytest.raises(CauceError, match=r"model framework 'onnx' in .* is not supported; expected one of \['keras', 'sklearn', 'torch'\]"):
+        model.load(tmp_path / "m")
+    meta_path.write_text(json.dumps(dict(meta, framework="torch")))
+    with pytest.raises(CauceError, match=r"model\.pt not found: a torch bundle keeps its model there"):
+        model.load(tmp_path / "m")

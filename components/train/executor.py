@@ -1,12 +1,34 @@
-"""Train executor: fit a scikit-learn classifier on the encoded training split
-and write a self-contained model bundle (see cauce.model)."""
+"""Train executor: one contract, three frameworks.
+
+``run_train`` reads the encoded train/eval splits written by the transform,
+checks the label against the task, hands the matrices to the trainer of the
+chosen framework (``sklearn_trainer``, ``keras_trainer``, ``torch_trainer``:
+only that one is imported), measures the result with the same code for every
+framework, and writes a self-contained model bundle (see ``cauce.model``).
+
+Tasks and labels:
+
+* ``binary``: labels 0/1 (or booleans). This is what the transform emits.
+* ``multiclass``: integer or string class values; classes are the sorted values
+  seen in the training split, stored in ``cauce_model.json`` as ``classes``.
+* ``regression``: any finite number.
+
+The transform (``components/transform``) currently accepts only binary 0/1
+labels, so a multiclass or regression model needs encoded splits whose label
+column holds those values (the same layout: float32 feature columns named
+after ``transform.json``'s ``feature_names`` plus the label column).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import importlib
 import json
 import logging
+import platform
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,67 +36,133 @@ import numpy as np
 
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
+from cauce.components.train.common import Trained, TrainingData
+from cauce.components.train.sklearn_trainer import (  # importable from here, as before
+    DEFAULT_HYPERPARAMETERS,
+    ESTIMATORS,
+    build_estimator,
+)
 from cauce.features import TRANSFORM_FILE, FittedTransform
-from cauce.model import METADATA_FILE, SKLEARN_FILE
+from cauce.model import METADATA_FILE, TASKS
 
 log = logging.getLogger(__name__)
 
-# model_type -> (module, class): the estimators a user can pick by name.
-ESTIMATORS = {
-    "hist_gradient_boosting": ("sklearn.ensemble", "HistGradientBoostingClassifier"),
-    "random_forest": ("sklearn.ensemble", "RandomForestClassifier"),
-    "logistic_regression": ("sklearn.linear_model", "LogisticRegression"),
+FRAMEWORKS = ("sklearn", "keras", "torch")
+_TRAINER_MODULES = {
+    "sklearn": "cauce.components.train.sklearn_trainer",
+    "keras": "cauce.components.train.keras_trainer",
+    "torch": "cauce.components.train.torch_trainer",
 }
-DEFAULT_HYPERPARAMETERS = {"model_type": "hist_gradient_boosting", "max_iter": 200, "learning_rate": 0.1}
+
+__all__ = [
+    "DEFAULT_HYPERPARAMETERS",
+    "ESTIMATORS",
+    "FRAMEWORKS",
+    "TASKS",
+    "TrainResult",
+    "TrainingData",
+    "Trained",
+    "build_estimator",
+    "classification_metrics",
+    "evaluation_metrics",
+    "run_train",
+]
 
 
 @dataclass
 class TrainResult:
     metrics: dict[str, float]
     metadata: dict
+    curves: dict | None = None
+
+    def kfp_metrics(self) -> dict[str, float]:
+        """Everything to log as KFP Metrics: the summary metrics, then one scalar
+        per epoch and curve (``epoch_003_val_loss``), zero-padded so the Vertex
+        metrics table sorts them in epoch order."""
+        logged = dict(self.metrics)
+        if self.curves:
+            for index, epoch in enumerate(self.curves["epoch"]):
+                for name, values in self.curves.items():
+                    if name != "epoch" and values[index] is not None:
+                        logged[f"epoch_{epoch:03d}_{name}"] = values[index]
+        return logged
 
 
-def build_estimator(hyperparameters: dict, seed: int):
-    """Instantiate the estimator named by ``model_type`` with the other keys as parameters."""
-    import importlib
-
-    params = dict(hyperparameters or {})
-    model_type = params.pop("model_type", DEFAULT_HYPERPARAMETERS["model_type"])
-    if model_type not in ESTIMATORS:
-        raise CauceError(f"hyperparameters.model_type {model_type!r} is not supported; expected one of {sorted(ESTIMATORS)}")
-    module, name = ESTIMATORS[model_type]
-    estimator_cls = getattr(importlib.import_module(module), name)
-    estimator = estimator_cls()
-    valid = estimator.get_params()
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise CauceError(
-            f"unknown hyperparameter(s) {unknown} for model_type {model_type!r}; valid: {sorted(valid)}"
-        )
-    if "random_state" in valid:
-        params.setdefault("random_state", seed)
-    # KFP passes dict parameters through a protobuf Struct, where every number is
-    # a float: give integer-valued parameters back their int type.
-    for key, value in params.items():
-        default = valid.get(key)
-        if isinstance(value, float) and value.is_integer() and isinstance(default, int) and not isinstance(default, bool):
-            params[key] = int(value)
-    try:
-        estimator.set_params(**params)
-    except (TypeError, ValueError) as error:
-        raise CauceError(f"invalid hyperparameters for {model_type!r}: {error}") from None
-    return model_type, estimator
+# ---- labels ------------------------------------------------------------------
 
 
-def _matrix(transformed_dir: str, split: str, fitted: FittedTransform) -> tuple[np.ndarray, np.ndarray]:
+def _encode_labels(raw: np.ndarray, task: str, label: str, split: str, classes: list | None) -> tuple[np.ndarray, list]:
+    """Check ``raw`` labels against the task and encode them (see TrainingData)."""
+    where = f"label {label!r} in split {split!r}"
+    if raw.dtype == object:
+        if any(value is None for value in raw):
+            raise CauceError(f"{where} has missing values; drop or fill them before training")
+        if task == "regression" or (task == "binary" and not all(isinstance(v, (bool, int, float)) for v in raw)):
+            raise CauceError(f"{where} holds non-numeric values (e.g. {raw[0]!r}); a {task} label must be numeric")
+    if task == "binary":
+        values = raw.astype(np.float64)
+        if np.isnan(values).any():
+            raise CauceError(f"{where} has missing values; drop or fill them before training")
+        found = np.unique(values)
+        if not np.isin(found, (0.0, 1.0)).all():
+            raise CauceError(f"{where} must be binary 0/1 for task 'binary'; found values {found[:10].tolist()}")
+        return values.astype(np.float32), [0, 1]
+    if task == "regression":
+        values = raw.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise CauceError(f"{where} has missing or infinite values; a regression label must be a finite number")
+        return values, []
+    # multiclass: integer-valued numbers or strings
+    if raw.dtype.kind == "f":
+        if np.isnan(raw).any():
+            raise CauceError(f"{where} has missing values; drop or fill them before training")
+        if not np.all(raw == np.round(raw)):
+            raise CauceError(f"{where} holds non-integer numbers; multiclass labels must be integers or strings")
+        raw = raw.astype(np.int64)
+    values = [v.item() if isinstance(v, np.generic) else v for v in raw.tolist()] if raw.dtype.kind != "O" else list(raw)
+    if classes is None:
+        try:
+            classes = sorted(set(values))
+        except TypeError:
+            raise CauceError(f"{where} mixes value types; multiclass labels must be all integers or all strings") from None
+        if len(classes) < 2:
+            raise CauceError(f"{where} has a single class {classes}: cannot train a classifier")
+    index = {value: i for i, value in enumerate(classes)}
+    unseen = sorted({v for v in values if v not in index}, key=str)
+    if unseen:
+        raise CauceError(f"{where} has class(es) {unseen[:10]} never seen in training; training classes: {classes}")
+    return np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values)), classes
+
+
+def _read_split(transformed_dir: str, split: str, fitted: FittedTransform) -> tuple[np.ndarray, np.ndarray]:
     table = data.read_split(transformed_dir, split, columns=[*fitted.feature_names, fitted.label])
     if table.num_rows == 0:
         raise CauceError(f"split {split!r} of {transformed_dir} is empty: nothing to train or evaluate on")
-    features = np.column_stack([table.column(name).to_numpy() for name in fitted.feature_names]).astype(np.float32)
-    return features, table.column(fitted.label).to_numpy()
+    features = np.empty((table.num_rows, len(fitted.feature_names)), dtype=np.float32)
+    for j, name in enumerate(fitted.feature_names):
+        features[:, j] = table.column(name).to_numpy()
+    return features, table.column(fitted.label).to_numpy(zero_copy_only=False)
+
+
+def load_training_data(
+    transformed_dir: str, fitted: FittedTransform, task: str, train_split: str = "train", eval_split: str = "eval"
+) -> TrainingData:
+    x_train, raw_train = _read_split(transformed_dir, train_split, fitted)
+    y_train, classes = _encode_labels(raw_train, task, fitted.label, train_split, None)
+    if task == "binary" and len(np.unique(y_train)) < 2:
+        raise CauceError(f"label {fitted.label!r} has a single class in split {train_split!r}: cannot train a classifier")
+    x_eval = y_eval = None
+    if eval_split and eval_split in data.split_names(transformed_dir):
+        x_eval, raw_eval = _read_split(transformed_dir, eval_split, fitted)
+        y_eval, _ = _encode_labels(raw_eval, task, fitted.label, eval_split, classes if task == "multiclass" else None)
+    return TrainingData(task, x_train, y_train, x_eval, y_eval, classes, list(fitted.feature_names))
+
+
+# ---- metrics (the same code for every framework) -------------------------------
 
 
 def classification_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Binary: accuracy at 0.5, log loss, and AUC when both classes are present."""
     from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
     metrics = {"accuracy": float(accuracy_score(y_true, scores >= 0.5))}
@@ -82,6 +170,48 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, 
     if len(np.unique(y_true)) == 2:
         metrics["auc"] = float(roc_auc_score(y_true, scores))
     return metrics
+
+
+def evaluation_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, n_classes: int = 2) -> dict[str, float]:
+    """binary: accuracy, log_loss, auc; multiclass: accuracy, log_loss, auc
+    (one-vs-rest, macro); regression: rmse, mae, r2."""
+    from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score, roc_auc_score
+
+    if task == "binary":
+        return classification_metrics(y_true, outputs)
+    if task == "multiclass":
+        labels = list(range(n_classes))
+        probabilities = np.clip(outputs, 1e-7, 1.0)
+        probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+        metrics = {
+            "accuracy": float(accuracy_score(y_true, outputs.argmax(axis=1))),
+            "log_loss": float(log_loss(y_true, probabilities, labels=labels)),
+        }
+        if len(np.unique(y_true)) == n_classes:
+            metrics["auc"] = float(roc_auc_score(y_true, probabilities, multi_class="ovr", average="macro", labels=labels))
+        return metrics
+    error = outputs - y_true
+    metrics = {"rmse": float(np.sqrt(np.mean(error * error))), "mae": float(mean_absolute_error(y_true, outputs))}
+    if len(y_true) > 1:
+        metrics["r2"] = float(r2_score(y_true, outputs))
+    return metrics
+
+
+# ---- the contract --------------------------------------------------------------
+
+
+def _sha256(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.dtype).encode() + str(array.shape).encode())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _trainer(framework: str):
+    if framework not in FRAMEWORKS:
+        raise CauceError(f"framework {framework!r} is not supported; expected one of {list(FRAMEWORKS)}")
+    return importlib.import_module(_TRAINER_MODULES[framework])
 
 
 def run_train(
@@ -92,45 +222,81 @@ def run_train(
     train_split: str = "train",
     eval_split: str = "eval",
     seed: int = 42,
+    framework: str = "sklearn",
+    task: str = "binary",
 ) -> TrainResult:
-    import joblib
-    import sklearn
+    """Train a ``framework`` model for ``task`` and write the bundle to ``model_dir``.
 
+    ``hyperparameters`` are the framework's (empty or None: its defaults):
+    scikit-learn ``{"model_type": ..., <estimator parameters>}``; Keras and
+    PyTorch ``{"hidden_units", "dropout", "learning_rate", "weight_decay",
+    "epochs", "batch_size", "patience", "min_delta", "validation_fraction"}``
+    (see ``neural.py``). Errors in them fail before any data is read, and a
+    failed run leaves no ``model_dir``.
+    """
+    if task not in TASKS:
+        raise CauceError(f"task {task!r} is not supported; expected one of {list(TASKS)}")
+    trainer = _trainer(framework)
+    seed = int(seed)
+    plan = trainer.plan(dict(hyperparameters or {}), task, seed)  # validates before any data is read
     fitted = FittedTransform.load(transform_dir)
-    model_type, estimator = build_estimator(hyperparameters or DEFAULT_HYPERPARAMETERS, seed)
-    x_train, y_train = _matrix(transformed_dir, train_split, fitted)
-    if len(np.unique(y_train)) < 2:
-        raise CauceError(f"label {fitted.label!r} has a single class in split {train_split!r}: cannot train a classifier")
-    from sklearn.utils._param_validation import InvalidParameterError
+    training = load_training_data(transformed_dir, fitted, task, train_split, eval_split)
 
-    try:
-        estimator.fit(x_train, y_train)
-    except InvalidParameterError as error:
-        raise CauceError(f"invalid hyperparameters for {model_type!r}: {error}") from None
+    started = time.perf_counter()
+    trained = trainer.fit(plan, training, fitted, seed)
+    seconds = time.perf_counter() - started
 
-    metrics = {f"train_{k}": v for k, v in classification_metrics(y_train, estimator.predict_proba(x_train)[:, 1]).items()}
-    if eval_split in data.split_names(transformed_dir):
-        x_eval, y_eval = _matrix(transformed_dir, eval_split, fitted)
-        metrics.update({f"eval_{k}": v for k, v in classification_metrics(y_eval, estimator.predict_proba(x_eval)[:, 1]).items()})
+    n_classes = max(len(training.classes), 2)
+    metrics = {
+        f"train_{k}": v
+        for k, v in evaluation_metrics(task, training.y_train, trained.model.scores_from_features(training.x_train), n_classes).items()
+    }
+    if training.x_eval is not None:
+        eval_outputs = trained.model.scores_from_features(training.x_eval)
+        metrics.update({f"eval_{k}": v for k, v in evaluation_metrics(task, training.y_eval, eval_outputs, n_classes).items()})
+    metrics.update(trained.summary)
 
+    import cauce
+
+    transform_path = Path(transform_dir) / TRANSFORM_FILE
+    data_hashes = {
+        "transform": f"sha256:{hashlib.sha256(transform_path.read_bytes()).hexdigest()}",
+        train_split: _sha256(training.x_train, training.y_train),
+    }
+    if training.x_eval is not None:
+        data_hashes[eval_split] = _sha256(training.x_eval, training.y_eval)
+    versions = {
+        "python": platform.python_version(),
+        "cauce": cauce.__version__,
+        "numpy": np.__version__,
+        **trained.versions,
+    }
     metadata = {
         "format": "cauce.model/v1",
-        "framework": "sklearn",
-        "framework_version": sklearn.__version__,
-        "model_type": model_type,
-        "hyperparameters": estimator.get_params(),
-        "task": "binary_classification",
+        "framework": framework,
+        "framework_version": trained.framework_version,
+        "model_type": trained.model_type,
+        "hyperparameters": trained.hyperparameters,
+        "task": task,
         "label": fitted.label,
+        "classes": training.classes,
         "features": fitted.input_features,
         "encoded_features": len(fitted.feature_names),
-        "train_rows": int(len(y_train)),
+        "train_rows": int(len(training.y_train)),
+        "eval_rows": int(len(training.y_eval)) if training.y_eval is not None else 0,
+        "splits": {"train": train_split, "eval": eval_split if training.x_eval is not None else None},
         "seed": seed,
+        "data_hashes": data_hashes,
+        "versions": versions,
         "metrics": metrics,
+        "training_curves": trained.curves,
+        "training_seconds": round(seconds, 3),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        **trained.details,
     }
     with atomic_dir(model_dir) as out:
-        joblib.dump(estimator, Path(out) / SKLEARN_FILE)
-        shutil.copyfile(Path(transform_dir) / TRANSFORM_FILE, Path(out) / TRANSFORM_FILE)
+        trained.save(Path(out))
+        shutil.copyfile(transform_path, Path(out) / TRANSFORM_FILE)
         (Path(out) / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-    log.info("trained %s on %d rows: %s", model_type, len(y_train), metrics)
-    return TrainResult(metrics=metrics, metadata=metadata)
+    log.info("trained %s %s (%s) on %d rows in %.1f s: %s", framework, trained.model_type, task, len(training.y_train), seconds, metrics)
+    return TrainResult(metrics=metrics, metadata=metadata, curves=trained.curves)

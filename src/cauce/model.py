@@ -1,13 +1,33 @@
 """The servable model bundle: one directory that serving, evaluation and batch
-prediction load the same way.
+prediction load the same way, whatever framework trained it.
 
     <model>/
-        cauce_model.json   framework, versions, label, features, task, metrics
+        cauce_model.json   framework, versions, label, features, task, metrics, seed, data hashes
         transform.json     the fitted transform (cauce.features)
-        model.joblib       the estimator (scikit-learn)
+        model.joblib       scikit-learn estimator           (framework "sklearn")
+        model.keras        Keras 3 model, built-in layers    (framework "keras")
+        model.pt           PyTorch state dict of the MLP     (framework "torch")
+                           that :func:`build_torch_mlp` defines
 
 Only the framework the bundle names is imported, so loading a scikit-learn
 model never imports TensorFlow or torch.
+
+Outputs per task (``scores_from_features`` / ``predict_scores``):
+
+* ``binary``: probability of class 1, shape ``(n,)``; a served prediction is
+  ``{"label": 0|1, "score": p}``.
+* ``multiclass``: class probabilities, shape ``(n, k)`` in the order of
+  ``metadata["classes"]``; served as ``{"label": class, "scores": [p_0, ...]}``.
+* ``regression``: the predicted value, shape ``(n,)``; served as ``{"value": x}``.
+
+Why a state dict for PyTorch (and not TorchScript): ``torch.jit.script``/``save``
+/``load`` are deprecated in torch 2.13 (each call warns), and a state dict is
+read back with ``torch.load(weights_only=True)``, which cannot execute code from
+a model file fetched out of a bucket, and which stays readable across torch
+releases (it is only named tensors). The architecture is a plain
+``torch.nn.Sequential`` fully described by ``metadata["architecture"]``, so the
+module definition lives here, in the loader, and serving never needs the
+training code (``cauce.components.train``).
 """
 
 from __future__ import annotations
@@ -25,10 +45,28 @@ from cauce.features import FittedTransform
 
 METADATA_FILE = "cauce_model.json"
 SKLEARN_FILE = "model.joblib"
+KERAS_FILE = "model.keras"
+TORCH_FILE = "model.pt"
+FRAMEWORK_FILES = {"sklearn": SKLEARN_FILE, "keras": KERAS_FILE, "torch": TORCH_FILE}
+TASKS = ("binary", "multiclass", "regression")
+# Bundles written before the task names were shortened.
+_TASK_ALIASES = {"binary_classification": "binary", "multiclass_classification": "multiclass"}
+_CHUNK_ROWS = 65_536  # rows per forward pass of the neural models (bounded memory at 1M rows)
+
+
+def normalize_task(task: str | None, where: str = "task") -> str:
+    """``binary`` | ``multiclass`` | ``regression`` (old bundles: ``binary_classification``)."""
+    name = _TASK_ALIASES.get(task or "binary", task or "binary")
+    if name not in TASKS:
+        raise CauceError(f"{where} {task!r} is not supported; expected one of {list(TASKS)}")
+    return name
 
 
 @dataclass
 class LoadedModel:
+    """A loaded bundle. ``estimator`` is the framework's own object (a scikit-learn
+    estimator, a Keras model, or a ``torch.nn.Module``)."""
+
     metadata: dict
     transform: FittedTransform
     estimator: object
@@ -37,19 +75,175 @@ class LoadedModel:
     def label(self) -> str:
         return self.metadata["label"]
 
+    @property
+    def framework(self) -> str:
+        return self.metadata.get("framework", "sklearn")
+
+    @property
+    def task(self) -> str:
+        return normalize_task(self.metadata.get("task"))
+
+    @property
+    def classes(self) -> list:
+        """Class values in output order (binary: ``[0, 1]``; regression: ``[]``)."""
+        if self.task == "binary":
+            return list(self.metadata.get("classes") or [0, 1])
+        return list(self.metadata.get("classes") or [])
+
+    def _outputs(self, features: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def scores_from_features(self, features: np.ndarray) -> np.ndarray:
-        """Probability of the positive class for each row of an encoded matrix."""
-        return self.estimator.predict_proba(features)[:, 1]
+        """Model outputs for an encoded matrix: binary -> p(class 1) ``(n,)``;
+        multiclass -> probabilities ``(n, k)``; regression -> values ``(n,)``."""
+        features = np.asarray(features, dtype=np.float32)
+        width = len(self.transform.feature_names)
+        if features.ndim != 2 or features.shape[1] != width:
+            raise CauceError(f"encoded features have shape {features.shape}; this model expects (rows, {width})")
+        return self._outputs(features)
 
     def predict_scores(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
-        """Scores for raw rows (Arrow), through the fitted transform."""
+        """Outputs for raw rows (Arrow), through the fitted transform."""
         return self.scores_from_features(self.transform.transform_table(table))
 
     def predict_instances(self, instances: list[dict]) -> list[dict]:
         """Serving: raw request instances in, one prediction dict per instance out."""
-        scores = self.scores_from_features(self.transform.transform_instances(instances))
-        threshold = float(self.metadata.get("decision_threshold", 0.5))
-        return [{"label": int(score >= threshold), "score": round(float(score), 6)} for score in scores]
+        outputs = self.scores_from_features(self.transform.transform_instances(instances))
+        task = self.task
+        if task == "binary":
+            threshold = float(self.metadata.get("decision_threshold", 0.5))
+            return [{"label": int(score >= threshold), "score": round(float(score), 6)} for score in outputs]
+        if task == "multiclass":
+            classes = self.classes
+            return [
+                {"label": classes[int(np.argmax(row))], "scores": [round(float(p), 6) for p in row]} for row in outputs
+            ]
+        return [{"value": float(value)} for value in outputs]
+
+
+class SklearnModel(LoadedModel):
+    def _outputs(self, features: np.ndarray) -> np.ndarray:
+        task = self.task
+        if task == "regression":
+            return np.asarray(self.estimator.predict(features), dtype=np.float64)
+        probabilities = self.estimator.predict_proba(features)
+        return probabilities[:, 1] if task == "binary" else probabilities
+
+
+class KerasModel(LoadedModel):
+    def _outputs(self, features: np.ndarray) -> np.ndarray:
+        return keras_outputs(self.estimator, features, self.task)
+
+
+class TorchModel(LoadedModel):
+    def _outputs(self, features: np.ndarray) -> np.ndarray:
+        return torch_outputs(self.estimator, features, self.task)
+
+
+def keras_outputs(model, features: np.ndarray, task: str) -> np.ndarray:
+    """Forward pass of a Keras model whose last layer already applies the output
+    activation (sigmoid, softmax, or the regression rescaling).
+
+    A direct call per chunk, not ``model.predict``: predict builds a data pipeline
+    per call, which costs more than a serving request's whole forward pass.
+    """
+    import keras
+
+    chunks = [
+        keras.ops.convert_to_numpy(model(features[start : start + _CHUNK_ROWS], training=False))
+        for start in range(0, max(len(features), 1), _CHUNK_ROWS)
+    ]
+    out = np.concatenate(chunks).astype(np.float64)
+    return out if task == "multiclass" else out[:, 0]
+
+
+def torch_outputs(module, features: np.ndarray, task: str) -> np.ndarray:
+    """Forward pass of :func:`build_torch_mlp`'s module (logits out) plus the
+    task's output activation, on the device the module's parameters live on."""
+    import torch
+
+    device = next(module.parameters()).device
+    module.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, max(len(features), 1), _CHUNK_ROWS):
+            out = module(torch.from_numpy(np.ascontiguousarray(features[start : start + _CHUNK_ROWS])).to(device))
+            if task == "binary":
+                out = torch.sigmoid(out)
+            elif task == "multiclass":
+                out = torch.softmax(out, dim=1)
+            chunks.append(out.double().cpu().numpy())
+    out = np.concatenate(chunks)
+    return out if task == "multiclass" else out[:, 0]
+
+
+def build_torch_mlp(architecture: dict):
+    """The PyTorch model of a cauce bundle, from ``metadata["architecture"]``:
+    ``{"inputs": n, "hidden_units": [...], "outputs": k, "dropout": p, "task": ...}``.
+
+    ``Linear -> ReLU -> Dropout`` per hidden layer, then a ``Linear`` to the
+    logits. A regression model ends with a frozen ``Linear(1, 1)`` that maps the
+    standardized prediction back to label units (its weight and bias, the
+    label's std and mean, are in the state dict).
+    """
+    import torch
+
+    layers: list = []
+    width = int(architecture["inputs"])
+    for units in architecture["hidden_units"]:
+        layers += [torch.nn.Linear(width, int(units)), torch.nn.ReLU(), torch.nn.Dropout(float(architecture["dropout"]))]
+        width = int(units)
+    layers.append(torch.nn.Linear(width, int(architecture["outputs"])))
+    if architecture.get("task") == "regression":
+        rescale = torch.nn.Linear(1, 1)
+        rescale.requires_grad_(False)
+        layers.append(rescale)
+    return torch.nn.Sequential(*layers)
+
+
+def _require(module: str, framework: str, path: Path):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = {"keras": "tf", "torch": "torch"}.get(framework, framework)
+        raise CauceError(
+            f"{path} is a {framework} model but {module!r} is not installed here; install cauce[{extra}] "
+            f"(or use an image of the {framework} family)"
+        ) from None
+
+
+def _load_sklearn(path: Path, metadata: dict):
+    joblib = _require("joblib", "sklearn", path)
+    return joblib.load(path)
+
+
+def _load_keras(path: Path, metadata: dict):
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    keras = _require("keras", "keras", path)
+    return keras.saving.load_model(path, compile=False)
+
+
+def _load_torch(path: Path, metadata: dict):
+    torch = _require("torch", "torch", path)
+    architecture = metadata.get("architecture")
+    if not isinstance(architecture, dict):
+        raise CauceError(f"{path.parent / METADATA_FILE} has no 'architecture': cannot rebuild the PyTorch model")
+    module = build_torch_mlp(architecture)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise CauceError(f"{path} does not match the architecture in {METADATA_FILE}: {error}") from None
+    return module.eval()
+
+
+_LOADERS = {
+    "sklearn": (SklearnModel, _load_sklearn),
+    "keras": (KerasModel, _load_keras),
+    "torch": (TorchModel, _load_torch),
+}
 
 
 def load(model_dir: str | os.PathLike) -> LoadedModel:
@@ -59,9 +253,14 @@ def load(model_dir: str | os.PathLike) -> LoadedModel:
         raise CauceError(f"{meta_path} not found: {root} is not a cauce model directory")
     metadata = json.loads(meta_path.read_text())
     framework = metadata.get("framework")
-    if framework != "sklearn":
-        raise CauceError(f"model framework {framework!r} in {meta_path} is not supported; expected 'sklearn'")
-    import joblib
-
-    estimator = joblib.load(root / SKLEARN_FILE)
-    return LoadedModel(metadata=metadata, transform=FittedTransform.load(root), estimator=estimator)
+    if framework not in _LOADERS:
+        raise CauceError(
+            f"model framework {framework!r} in {meta_path} is not supported; expected one of {sorted(_LOADERS)}"
+        )
+    normalize_task(metadata.get("task"), where=f"task in {meta_path}")
+    model_file = root / FRAMEWORK_FILES[framework]
+    if not model_file.exists():
+        raise CauceError(f"{model_file} not found: a {framework} bundle keeps its model there")
+    transform = FittedTransform.load(root)
+    model_cls, loader = _LOADERS[framework]
+    return model_cls(metadata=metadata, transform=transform, estimator=loader(model_file, metadata))
