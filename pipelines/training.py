@@ -1,5 +1,6 @@
-"""The `training` pipeline: extract -> transform -> train -> evaluate ->
-(if blessed) register -> deploy.
+"""The `training` pipeline: extract -> transform -> train -> evaluate (against
+the current champion) -> if promoted: register as champion -> deploy; otherwise
+register as challenger and leave the deployed champion serving.
 
 One compiled spec serves both places; only parameter values differ:
 * locally (defaults): the local BigQuery engine, Beam's DirectRunner, MLflow on
@@ -11,6 +12,7 @@ One compiled spec serves both places; only parameter values differ:
 
 from kfp import dsl
 
+from cauce.components.champion.component import champion
 from cauce.components.deploy.component import deploy
 from cauce.components.evaluate.component import evaluate
 from cauce.components.extract.component import extract
@@ -49,6 +51,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         pipeline_options: dict = {},
         hyperparameters: dict = {"model_type": "hist_gradient_boosting", "max_iter": 200, "learning_rate": 0.1},
         thresholds: dict = {"auc": 0.7},
+        change_thresholds: dict = {"auc": 0.0},
         model_name: str = "taxi-tips",
         endpoint_name: str = "taxi-tips",
         project: str = "",
@@ -82,15 +85,26 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             transform_fn=transformed.outputs["transform_fn"],
             hyperparameters=hyperparameters,
         ).set_display_name("train")
+        current_champion = champion(
+            model_name=model_name,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            project=project,
+            location=location,
+            api_endpoint=vertex_api_endpoint,
+        ).set_display_name("champion")
         evaluated = evaluate(
             model=trained.outputs["model"],
             dataset=extracted.outputs["dataset"],
             slice_features=slice_features,
             thresholds=thresholds,
+            champion_model_uri=current_champion.output,
+            change_thresholds=change_thresholds,
         ).set_display_name("evaluate")
-        # A single bool output, not a NamedTuple field: kfp.local (2.17) cannot resolve
-        # a dsl.If condition on a NamedTuple field and silently skips the branch.
-        with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):
+        # The one promotion gate: blessed = passes the absolute thresholds and, when a
+        # champion exists, beats it by the margins overall and on every slice.
+        # (A single bool output, not a NamedTuple field: kfp.local 2.17 cannot resolve
+        # a dsl.If on a NamedTuple field and silently skips the branch.)
+        with dsl.If(evaluated.outputs["Output"] == True, name="promote"):
             registered = register(
                 model=trained.outputs["model"],
                 model_name=model_name,
@@ -99,6 +113,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
                 location=location,
                 api_endpoint=vertex_api_endpoint,
                 serving_image=serving_image,
+                alias="champion",
             ).set_display_name("register")
             deploy(
                 model=trained.outputs["model"],
@@ -111,6 +126,17 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
                 machine_type=machine_type,
                 port=port,
             ).set_display_name("deploy")
+        with dsl.Else(name="keep-champion"):
+            register(
+                model=trained.outputs["model"],
+                model_name=model_name,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                project=project,
+                location=location,
+                api_endpoint=vertex_api_endpoint,
+                serving_image=serving_image,
+                alias="challenger",
+            ).set_display_name("register-challenger")
 
     return training
 

@@ -15,6 +15,7 @@ from cauce.components.deploy.executor import _post_json, smoke_instances_from, s
 from cauce.local import PipelineFailed, run_spec
 
 ENDPOINT = "e2e-tips"
+training_run_arguments: dict = {}  # filled by the training_run fixture, reused by the challenger run
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +33,14 @@ def training_run(specs, tmp_path_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    arguments = {
+    arguments = training_run_arguments
+    arguments.update({
         "local_database": str(database),
         "port": port,
         "endpoint_name": ENDPOINT,
         "model_name": "e2e-tips",
         "hyperparameters": {"model_type": "hist_gradient_boosting", "max_iter": 40},
-    }
+    })
     run = run_spec(specs["training"], arguments, pipeline_root=tmp_path_factory.mktemp("runs"))
     yield run
     stop_local(ENDPOINT)
@@ -81,6 +83,39 @@ def test_deployed_model_answers_live_predictions(training_run):
     status, body = _post_json(url, {"instances": instances})
     assert status == 200
     assert [set(p) for p in body["predictions"]] == [{"label", "score"}] * 3
+
+
+def test_first_model_becomes_champion_without_a_comparison(training_run):
+    assert training_run.task("champion").parameters["Output"] == ""  # nothing registered before
+    registered = training_run.task("register").artifacts["registered_model"]["metadata"]
+    assert registered["alias"] == "champion"
+
+
+def test_a_worse_challenger_is_registered_but_not_deployed(training_run, specs, tmp_path):
+    """Second run of the same compiled spec with a deliberately weak model: the gate
+    compares it with the champion, registers it as challenger, and the endpoint keeps
+    serving the champion."""
+    from mlflow import MlflowClient
+
+    from cauce.components.deploy.executor import local_endpoint
+    from cauce.paths import default_mlflow_uri
+
+    serving_before = local_endpoint(ENDPOINT)
+    run = run_spec(
+        specs["training"],
+        dict(training_run_arguments, hyperparameters={"model_type": "hist_gradient_boosting", "max_iter": 1, "max_leaf_nodes": 2}),
+        pipeline_root=tmp_path / "runs",
+    )
+    assert run.task("champion").parameters["Output"]  # the first run's model
+    assert run.task("evaluate").parameters["Output"] is False
+    evaluation = json.loads((Path(run.task("evaluate").artifacts["evaluation"]["uri"]) / "evaluation.json").read_text())
+    assert any("vs champion" in reason for reason in evaluation["reasons"])
+    assert run.task("deploy") is None
+    registered = run.task("register").artifacts["registered_model"]["metadata"]
+    assert registered["alias"] == "challenger" and registered["version"] == "2"
+    client = MlflowClient(tracking_uri=default_mlflow_uri(), registry_uri=default_mlflow_uri())
+    assert str(client.get_model_version_by_alias("e2e-tips", "champion").version) == "1"
+    assert local_endpoint(ENDPOINT)["pid"] == serving_before["pid"]  # the champion still serves
 
 
 @pytest.mark.parametrize("drifted", [False, True], ids=["same-traffic", "drifted-traffic"])

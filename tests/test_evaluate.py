@@ -241,3 +241,96 @@ def test_component_compiles_and_runs_under_kfp_local(bundle, kfp_local, tmp_path
     assert logged["metrics"]["auc"] > 0.6
     assert len(logged["classification_metrics"]["confidenceMetrics"]) > 50
     assert len(logged["classification_metrics"]["confusionMatrix"]["rows"]) == 2
+
+
+# ---- challenger vs champion ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weak_model(tmp_path_factory):
+    """A deliberately worse model: trained on 150 rows of another sample."""
+    return str(build_model_bundle(tmp_path_factory.mktemp("weak") / "model", generate_taxi_trips(150, seed=9)))
+
+
+def test_a_better_challenger_beats_the_champion_on_every_slice(bundle, weak_model, labels_and_scores, tmp_path):
+    model_dir, dataset_dir, eval_table = bundle
+    summary = run_evaluate(
+        model_dir, dataset_dir, tmp_path / "out", slice_features=[SLICE],
+        # A negative margin tolerates a small regression: the smallest slices
+        # (Prcard, ~150 rows) carry almost no signal for either model.
+        thresholds={"auc": 0.6}, champion_model_dir=weak_model, change_thresholds={"auc": -0.15},
+    )
+    assert summary["blessed"] is True, summary["reasons"]
+    assert summary["metrics"]["auc"] > summary["champion"]["metrics"]["auc"]
+    comparisons = summary["champion"]["comparisons"]
+    assert {c["where"] for c in comparisons} == {"overall"} | {f"slice {SLICE}={s['value']}" for s in summary["slices"]}
+    # The champion's numbers are TFMA's, on the same rows: they match sklearn too.
+    labels, _ = labels_and_scores
+    champion_scores = cauce_model.load(weak_model).predict_scores(eval_table)
+    assert summary["champion"]["metrics"]["auc"] == pytest.approx(roc_auc_score(labels, champion_scores), abs=AUC_TOLERANCE)
+    assert "Challenger vs champion" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_worse_challenger_is_not_blessed_and_says_where(bundle, weak_model, tmp_path):
+    model_dir, dataset_dir, _ = bundle
+    summary = run_evaluate(
+        weak_model, dataset_dir, tmp_path / "out", slice_features=[SLICE],
+        thresholds={"auc": 0.5}, champion_model_dir=model_dir, change_thresholds={"auc": 0.0, "binary_crossentropy": 0.0},
+    )
+    assert summary["blessed"] is False
+    assert any(r.startswith("auc (overall)") and "vs champion" in r for r in summary["reasons"])
+    assert any(r.startswith("binary_crossentropy (overall)") and "lower" in r for r in summary["reasons"])
+
+
+def test_a_margin_is_required_not_just_a_tie(bundle, tmp_path):
+    model_dir, dataset_dir, _ = bundle
+    tie = run_evaluate(model_dir, dataset_dir, tmp_path / "tie", thresholds={"auc": 0.6},
+                       champion_model_dir=model_dir, change_thresholds={"auc": 0.0})
+    assert tie["blessed"] is True
+    margin = run_evaluate(model_dir, dataset_dir, tmp_path / "margin", thresholds={"auc": 0.6},
+                          champion_model_dir=model_dir, change_thresholds={"auc": 0.01})
+    assert margin["blessed"] is False and "at least 0.01" in margin["reasons"][0]
+
+
+def test_bad_change_thresholds_fail_clearly(bundle, tmp_path):
+    model_dir, dataset_dir, _ = bundle
+    with pytest.raises(CauceError, match="change_thresholds: unknown metric 'f1'"):
+        run_evaluate(model_dir, dataset_dir, tmp_path / "out", thresholds={"auc": 0.6},
+                     champion_model_dir=model_dir, change_thresholds={"f1": 0.1})
+    assert not (tmp_path / "out").exists()
+
+
+# ---- speed: weighted aggregation keeps TFMA's numbers ---------------------------
+
+
+def test_aggregated_examples_give_tfma_the_same_numbers(tmp_path):
+    """TFMA on one weighted example per (label, slice, histogram bucket) equals TFMA
+    on every row: exactly for histogram and cut-off metrics, to 1e-8 for log loss."""
+    from cauce.components.evaluate.executor import PREDICTION_KEY, WEIGHT_KEY, _run_tfma, aggregate_for_tfma
+
+    rng = np.random.default_rng(4)
+    rows = 6000
+    labels = rng.integers(0, 2, rows)
+    # Two decimals: many rows share a TFMA histogram bucket, as a real model's scores do.
+    scores = np.round(1 / (1 + np.exp(-(1.6 * labels - 0.8 + rng.normal(0, 1, rows)))), 2)
+    table = pa.table({
+        DEMO_LABEL: pa.array(labels),
+        PREDICTION_KEY: pa.array(scores),
+        SLICE: pa.array(np.array(["Cash", "Credit Card", "Mobile"])[rng.integers(0, 3, rows)]),
+    })
+    aggregated = aggregate_for_tfma(table, [DEMO_LABEL, SLICE])
+    assert aggregated.num_rows < rows // 2
+    assert aggregated.column(WEIGHT_KEY).to_numpy().sum() == rows
+    plain = table.append_column(WEIGHT_KEY, pa.array(np.ones(rows)))
+
+    bounds = {"auc": {"lower_bound": 0.6}}
+    ours = _run_tfma(aggregated, DEMO_LABEL, [SLICE], bounds, tmp_path / "aggregated")
+    theirs = _run_tfma(plain, DEMO_LABEL, [SLICE], bounds, tmp_path / "plain")
+    assert ours["roc"] == theirs["roc"] and ours["confusion_matrix"] == theirs["confusion_matrix"]
+    for mine, reference in [(ours["metrics"], theirs["metrics"])] + [
+        (a["metrics"], b["metrics"]) for a, b in zip(ours["slices"], theirs["slices"], strict=True)
+    ]:
+        for name, value in reference.items():
+            tolerance = 1e-8 if name == "binary_crossentropy" else 1e-12
+            assert mine[name] == pytest.approx(value, rel=tolerance), name
+    assert ours["blessed"] == theirs["blessed"] is True

@@ -16,11 +16,16 @@ def evaluate(
     split: str = "eval",
     slice_features: list = [],  # noqa: B006 - KFP takes parameter defaults from the signature
     thresholds: dict = {"auc": 0.6},  # noqa: B006
+    champion_model_uri: str = "",
+    change_thresholds: dict = {},  # noqa: B006
 ) -> bool:
     """Evaluate ``model`` on ``split`` of the raw ``dataset`` with TensorFlow Model Analysis.
 
     ``thresholds`` maps a metric name to a lower bound (or to
-    ``{"lower_bound": x, "upper_bound": y}``) on the overall slice; ``blessed``
+    ``{"lower_bound": x, "upper_bound": y}``) on the overall slice. With
+    ``champion_model_uri`` (the champion component's output; empty for the first
+    model), ``change_thresholds`` (metric -> margin) require this model to beat
+    the champion by the margin overall and on every slice. ``blessed``
     is TFMA's validation result, and the component's single output (a single
     output rather than a NamedTuple because kfp.local cannot resolve a
     ``dsl.If`` on a NamedTuple field; the metrics are in ``metrics``). ``evaluation`` holds TFMA's output,
@@ -38,6 +43,8 @@ def evaluate(
         split=split,
         slice_features=slice_features,
         thresholds=thresholds,
+        champion_model_dir=champion_model_uri,
+        change_thresholds=change_thresholds,
     )
     for name, value in result["metrics"].items():
         if value is not None:

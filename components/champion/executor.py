@@ -1,0 +1,77 @@
+"""Find the current champion: the model version the registry's ``champion`` alias
+points at, as a model directory evaluate can load. Empty when there is none yet
+(the first model of a name becomes champion by passing its absolute thresholds).
+
+MLflow (local default): the alias resolves to a registered version whose files
+live in MLflow's artifact store. Vertex: the alias resolves to a model version
+whose ``artifact_uri`` is a ``gs://`` folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote, urlparse
+
+from cauce.artifacts import CauceError
+from cauce.paths import default_mlflow_uri
+
+log = logging.getLogger(__name__)
+
+
+def resolve_mlflow(model_name: str, alias: str = "champion", tracking_uri: str = "") -> str:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    tracking_uri = tracking_uri or default_mlflow_uri()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            log.info("no %s for model %r in %s: %s", alias, model_name, tracking_uri, error.message)
+            return ""
+        raise
+    uri = version.source
+    if uri.startswith("runs:/"):
+        # MLflow 3 keeps the version's source as runs:/<run>/<path>; the files are
+        # under that run's artifact root.
+        run_id, _, relative = uri[len("runs:/") :].partition("/")
+        uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{relative}"
+    parsed = urlparse(uri)
+    path = unquote(parsed.path) if parsed.scheme in ("file", "") else uri
+    log.info("%s of %r is version %s at %s", alias, model_name, version.version, path)
+    return path
+
+
+def resolve_vertex(
+    model_name: str, project: str, location: str, alias: str = "champion", api_endpoint: str = "", credentials=None
+) -> str:
+    from google.api_core import exceptions
+
+    from cauce.components.register.executor import init_vertex, newest_resource
+
+    aiplatform = init_vertex(project, location, api_endpoint, credentials)
+    parent = newest_resource(aiplatform.Model.list(filter=f'display_name="{model_name}"'))
+    if parent is None:
+        return ""
+    try:
+        version = aiplatform.Model(model_name=f"{parent.resource_name}@{alias}")
+    except exceptions.NotFound:
+        return ""
+    return version.uri or ""
+
+
+def resolve_champion(
+    model_name: str,
+    alias: str = "champion",
+    mlflow_tracking_uri: str = "",
+    project: str = "",
+    location: str = "us-central1",
+    api_endpoint: str = "",
+) -> str:
+    """The champion's model directory (a local path or ``gs://`` URI), or ``""``."""
+    if not model_name:
+        raise CauceError("model_name is empty: name the registered model whose champion to compare with")
+    if project:
+        return resolve_vertex(model_name, project, location, alias, api_endpoint)
+    return resolve_mlflow(model_name, alias, mlflow_tracking_uri)
