@@ -218,3 +218,11 @@ def test_a_missing_framework_is_a_clear_error(trained_model, tmp_path, monkeypat
     with pytest.raises(CauceError, match=r"framework 'torch' needs PyTorch, which is not installed here: install cauce\[torch\]"):
         run_train(transformed, transform_dir, str(tmp_path / "model"), {"epochs": 1}, framework="torch")
     assert not (tmp_path / "model").exists()
+
+
+def test_serving_a_bundle_without_its_framework_is_a_clear_error(binary_models, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(CauceError, match=r"is a torch model but 'torch' is not installed here; install cauce\[torch\]"):
+        model.load(binary_models["torch"][0])

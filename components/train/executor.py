@@ -239,6 +239,7 @@ def run_train(
     trainer = _trainer(framework)
     seed = int(seed)
     plan = trainer.plan(dict(hyperparameters or {}), task, seed)  # validates before any data is read
+    trainer.load_framework()  # a missing framework fails here, and its import is not training time
     fitted = FittedTransform.load(transform_dir)
     training = load_training_data(transformed_dir, fitted, task, train_split, eval_split)
 

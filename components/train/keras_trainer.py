@@ -25,7 +25,7 @@ def plan(hyperparameters: dict, task: str, seed: int) -> neural.NeuralPlan:
     return neural.plan(hyperparameters, "keras")
 
 
-def _import_keras():
+def load_framework():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -40,7 +40,7 @@ def _import_keras():
 
 
 def fit(plan: neural.NeuralPlan, data: TrainingData, transform: FittedTransform, seed: int) -> Trained:
-    tf, keras = _import_keras()
+    tf, keras = load_framework()
     split = neural.split_validation(data, plan.validation_fraction, seed)
     task = data.task
     tf.config.experimental.enable_op_determinism()

@@ -65,6 +65,13 @@ def build_estimator(hyperparameters: dict, seed: int, task: str = "binary"):
     return model_type, estimator
 
 
+def load_framework():
+    import joblib
+    import sklearn
+
+    return sklearn, joblib
+
+
 @dataclass
 class Plan:
     model_type: str

@@ -30,7 +30,7 @@ def plan(hyperparameters: dict, task: str, seed: int) -> neural.NeuralPlan:
     return neural.plan(hyperparameters, "torch")
 
 
-def _import_torch():
+def load_framework():
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read at CUDA init
     try:
         import torch
@@ -55,7 +55,7 @@ def _deterministic(torch):
 
 
 def fit(plan: neural.NeuralPlan, data: TrainingData, transform: FittedTransform, seed: int) -> Trained:
-    torch = _import_torch()
+    torch = load_framework()
     split = neural.split_validation(data, plan.validation_fraction, seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task = data.task

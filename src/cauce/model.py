@@ -144,13 +144,12 @@ def keras_outputs(model, features: np.ndarray, task: str) -> np.ndarray:
     """Forward pass of a Keras model whose last layer already applies the output
     activation (sigmoid, softmax, or the regression rescaling).
 
-    A direct call per chunk, not ``model.predict``: predict builds a data pipeline
-    per call, which costs more than a serving request's whole forward pass.
+    ``predict_on_batch`` per chunk: it runs the compiled predict function
+    (0.6 ms for one instance, against 4 ms for an eager ``model(x)`` call and
+    more for ``model.predict``, which builds a data pipeline per call).
     """
-    import keras
-
     chunks = [
-        keras.ops.convert_to_numpy(model(features[start : start + _CHUNK_ROWS], training=False))
+        np.asarray(model.predict_on_batch(features[start : start + _CHUNK_ROWS]))
         for start in range(0, max(len(features), 1), _CHUNK_ROWS)
     ]
     out = np.concatenate(chunks).astype(np.float64)
