@@ -324,8 +324,8 @@ def test_aggregated_examples_give_tfma_the_same_numbers(tmp_path):
     plain = table.append_column(WEIGHT_KEY, pa.array(np.ones(rows)))
 
     bounds = {"auc": {"lower_bound": 0.6}}
-    ours = _run_tfma(aggregated, DEMO_LABEL, [SLICE], bounds, tmp_path / "aggregated")
-    theirs = _run_tfma(plain, DEMO_LABEL, [SLICE], bounds, tmp_path / "plain")
+    ours = _run_tfma(aggregated, DEMO_LABEL, [(SLICE,)], bounds, tmp_path / "aggregated")
+    theirs = _run_tfma(plain, DEMO_LABEL, [(SLICE,)], bounds, tmp_path / "plain")
     assert ours["roc"] == theirs["roc"] and ours["confusion_matrix"] == theirs["confusion_matrix"]
     for mine, reference in [(ours["metrics"], theirs["metrics"])] + [
         (a["metrics"], b["metrics"]) for a, b in zip(ours["slices"], theirs["slices"], strict=True)
@@ -334,3 +334,19 @@ def test_aggregated_examples_give_tfma_the_same_numbers(tmp_path):
             tolerance = 1e-8 if name == "binary_crossentropy" else 1e-12
             assert mine[name] == pytest.approx(value, rel=tolerance), name
     assert ours["blessed"] == theirs["blessed"] is True
+
+
+def test_slice_crosses_and_per_slice_thresholds(bundle, tmp_path):
+    model_dir, dataset_dir, eval_table = bundle
+    summary = run_evaluate(
+        model_dir, dataset_dir, tmp_path / "out", slice_features=[SLICE, f"{SLICE},pickup_hour"],
+        thresholds={"auc": 0.6}, slice_thresholds={"example_count": 1_000_000},
+    )
+    crosses = [s for s in summary["slices"] if s["feature"] == f"{SLICE},pickup_hour"]
+    expected = {f"{p},{h}" for p, h in zip(eval_table.column(SLICE).to_pylist(), eval_table.column("pickup_hour").to_pylist())}
+    assert {s["value"] for s in crosses} == expected
+    assert sum(s["metrics"]["example_count"] for s in crosses) == eval_table.num_rows
+    # Every slice fails the (impossible) per-slice bound; the overall slice is not bound by it.
+    assert summary["blessed"] is False
+    assert all(r.startswith("example_count (slice ") for r in summary["reasons"])
+    assert len(summary["reasons"]) == len(summary["slices"])

@@ -18,6 +18,7 @@ def evaluate(
     thresholds: dict = {"auc": 0.6},  # noqa: B006
     champion_model_uri: str = "",
     change_thresholds: dict = {},  # noqa: B006
+    slice_thresholds: dict = {},  # noqa: B006
 ) -> bool:
     """Evaluate ``model`` on ``split`` of the raw ``dataset`` with TensorFlow Model Analysis.
 
@@ -25,7 +26,9 @@ def evaluate(
     ``{"lower_bound": x, "upper_bound": y}``) on the overall slice. With
     ``champion_model_uri`` (the champion component's output; empty for the first
     model), ``change_thresholds`` (metric -> margin) require this model to beat
-    the champion by the margin overall and on every slice. ``blessed``
+    the champion by the margin overall and on every slice; ``slice_thresholds``
+    bound every slice. ``slice_features`` entries are columns or crosses ("a,b").
+    ``blessed``
     is TFMA's validation result, and the component's single output (a single
     output rather than a NamedTuple because kfp.local cannot resolve a
     ``dsl.If`` on a NamedTuple field; the metrics are in ``metrics``). ``evaluation`` holds TFMA's output,
@@ -45,6 +48,7 @@ def evaluate(
         thresholds=thresholds,
         champion_model_dir=champion_model_uri,
         change_thresholds=change_thresholds,
+        slice_thresholds=slice_thresholds,
     )
     for name, value in result["metrics"].items():
         if value is not None:

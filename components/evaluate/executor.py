@@ -69,13 +69,17 @@ def run_evaluate(
     thresholds: dict | None = None,
     champion_model_dir: str | os.PathLike = "",
     change_thresholds: dict | None = None,
+    slice_thresholds: dict | None = None,
 ) -> dict:
     """Evaluate the model in ``model_dir`` on ``split`` of the raw dataset in ``dataset_dir``.
 
     With ``champion_model_dir`` (the registry's current champion), both models are
     scored on the same rows in one TFMA run, and ``change_thresholds`` (metric ->
     margin, e.g. ``{"auc": 0.005}``) require the candidate to beat the champion by
-    at least the margin on the overall slice *and on every slice*; for a loss
+    at least the margin on the overall slice *and on every slice*.
+    ``slice_thresholds`` (same form as ``thresholds``) bound every slice of every
+    slicing, so a model that is good on average but bad for one group is not
+    blessed. ``slice_features`` entries are columns or crosses (``"a,b"``). For a loss
     (``binary_crossentropy``) "beat" means lower. TFMA 0.52 applies its own change
     thresholds only with an EvalSharedModel baseline, not model-agnostically, so
     the margins are checked here, on TFMA's numbers for both models.
@@ -91,8 +95,10 @@ def run_evaluate(
     Returns the summary: ``blessed``, ``metrics``, ``slices``,
     ``confusion_matrix``, ``roc``, ``calibration``, ``thresholds``, ``reasons``.
     """
-    slice_features = list(slice_features)
+    slicings = parse_slicings(slice_features)
+    slice_features = sorted({name for slicing in slicings for name in slicing})
     bounds = normalize_thresholds(thresholds)
+    slice_bounds = normalize_thresholds(slice_thresholds)
     margins = normalize_change_thresholds(change_thresholds)
     model = cauce_model.load(model_dir)
     table = read_split(dataset_dir, split)
@@ -119,7 +125,10 @@ def run_evaluate(
     rows = table.num_rows
 
     with atomic_dir(output_dir) as out:
-        summary = _run_tfma(eval_table, model.label, slice_features, bounds, out / TFMA_DIR, champion is not None)
+        summary = _run_tfma(
+            eval_table, model.label, slicings, bounds, out / TFMA_DIR, champion is not None, slice_bounds
+        )
+        summary["slice_thresholds"] = slice_bounds
         summary["change_thresholds"] = margins
         if champion is not None:
             comparisons = compare_with_champion(summary, margins)
@@ -288,6 +297,21 @@ def _binary_labels(table: pa.Table, label: str, split: str) -> pa.Array:
     return pa.array(values.astype(np.int64))
 
 
+def parse_slicings(slice_features) -> list[tuple[str, ...]]:
+    """``["payment_type", "payment_type,company", ["company", "pickup_hour"]]`` ->
+    one slicing per entry: a single feature, or a cross of several."""
+    slicings = []
+    for entry in slice_features or []:
+        names = entry.split(",") if isinstance(entry, str) else list(entry)
+        names = tuple(name.strip() for name in names)
+        if not names or not all(isinstance(name, str) and name for name in names):
+            raise CauceError(f"slice_features entry {entry!r}: expected a column name or a cross like 'a,b'")
+        if len(set(names)) != len(names):
+            raise CauceError(f"slice_features entry {entry!r} names a column twice")
+        slicings.append(names)
+    return slicings
+
+
 def _check_slice_features(table: pa.Table, slice_features: list[str], label: str, split: str) -> None:
     missing = [name for name in slice_features if name not in table.column_names]
     if missing:
@@ -299,14 +323,20 @@ def _check_slice_features(table: pa.Table, slice_features: list[str], label: str
 
 
 def _run_tfma(
-    eval_table: pa.Table, label: str, slice_features: list[str], bounds: dict, tfma_dir: Path, with_champion: bool = False
+    eval_table: pa.Table,
+    label: str,
+    slicings: list[tuple[str, ...]],
+    bounds: dict,
+    tfma_dir: Path,
+    with_champion: bool = False,
+    slice_bounds: dict | None = None,
 ) -> dict:
     """Run TFMA over ``eval_table`` into ``tfma_dir`` and summarize what it wrote."""
     import apache_beam as beam
     import tensorflow_model_analysis as tfma
     from tfx_bsl.arrow import table_util
 
-    eval_config = build_eval_config(label, slice_features, bounds, with_champion)
+    eval_config = build_eval_config(label, slicings, bounds, with_champion, slice_bounds)
     # TFMA reads Arrow record batches whose columns are lists (one list per
     # example); plain columns give no error but no metrics either.
     batches = [
@@ -366,7 +396,13 @@ def _run_tfma(
     }
 
 
-def build_eval_config(label: str, slice_features: list[str], bounds: dict, with_champion: bool = False):
+def build_eval_config(
+    label: str,
+    slicings: list[tuple[str, ...]],
+    bounds: dict,
+    with_champion: bool = False,
+    slice_bounds: dict | None = None,
+):
     """The TFMA EvalConfig: overall + one slicing per feature, our metrics, thresholds on the overall slice.
 
     With a champion, a second model-agnostic model spec reads the champion's
@@ -375,8 +411,12 @@ def build_eval_config(label: str, slice_features: list[str], bounds: dict, with_
     """
     from tensorflow_model_analysis.proto import config_pb2
 
+    slicings = parse_slicings(slicings)
     overall = config_pb2.SlicingSpec()
-    candidate_spec = config_pb2.MetricsSpec(metrics=_metric_configs(bounds, overall), model_names=[CANDIDATE])
+    slice_specs = [config_pb2.SlicingSpec(feature_keys=list(names)) for names in slicings]
+    candidate_spec = config_pb2.MetricsSpec(
+        metrics=_metric_configs(bounds, overall, slice_bounds or {}, slice_specs), model_names=[CANDIDATE]
+    )
     model_specs = [
         config_pb2.ModelSpec(
             name=CANDIDATE, label_key=label, prediction_key=PREDICTION_KEY, example_weight_key=WEIGHT_KEY
@@ -399,17 +439,24 @@ def build_eval_config(label: str, slice_features: list[str], bounds: dict, with_
         spec.example_weights.unweighted = False
     return config_pb2.EvalConfig(
         model_specs=model_specs,
-        slicing_specs=[overall, *(config_pb2.SlicingSpec(feature_keys=[name]) for name in slice_features)],
+        slicing_specs=[overall, *slice_specs],
         metrics_specs=metrics_specs,
     )
 
 
-def _metric_configs(bounds: dict, overall):
+def _metric_configs(bounds: dict, overall, slice_bounds: dict, slice_specs: list):
     from tensorflow_model_analysis.proto import config_pb2
 
     metrics = []
     for class_name, name in SCALAR_METRICS.items():
         metric = config_pb2.MetricConfig(class_name=class_name)
+        if name in slice_bounds and slice_specs:
+            value_threshold = config_pb2.GenericValueThreshold()
+            for key, value in slice_bounds[name].items():
+                getattr(value_threshold, key).value = value
+            metric.per_slice_thresholds.add(
+                slicing_specs=slice_specs, threshold=config_pb2.MetricThreshold(value_threshold=value_threshold)
+            )
         if name in bounds:
             value_threshold = config_pb2.GenericValueThreshold()
             for key, value in bounds[name].items():
@@ -434,13 +481,16 @@ def _metric_configs(bounds: dict, overall):
 
 
 def _slice_of(slice_key) -> tuple[str, str] | None:
-    """``None`` for the overall slice, else ``(feature, value)``."""
+    """``None`` for the overall slice, else ``(feature, value)``; a cross joins its
+    columns and values with commas: ``("payment_type,company", "Cash,Flash Cab")``."""
     if not slice_key.single_slice_keys:
         return None
-    (single,) = slice_key.single_slice_keys  # we only slice by one feature at a time
-    value = single.WhichOneof("kind")
-    raw = getattr(single, value)
-    return single.column, raw.decode() if isinstance(raw, bytes) else str(raw)
+    columns, values = [], []
+    for single in slice_key.single_slice_keys:
+        raw = getattr(single, single.WhichOneof("kind"))
+        columns.append(single.column)
+        values.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+    return ",".join(columns), ",".join(values)
 
 
 def _scalars(values: dict) -> dict[str, float | None]:
