@@ -49,7 +49,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         query_parameters: dict = {},
         runner: str = "DirectRunner",
         pipeline_options: dict = {},
-        hyperparameters: dict = {"model_type": "hist_gradient_boosting", "max_iter": 200, "learning_rate": 0.1},
+        hyperparameters: dict = {},  # empty: the trainer's defaults for its framework
         thresholds: dict = {"auc": 0.7},
         change_thresholds: dict = {"auc": 0.0},
         model_name: str = "taxi-tips",

@@ -15,10 +15,8 @@ pipeline's.
 A CustomJob exists only on Vertex: kfp.local cannot run this variant (it runs
 no GCPC op); run the plain `training` pipeline locally, with the same component.
 
-The pipeline's ``hyperparameters`` default is the `training` pipeline's
-scikit-learn set; for Keras or PyTorch, ``compile_vertex_training_pipeline``
-compiles the default to ``{}`` (the framework's own defaults), and a run can
-still pass its own ``hyperparameters``.
+The pipeline's ``hyperparameters`` default is ``{}``: the chosen framework's
+own defaults; a run can pass its own.
 """
 
 from __future__ import annotations
@@ -99,9 +97,5 @@ def compile_vertex_training_pipeline(package_path: str, pipeline_parameters: dic
     from kfp import compiler
 
     pipeline = build_vertex_training_pipeline(**build_options)
-    defaults = {}
-    if build_options.get("framework", "sklearn") != "sklearn":
-        defaults["hyperparameters"] = {}  # the training pipeline's default is scikit-learn's
-    defaults.update(pipeline_parameters or {})
-    compiler.Compiler().compile(pipeline, str(package_path), pipeline_parameters=defaults or None)
+    compiler.Compiler().compile(pipeline, str(package_path), pipeline_parameters=pipeline_parameters or None)
     return str(package_path)
