@@ -193,7 +193,7 @@ def _with_label(values):
             r"slice feature\(s\) \['borough'\] not found .* columns present",
         ),
         (lambda t: t.slice(0, 0), {}, r"split 'eval' is empty"),
-        (lambda t: t, {"thresholds": {"f1": 0.5}}, r"unknown metric 'f1'; valid metric names: \['auc', "),
+        (lambda t: t, {"thresholds": {"f1": 0.5}}, r"unknown metric 'f1' for a binary model; valid metric names: \['auc', "),
         (lambda t: t, {"thresholds": {"auc": "high"}}, r"thresholds\['auc'\] lower_bound must be a number"),
         (_with_label([0, 1, 2]), {}, r"label column 'tipped_well' is not binary: it holds \[2.0\]"),
         (_with_label([1]), {}, r"holds only the class 1"),
@@ -350,3 +350,45 @@ def test_slice_crosses_and_per_slice_thresholds(bundle, tmp_path):
     assert summary["blessed"] is False
     assert all(r.startswith("example_count (slice ") for r in summary["reasons"])
     assert len(summary["reasons"]) == len(summary["slices"])
+
+
+# ---- multiclass and regression models ------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_other_tasks_are_evaluated_with_their_own_tfma_metrics(task, tmp_path):
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    from cauce.components.train.executor import run_train
+    from tests.test_train_neural import _synthetic
+
+    transformed, transform_dir, eval_table = _synthetic(tmp_path / "data", task)
+    params = {"model_type": "logistic_regression"} if task == "multiclass" else {"model_type": "ridge"}
+    run_train(transformed, transform_dir, str(tmp_path / "model"), params, task=task)
+    thresholds = {"sparse_categorical_accuracy": 0.5} if task == "multiclass" else {"mean_absolute_error": {"upper_bound": 100}}
+    # The transformed splits are raw here too (identity transform): evaluate reads "eval".
+    summary = run_evaluate(tmp_path / "model", transformed, tmp_path / "out", thresholds=thresholds)
+
+    loaded = cauce_model.load(tmp_path / "model")
+    outputs = loaded.predict_scores(eval_table)
+    truth = eval_table.column("target").to_pylist()
+    assert summary["blessed"] is True and summary["task"] == task
+    if task == "multiclass":
+        expected = [loaded.classes.index(value) for value in truth]
+        assert summary["metrics"]["sparse_categorical_accuracy"] == pytest.approx(
+            accuracy_score(expected, outputs.argmax(axis=1)), abs=1e-6
+        )
+        assert summary["metrics"]["sparse_categorical_crossentropy"] == pytest.approx(
+            log_loss(expected, outputs, labels=list(range(len(loaded.classes)))), rel=1e-5
+        )
+        matrix = np.array(summary["confusion_matrix"]["matrix"])
+        np.testing.assert_array_equal(matrix, confusion_matrix(expected, outputs.argmax(axis=1)))
+        assert summary["roc"] is None
+    else:
+        assert summary["metrics"]["mean_squared_error"] == pytest.approx(mean_squared_error(truth, outputs), rel=1e-6)
+        assert summary["metrics"]["mean_absolute_error"] == pytest.approx(mean_absolute_error(truth, outputs), rel=1e-6)
+        assert summary["metrics"]["root_mean_squared_error"] == pytest.approx(np.sqrt(mean_squared_error(truth, outputs)), rel=1e-6)
+        assert summary["confusion_matrix"] is None
+    assert "<svg" not in (tmp_path / "out" / "report.html").read_text()  # no ROC for these tasks
+    with pytest.raises(CauceError, match=f"unknown metric 'auc' for a {task} model"):
+        run_evaluate(tmp_path / "model", transformed, tmp_path / "bad", thresholds={"auc": 0.5})

@@ -53,10 +53,12 @@ def evaluate(
     for name, value in result["metrics"].items():
         if value is not None:
             metrics.log_metric(name, value)
-    roc = result["roc"]
-    classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
-    confusion = result["confusion_matrix"]
-    classification_metrics.log_confusion_matrix(confusion["labels"], confusion["matrix"])
+    roc = result["roc"]  # binary models only
+    if roc:
+        classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
+    confusion = result["confusion_matrix"]  # classifiers only
+    if confusion:
+        classification_metrics.log_confusion_matrix(confusion["labels"], confusion["matrix"])
     shutil.copyfile(Path(evaluation.path) / REPORT_FILE, report.path)
     evaluation.metadata.update({"blessed": result["blessed"], "reasons": result["reasons"], "split": split})
     return bool(result["blessed"])

@@ -42,6 +42,20 @@ SCALAR_METRICS = {
     "Recall": "recall",
     "BinaryCrossEntropy": "binary_crossentropy",
 }
+# The same for the other tasks the trainers support.
+TASK_METRICS = {
+    "binary": SCALAR_METRICS,
+    "multiclass": {
+        "ExampleCount": "example_count",
+        "SparseCategoricalAccuracy": "sparse_categorical_accuracy",
+        "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+    },
+    "regression": {
+        "ExampleCount": "example_count",
+        "MeanSquaredError": "mean_squared_error",
+        "MeanAbsoluteError": "mean_absolute_error",
+    },
+}
 DECISION_THRESHOLD = 0.5  # the cut-off of accuracy, precision, recall and the confusion matrix
 ROC_THRESHOLDS = 100  # ConfusionMatrixPlot cuts at -1e-6, 0, 1/100, ..., 1: 102 ROC points
 CALIBRATION_BUCKETS = 10
@@ -55,7 +69,13 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 WEIGHT_KEY = "__cauce_example_weight__"
 TFMA_HISTOGRAM_BUCKETS = 10_000  # calibration_histogram.DEFAULT_NUM_BUCKETS
 # Metrics where a smaller value is better: a challenger must be *below* the champion.
-LOWER_IS_BETTER = {"binary_crossentropy"}
+LOWER_IS_BETTER = {
+    "binary_crossentropy",
+    "sparse_categorical_crossentropy",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "root_mean_squared_error",
+}
 MISSING_SLICE_VALUE = "<missing>"
 _BOUND_NAMES = ("lower_bound", "upper_bound")
 
@@ -97,16 +117,16 @@ def run_evaluate(
     """
     slicings = parse_slicings(slice_features)
     slice_features = sorted({name for slicing in slicings for name in slicing})
-    bounds = normalize_thresholds(thresholds)
-    slice_bounds = normalize_thresholds(slice_thresholds)
-    margins = normalize_change_thresholds(change_thresholds)
     model = cauce_model.load(model_dir)
+    task = model.task
+    bounds = normalize_thresholds(thresholds, task)
+    slice_bounds = normalize_thresholds(slice_thresholds, task)
+    margins = normalize_change_thresholds(change_thresholds, task)
     table = read_split(dataset_dir, split)
-    labels = _binary_labels(table, model.label, split)
+    labels = _labels(table, model, split)
     _check_slice_features(table, slice_features, model.label, split)
 
-    scores = model.predict_scores(table)
-    columns = {model.label: labels, PREDICTION_KEY: pa.array(scores, pa.float64())}
+    columns = {model.label: labels, PREDICTION_KEY: _predictions(model.predict_scores(table), task)}
     for feature in slice_features:
         column = pc.cast(table.column(feature), pa.string())
         columns[feature] = pc.fill_null(column, MISSING_SLICE_VALUE)
@@ -115,18 +135,23 @@ def run_evaluate(
         from cauce.serving.server import fetch_model_dir
 
         champion = cauce_model.load(fetch_model_dir(str(champion_model_dir)))
-        if champion.label != model.label:
+        if (champion.label, champion.task, champion.classes) != (model.label, task, model.classes):
             raise CauceError(
-                f"the champion at {champion_model_dir} predicts {champion.label!r}, the candidate {model.label!r}: "
-                "they cannot be compared"
+                f"the champion at {champion_model_dir} predicts {champion.label!r} ({champion.task}), the candidate "
+                f"{model.label!r} ({task}): they cannot be compared"
             )
-        columns[CHAMPION_PREDICTION_KEY] = pa.array(champion.predict_scores(table), pa.float64())
-    eval_table = aggregate_for_tfma(pa.table(columns), [model.label, *slice_features])
+        columns[CHAMPION_PREDICTION_KEY] = _predictions(champion.predict_scores(table), task)
+    eval_table = pa.table(columns)
+    if task == "binary":
+        eval_table = aggregate_for_tfma(eval_table, [model.label, *slice_features])
+    else:  # the histogram argument of aggregate_for_tfma holds for binary scores only
+        eval_table = eval_table.append_column(WEIGHT_KEY, pa.array(np.ones(eval_table.num_rows)))
     rows = table.num_rows
 
     with atomic_dir(output_dir) as out:
         summary = _run_tfma(
-            eval_table, model.label, slicings, bounds, out / TFMA_DIR, champion is not None, slice_bounds
+            eval_table, model.label, slicings, bounds, out / TFMA_DIR, champion is not None, slice_bounds, task,
+            model.classes,
         )
         summary["slice_thresholds"] = slice_bounds
         summary["change_thresholds"] = margins
@@ -138,21 +163,22 @@ def run_evaluate(
             summary["reasons"] += [c["reason"] for c in failed]
             summary["blessed"] = summary["blessed"] and not failed
         summary.update(
-            split=split, rows=rows, tfma_examples=eval_table.num_rows, label=model.label, model=model.metadata
+            task=task, split=split, rows=rows, tfma_examples=eval_table.num_rows, label=model.label, model=model.metadata
         )
         write_json(out / EVALUATION_FILE, summary)
         (out / REPORT_FILE).write_text(render_report(summary))
     return summary
 
 
-def normalize_thresholds(thresholds: dict | None) -> dict[str, dict[str, float]]:
+def normalize_thresholds(thresholds: dict | None, task: str = "binary") -> dict[str, dict[str, float]]:
     """Turn ``{"auc": 0.6, "binary_crossentropy": {"upper_bound": 0.5}}`` into
     ``{metric: {"lower_bound"?: float, "upper_bound"?: float}}``, or raise naming the bad entry."""
     normalized = {}
     for name, bound in (thresholds or {}).items():
-        if name not in SCALAR_METRICS.values():
+        if name not in TASK_METRICS[task].values():
             raise CauceError(
-                f"thresholds: unknown metric {name!r}; valid metric names: {sorted(SCALAR_METRICS.values())}"
+                f"thresholds: unknown metric {name!r} for a {task} model; "
+                f"valid metric names: {sorted(TASK_METRICS[task].values())}"
             )
         if isinstance(bound, dict):
             unknown = sorted(set(bound) - set(_BOUND_NAMES))
@@ -218,12 +244,15 @@ def aggregate_for_tfma(eval_table: pa.Table, group_columns: list[str]) -> pa.Tab
     return pa.table(columns)
 
 
-def normalize_change_thresholds(change_thresholds: dict | None) -> dict[str, float]:
+def normalize_change_thresholds(change_thresholds: dict | None, task: str = "binary") -> dict[str, float]:
     """``{"auc": 0.005}`` -> margins by metric, or raise naming the bad entry."""
     margins = {}
     for name, margin in (change_thresholds or {}).items():
-        if name not in SCALAR_METRICS.values() or name == "example_count":
-            valid = sorted(set(SCALAR_METRICS.values()) - {"example_count"})
+        comparable = set(TASK_METRICS[task].values()) - {"example_count"}
+        if task == "regression":
+            comparable.add("root_mean_squared_error")
+        if name not in comparable:
+            valid = sorted(comparable)
             raise CauceError(f"change_thresholds: unknown metric {name!r}; valid metric names: {valid}")
         if isinstance(margin, bool) or not isinstance(margin, Real) or math.isnan(margin):
             raise CauceError(f"change_thresholds[{name!r}] must be a number (the margin), got {margin!r}")
@@ -260,6 +289,43 @@ def compare_with_champion(summary: dict, margins: dict[str, float]) -> list[dict
                           f"must be {wording} by at least {margin:g}",
             })
     return checks
+
+
+def _labels(table: pa.Table, model, split: str) -> pa.Array:
+    """The label column in the form TFMA reads for the model's task."""
+    if model.task == "binary":
+        return _binary_labels(table, model.label, split)
+    if model.label not in table.column_names:
+        raise CauceError(
+            f"label column {model.label!r} (the model's label) not found in split {split!r}; "
+            f"columns present: {table.column_names}"
+        )
+    if table.num_rows == 0:
+        raise CauceError(f"split {split!r} is empty: there is nothing to evaluate")
+    column = table.column(model.label)
+    if column.null_count:
+        raise CauceError(f"label column {model.label!r} has {column.null_count} missing value(s) in split {split!r}")
+    if model.task == "regression":
+        try:
+            return pc.cast(column, pa.float64()).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise CauceError(f"label column {model.label!r} has type {column.type}; a regression label must be numeric") from None
+    # multiclass: TFMA reads the class index, in the order of the model's classes
+    index = {str(value): i for i, value in enumerate(model.classes)}
+    values = [str(value) for value in column.to_pylist()]
+    unknown = sorted(set(values) - set(index))
+    if unknown:
+        raise CauceError(
+            f"label column {model.label!r} holds class(es) {unknown[:5]} the model was not trained on; "
+            f"its classes: {model.classes}"
+        )
+    return pa.array([index[value] for value in values], pa.int64())
+
+
+def _predictions(outputs: np.ndarray, task: str) -> pa.Array:
+    if task == "multiclass":  # one probability list per row
+        return pa.array(list(outputs.astype(np.float64)), pa.list_(pa.float64()))
+    return pa.array(outputs, pa.float64())
 
 
 def _binary_labels(table: pa.Table, label: str, split: str) -> pa.Array:
@@ -330,13 +396,15 @@ def _run_tfma(
     tfma_dir: Path,
     with_champion: bool = False,
     slice_bounds: dict | None = None,
+    task: str = "binary",
+    classes: list | None = None,
 ) -> dict:
     """Run TFMA over ``eval_table`` into ``tfma_dir`` and summarize what it wrote."""
     import apache_beam as beam
     import tensorflow_model_analysis as tfma
     from tfx_bsl.arrow import table_util
 
-    eval_config = build_eval_config(label, slicings, bounds, with_champion, slice_bounds)
+    eval_config = build_eval_config(label, slicings, bounds, with_champion, slice_bounds, task)
     # TFMA reads Arrow record batches whose columns are lists (one list per
     # example); plain columns give no error but no metrics either.
     batches = [
@@ -361,20 +429,22 @@ def _run_tfma(
             target.setdefault(key, {})[item.key.name] = item.value
     # TFMA's writer merges every plot of a slice into one PlotData under a
     # nameless key, so the plots are told apart by field, not by name.
-    (overall_plots,) = (
-        plots_for_slice.plot_keys_and_values[0].value
-        for plots_for_slice in tfma.load_plots(str(tfma_dir))
-        if not plots_for_slice.slice_key.single_slice_keys
-    )
+    overall_plots = None
+    if task == "binary":
+        (overall_plots,) = (
+            plots_for_slice.plot_keys_and_values[0].value
+            for plots_for_slice in tfma.load_plots(str(tfma_dir))
+            if not plots_for_slice.slice_key.single_slice_keys
+        )
     validation = tfma.load_validation_result(str(tfma_dir))
     overall = slices.pop(None)
     champion = None
     if with_champion:
         champion_overall = champion_slices.pop(None)
         champion = {
-            "metrics": _scalars(champion_overall),
+            "metrics": _scalars(champion_overall, task),
             "slices": [
-                {"feature": feature, "value": value, "metrics": _scalars(values)}
+                {"feature": feature, "value": value, "metrics": _scalars(values, task)}
                 for (feature, value), values in sorted(champion_slices.items())
             ],
         }
@@ -382,16 +452,22 @@ def _run_tfma(
     return {
         "champion": champion,
         "blessed": bool(validation.validation_ok),
-        "metrics": _scalars(overall),
+        "metrics": _scalars(overall, task),
         "slices": [
-            {"feature": feature, "value": value, "metrics": _scalars(values)}
+            {"feature": feature, "value": value, "metrics": _scalars(values, task)}
             for (feature, value), values in sorted(slices.items())
         ],
         "thresholds": bounds,
         "reasons": _failure_reasons(validation),
-        "confusion_matrix": _confusion_matrix(overall["confusion_matrix_at_thresholds"]),
-        "roc": _roc_points(overall_plots.confusion_matrix_at_thresholds),
-        "calibration": _calibration_buckets(overall_plots.calibration_histogram_buckets),
+        "confusion_matrix": (
+            _confusion_matrix(overall["confusion_matrix_at_thresholds"])
+            if task == "binary"
+            else _multiclass_confusion_matrix(overall["multi_class_confusion_matrix_at_thresholds"], classes or [])
+            if task == "multiclass"
+            else None
+        ),
+        "roc": _roc_points(overall_plots.confusion_matrix_at_thresholds) if overall_plots else None,
+        "calibration": _calibration_buckets(overall_plots.calibration_histogram_buckets) if overall_plots else None,
         "tfma_output": TFMA_DIR,
     }
 
@@ -402,6 +478,7 @@ def build_eval_config(
     bounds: dict,
     with_champion: bool = False,
     slice_bounds: dict | None = None,
+    task: str = "binary",
 ):
     """The TFMA EvalConfig: overall + one slicing per feature, our metrics, thresholds on the overall slice.
 
@@ -415,7 +492,7 @@ def build_eval_config(
     overall = config_pb2.SlicingSpec()
     slice_specs = [config_pb2.SlicingSpec(feature_keys=list(names)) for names in slicings]
     candidate_spec = config_pb2.MetricsSpec(
-        metrics=_metric_configs(bounds, overall, slice_bounds or {}, slice_specs), model_names=[CANDIDATE]
+        metrics=_metric_configs(bounds, overall, slice_bounds or {}, slice_specs, task), model_names=[CANDIDATE]
     )
     model_specs = [
         config_pb2.ModelSpec(
@@ -429,10 +506,13 @@ def build_eval_config(
                 name=CHAMPION, label_key=label, prediction_key=CHAMPION_PREDICTION_KEY, example_weight_key=WEIGHT_KEY
             )
         )
-        champion_metrics = [config_pb2.MetricConfig(class_name=class_name) for class_name in SCALAR_METRICS]
-        champion_metrics.append(
-            config_pb2.MetricConfig(class_name="ConfusionMatrixAtThresholds", config=f'"thresholds": [{DECISION_THRESHOLD}]')
-        )
+        champion_metrics = [config_pb2.MetricConfig(class_name=class_name) for class_name in TASK_METRICS[task]]
+        if task == "binary":  # _scalars reads it to tell undefined AUCs apart
+            champion_metrics.append(
+                config_pb2.MetricConfig(
+                    class_name="ConfusionMatrixAtThresholds", config=f'"thresholds": [{DECISION_THRESHOLD}]'
+                )
+            )
         metrics_specs.append(config_pb2.MetricsSpec(metrics=champion_metrics, model_names=[CHAMPION]))
     for spec in metrics_specs:  # every example carries a weight (see aggregate_for_tfma)
         spec.example_weights.weighted = True
@@ -444,11 +524,11 @@ def build_eval_config(
     )
 
 
-def _metric_configs(bounds: dict, overall, slice_bounds: dict, slice_specs: list):
+def _metric_configs(bounds: dict, overall, slice_bounds: dict, slice_specs: list, task: str = "binary"):
     from tensorflow_model_analysis.proto import config_pb2
 
     metrics = []
-    for class_name, name in SCALAR_METRICS.items():
+    for class_name, name in TASK_METRICS[task].items():
         metric = config_pb2.MetricConfig(class_name=class_name)
         if name in slice_bounds and slice_specs:
             value_threshold = config_pb2.GenericValueThreshold()
@@ -468,6 +548,10 @@ def _metric_configs(bounds: dict, overall, slice_bounds: dict, slice_specs: list
                 threshold=config_pb2.MetricThreshold(value_threshold=value_threshold),
             )
         metrics.append(metric)
+    if task == "multiclass":
+        metrics.append(config_pb2.MetricConfig(class_name="MultiClassConfusionMatrixAtThresholds", config='"thresholds": [0.0]'))
+    if task != "binary":
+        return metrics
     metrics += [
         config_pb2.MetricConfig(
             class_name="ConfusionMatrixAtThresholds", config=f'"thresholds": [{DECISION_THRESHOLD}]'
@@ -493,7 +577,7 @@ def _slice_of(slice_key) -> tuple[str, str] | None:
     return ",".join(columns), ",".join(values)
 
 
-def _scalars(values: dict) -> dict[str, float | None]:
+def _scalars(values: dict, task: str = "binary") -> dict[str, float | None]:
     """The scalar metrics of one slice, with None where a metric is undefined.
 
     TFMA reports NaN for some undefined metrics (precision without predicted
@@ -501,9 +585,13 @@ def _scalars(values: dict) -> dict[str, float | None]:
     slice's own confusion matrix tells those apart.
     """
     scalars = {}
-    for name in SCALAR_METRICS.values():
+    for name in TASK_METRICS[task].values():
         value = values[name].double_value.value
         scalars[name] = value if math.isfinite(value) else None
+    if task == "regression" and scalars["mean_squared_error"] is not None:
+        scalars["root_mean_squared_error"] = math.sqrt(scalars["mean_squared_error"])
+    if task != "binary":
+        return scalars
     counts = _confusion_matrix(values["confusion_matrix_at_thresholds"])
     positives = counts["true_positives"] + counts["false_negatives"]
     negatives = counts["true_negatives"] + counts["false_positives"]
@@ -555,6 +643,17 @@ def _confusion_matrix(metric) -> dict:
         "false_negatives": fn,
         "true_positives": tp,
     }
+
+
+def _multiclass_confusion_matrix(metric, classes: list) -> dict:
+    """k x k counts (rows: actual class, columns: predicted class = the argmax)."""
+    (matrix,) = metric.multi_class_confusion_matrix_at_thresholds.matrices
+    size = len(classes)
+    counts = [[0] * size for _ in range(size)]
+    for entry in matrix.entries:
+        if 0 <= entry.actual_class_id < size and 0 <= entry.predicted_class_id < size:
+            counts[entry.actual_class_id][entry.predicted_class_id] = int(entry.num_weighted_examples)
+    return {"labels": [str(c) for c in classes], "matrix": counts}
 
 
 def _roc_points(matrices) -> dict:
@@ -617,19 +716,25 @@ def render_report(summary: dict) -> str:
         "<title>Model evaluation</title><style>" + _STYLE + "</style></head><body>",
         "<h1>Model evaluation</h1>",
         f"<div class='verdict {'blessed' if blessed else 'rejected'}'>{html.escape(verdict)}</div>",
-        f"<p class='note'>Label <b>{html.escape(summary['label'])}</b>, split "
+        f"<p class='note'>Label <b>{html.escape(summary['label'])}</b> "
+        f"({html.escape(summary.get('task', 'binary'))}), split "
         f"<b>{html.escape(summary['split'])}</b>, {summary['rows']:,} rows. Computed by TensorFlow Model "
-        f"Analysis; accuracy, precision, recall and the confusion matrix use the cut-off "
-        f"{summary['confusion_matrix']['threshold']:g}.</p>",
+        "Analysis" + (
+            f"; accuracy, precision, recall and the confusion matrix use the cut-off "
+            f"{summary['confusion_matrix']['threshold']:g}." if summary.get("roc") else "."
+        ) + "</p>",
         "<h2>Overall metrics</h2>",
         _overall_table(summary["metrics"], summary["thresholds"]),
-        "<h2>Confusion matrix</h2>",
-        _confusion_table(summary["confusion_matrix"]),
-        "<h2>ROC curve</h2>",
-        _roc_svg(summary["roc"], summary["metrics"]["auc"]),
-        "<h2>Calibration</h2>",
-        _calibration_table(summary["calibration"]),
     ]
+    if summary.get("confusion_matrix"):
+        parts += ["<h2>Confusion matrix</h2>", _confusion_table(summary["confusion_matrix"])]
+    if summary.get("roc"):
+        parts += [
+            "<h2>ROC curve</h2>",
+            _roc_svg(summary["roc"], summary["metrics"]["auc"]),
+            "<h2>Calibration</h2>",
+            _calibration_table(summary["calibration"]),
+        ]
     if summary.get("champion"):
         parts += ["<h2>Challenger vs champion</h2>", _comparison_table(summary["champion"]["comparisons"])]
     if summary["slices"]:
@@ -676,12 +781,13 @@ def _overall_table(metrics: dict, thresholds: dict) -> str:
 
 
 def _confusion_table(confusion: dict) -> str:
-    (tn, fp), (fn, tp) = confusion["matrix"]
-    return (
-        "<table><tr><th></th><th>predicted 0</th><th>predicted 1</th></tr>"
-        f"<tr><td>actual 0</td><td>{tn:,}</td><td>{fp:,}</td></tr>"
-        f"<tr><td>actual 1</td><td>{fn:,}</td><td>{tp:,}</td></tr></table>"
+    labels = [html.escape(label) for label in confusion["labels"]]
+    header = "<tr><th></th>" + "".join(f"<th>predicted {label}</th>" for label in labels) + "</tr>"
+    rows = "".join(
+        f"<tr><td>actual {label}</td>" + "".join(f"<td>{count:,}</td>" for count in row) + "</tr>"
+        for label, row in zip(labels, confusion["matrix"])
     )
+    return "<table>" + header + rows + "</table>"
 
 
 def _roc_svg(roc: dict, auc: float | None, size: int = 320, margin: int = 40) -> str:
@@ -740,7 +846,7 @@ def _comparison_table(comparisons: list[dict]) -> str:
 
 
 def _slices_table(slices: list[dict]) -> str:
-    names = list(SCALAR_METRICS.values())
+    names = list(slices[0]["metrics"])
     header = "<tr><th>feature</th><th>value</th>" + "".join(f"<th>{name}</th>" for name in names) + "</tr>"
     rows = "".join(
         f"<tr><td>{html.escape(s['feature'])}</td><td>{html.escape(s['value'])}</td>"
