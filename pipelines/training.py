@@ -49,6 +49,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         query_parameters: dict = {},
         runner: str = "DirectRunner",
         pipeline_options: dict = {},
+        task: str = "binary",
         hyperparameters: dict = {},  # empty: the trainer's defaults for its framework
         thresholds: dict = {"auc": 0.7},
         change_thresholds: dict = {"auc": 0.0},
@@ -79,11 +80,13 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             categorical_features=categorical_features,
             runner=runner,
             pipeline_options=pipeline_options,
+            task=task,
         ).set_display_name("transform")
         trained = train_op(
             transformed=transformed.outputs["transformed"],
             transform_fn=transformed.outputs["transform_fn"],
             hyperparameters=hyperparameters,
+            task=task,
         ).set_display_name("train")
         current_champion = champion(
             model_name=model_name,

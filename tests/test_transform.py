@@ -68,3 +68,22 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, label, numeric, ta
     with pytest.raises(CauceError, match=message):
         run_transform(raw, label, numeric, [], str(out / "transformed"), str(out / "transform"))
     assert list(out.iterdir()) == []  # no partial artifact, no staging file
+
+
+def test_multiclass_and_regression_labels_pass_through_by_task(tmp_path):
+    classes = pa.array(["bike", "car", None, "walk"] * 10)
+    values = pa.array([1.5, None, 3.25, 10.0] * 10)
+    raw = _write(tmp_path / "raw", {"train": _small(40, y=classes), "eval": _small(40, y=classes)})
+    result = run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "mc"), str(tmp_path / "mc-fn"), task="multiclass")
+    assert result.dropped_rows == {"eval": 10, "train": 10}
+    assert sorted(set(data.read_split(tmp_path / "mc", "train").column("y").to_pylist())) == ["bike", "car", "walk"]
+
+    raw = _write(tmp_path / "raw2", {"train": _small(40, y=values)})
+    run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "rg"), str(tmp_path / "rg-fn"), task="regression")
+    label = data.read_split(tmp_path / "rg", "train").column("y")
+    assert label.type == pa.float64() and sorted(set(label.to_pylist())) == [1.5, 3.25, 10.0]
+
+    with pytest.raises(CauceError, match="use task 'multiclass' or 'regression'"):
+        run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "bin"), str(tmp_path / "bin-fn"))
+    with pytest.raises(CauceError, match="task 'ranking' is not supported"):
+        run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "r"), str(tmp_path / "r-fn"), task="ranking")

@@ -173,7 +173,22 @@ def smoke_test(predict_url: str, instances: list[dict]) -> list[dict]:
     if status != 200 or not isinstance(predictions, list) or len(predictions) != len(instances):
         raise CauceError(f"smoke test of {predict_url} failed: HTTP {status}, body {str(body)[:500]}")
     for prediction in predictions:
-        score = prediction.get("score")
-        if not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+        if not _well_formed(prediction):
             raise CauceError(f"smoke test of {predict_url} returned a malformed prediction {prediction}")
     return predictions
+
+
+def _well_formed(prediction) -> bool:
+    """binary {"label", "score" in [0, 1]}, multiclass {"label", "scores": probabilities}, regression {"value"}."""
+    if not isinstance(prediction, dict):
+        return False
+    if "score" in prediction:
+        score = prediction["score"]
+        return isinstance(score, (int, float)) and 0.0 <= score <= 1.0
+    if "scores" in prediction:
+        scores = prediction["scores"]
+        return isinstance(scores, list) and bool(scores) and all(
+            isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in scores
+        )
+    value = prediction.get("value")
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -19,12 +19,14 @@ def transform(
     top_k: int = 100,
     runner: str = "DirectRunner",
     pipeline_options: dict = {},
+    task: str = "binary",
 ) -> NamedTuple("TransformOutputs", [("features_out", int)]):
     """Fit a feature transform on the training split (Beam full pass) and encode every split.
 
     Args:
         dataset: raw cauce Dataset (output of extract).
-        label: the binary label column.
+        label: the label column: 0/1 for task "binary", classes for "multiclass",
+            numbers for "regression".
         numeric_features: columns z-scored (missing -> mean).
         categorical_features: columns one-hot encoded over the top_k training values + OOV.
         runner: "DirectRunner" locally, "DataflowRunner" on Google Cloud.
@@ -48,6 +50,7 @@ def transform(
         top_k=top_k,
         runner=runner,
         pipeline_options=pipeline_options,
+        task=task,
     )
     transformed.metadata.update(result.metadata)
     transform_fn.metadata.update({"label": label, "feature_names": result.feature_names})

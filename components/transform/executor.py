@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from cauce import data
@@ -81,33 +82,57 @@ def _make_combine_fn(numeric: list[str], categorical: list[str]):
     return StatisticsCombineFn()
 
 
-def encode_batch(batch: pa.RecordBatch | pa.Table, fitted: FittedTransform, passthrough: list[str]) -> pa.Table:
-    """Raw batch -> encoded float32 feature columns + float label + passthrough columns.
+TASKS = ("binary", "multiclass", "regression")
 
-    Rows without a label are dropped: they cannot train or evaluate anything.
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise CauceError(f"task {task!r} is not supported; expected one of {list(TASKS)}")
+
+
+def encode_batch(
+    batch: pa.RecordBatch | pa.Table, fitted: FittedTransform, passthrough: list[str], task: str = "binary"
+) -> pa.Table:
+    """Raw batch -> encoded float32 feature columns + label + passthrough columns.
+
+    The label by task: binary -> int64 0/1; regression -> float64; multiclass ->
+    the class values as they are (the trainer numbers the classes). Rows without
+    a label are dropped: they cannot train or evaluate anything.
     """
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    label = _label_array(table, fitted.label)
-    keep = ~np.isnan(label)
-    if not keep.all():
-        table = table.filter(pa.array(keep))
-        label = label[keep]
-    unique = np.unique(label)
-    if not np.isin(unique, (0.0, 1.0)).all():
-        raise CauceError(
-            f"label column {fitted.label!r} must be binary 0/1 (or boolean); found values {unique[:10].tolist()}"
-        )
+    if task == "multiclass":
+        table = table.filter(pc.is_valid(table.column(fitted.label)))
+        label_column = table.column(fitted.label)
+    else:
+        label = _label_array(table, fitted.label)
+        keep = ~np.isnan(label)
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+            label = label[keep]
+        if task == "binary":
+            unique = np.unique(label)
+            if not np.isin(unique, (0.0, 1.0)).all():
+                raise CauceError(
+                    f"label column {fitted.label!r} must be binary 0/1 (or boolean) for task 'binary'; found values "
+                    f"{unique[:10].tolist()} (use task 'multiclass' or 'regression' for other labels)"
+                )
+            label_column = pa.array(label.astype(np.int64))
+        else:
+            label_column = pa.array(label, pa.float64())
     features = fitted.transform_table(table)
     columns = {name: pa.array(features[:, j]) for j, name in enumerate(fitted.feature_names)}
-    columns[fitted.label] = pa.array(label.astype(np.int64))
+    columns[fitted.label] = label_column
     for name in passthrough:
         columns[name] = table.column(name)
     return pa.table(columns)
 
 
-def _output_schema(fitted: FittedTransform, source_schema: pa.Schema, passthrough: list[str]) -> pa.Schema:
+def _output_schema(
+    fitted: FittedTransform, source_schema: pa.Schema, passthrough: list[str], task: str = "binary"
+) -> pa.Schema:
     fields = [pa.field(name, pa.float32()) for name in fitted.feature_names]
-    fields.append(pa.field(fitted.label, pa.int64()))
+    label_type = {"binary": pa.int64(), "regression": pa.float64()}.get(task, source_schema.field(fitted.label).type)
+    fields.append(pa.field(fitted.label, label_type))
     fields += [source_schema.field(name) for name in passthrough]
     return pa.schema(fields)
 
@@ -147,6 +172,7 @@ def run_transform(
     pipeline_options: dict | None = None,
     dataset_uri: str = "",
     transformed_uri: str = "",
+    task: str = "binary",
 ) -> TransformResult:
     """Fit the transform on ``analyze_split`` and encode every split.
 
@@ -164,6 +190,7 @@ def run_transform(
     import apache_beam as beam
     from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
 
+    _check_task(task)
     numeric = list(numeric_features)
     categorical = list(categorical_features)
     passthrough = list(passthrough_columns or [])
@@ -188,7 +215,7 @@ def run_transform(
     fitted = _analyze(glob(analyze_split), numeric, categorical, label, top_k, staging_uri, runner, pipeline_options)
 
     # Pass 2: encode every split with the fitted transform.
-    schema = _output_schema(fitted, source_schema, passthrough)
+    schema = _output_schema(fitted, source_schema, passthrough, task)
 
     def encode_into(root: str):
         def build(pipeline):
@@ -196,7 +223,7 @@ def run_transform(
                 _ = (
                     pipeline
                     | f"Read[{split}]" >> ReadFromParquetBatched(glob(split))
-                    | f"Encode[{split}]" >> beam.Map(encode_batch, fitted=fitted, passthrough=passthrough)
+                    | f"Encode[{split}]" >> beam.Map(encode_batch, fitted=fitted, passthrough=passthrough, task=task)
                     | f"Write[{split}]"
                     >> WriteToParquetBatched(
                         f"{root.rstrip('/')}/{split}/part", schema=schema, file_name_suffix=".parquet", codec="zstd"
@@ -232,6 +259,7 @@ def run_transform(
         "features_in": len(numeric) + len(categorical),
         "features_out": len(fitted.feature_names),
         "label": label,
+        "task": task,
         "runner": runner,
     }
     return TransformResult(split_rows, dropped, fitted.feature_names, metadata)
