@@ -98,3 +98,11 @@ def test_broken_bundles_fail_with_a_clear_error(trained_model, tmp_path):
     meta_path.write_text(json.dumps(dict(meta, framework="torch")))
     with pytest.raises(CauceError, match=r"model\.pt not found: a torch bundle keeps its model there"):
         model.load(tmp_path / "m")
+
+
+def test_integer_hyperparameters_delivered_as_floats_keep_their_meaning(trained_model, tmp_path):
+    """KFP turns {"max_depth": 3} into 3.0; a None-default integer parameter must still take it."""
+    _, transformed, transform_dir, _ = trained_model
+    result = run_train(transformed, transform_dir, str(tmp_path / "m"),
+                       {"model_type": "hist_gradient_boosting", "max_iter": 5.0, "max_depth": 3.0})
+    assert result.metadata["hyperparameters"]["max_depth"] == 3

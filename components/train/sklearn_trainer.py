@@ -55,14 +55,30 @@ def build_estimator(hyperparameters: dict, seed: int, task: str = "binary"):
     # KFP passes dict parameters through a protobuf Struct, where every number is
     # a float: give integer-valued parameters back their int type.
     for key, value in params.items():
-        default = valid.get(key)
-        if isinstance(value, float) and value.is_integer() and isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, float) and value.is_integer() and _takes_int_not_float(estimator, key, valid.get(key)):
             params[key] = int(value)
     try:
         estimator.set_params(**params)
     except (TypeError, ValueError) as error:
         raise CauceError(f"invalid hyperparameters for {model_type!r}: {error}") from None
     return model_type, estimator
+
+
+def _takes_int_not_float(estimator, key: str, default) -> bool:
+    """Whether ``key`` wants an int where a float would mean something else or fail.
+
+    Parameters defaulting to an int qualify; so do those defaulting to None whose
+    sklearn constraints allow integers but no real numbers (``max_depth``), while
+    e.g. ``max_features`` (where 1.0 means "all" and 1 means "one") keeps its float.
+    """
+    if isinstance(default, int) and not isinstance(default, bool):
+        return True
+    from numbers import Integral, Real
+
+    constraints = getattr(type(estimator), "_parameter_constraints", {}).get(key, [])
+    number_kinds = {c.type for c in constraints if isinstance(getattr(c, "type", None), type)}
+    takes_real = any(kind is not Integral and issubclass(kind, Real) for kind in number_kinds)
+    return Integral in number_kinds and not takes_real
 
 
 def load_framework():
