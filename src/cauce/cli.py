@@ -1,4 +1,5 @@
-"""The `cauce` command line: run pipelines locally, compile, validate and submit them."""
+"""The `cauce` command line: run pipelines locally; compile, validate, upload and submit
+them; export the component catalogue; check the images' size budgets."""
 
 from __future__ import annotations
 
@@ -22,6 +23,23 @@ err_console = Console(stderr=True)
 def _fail(message: str, code: int = 1):
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cauce import __version__
+
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print cauce's version and exit."
+    ),
+):
+    """cauce: the ML lifecycle as Kubeflow / Vertex AI pipelines."""
 
 
 # --------------------------------------------------------------------------- run
@@ -202,6 +220,9 @@ def _send_traffic(url: str, instances: list[dict]) -> None:
 def compile_(
     pipeline: str | None = typer.Argument(None, help="pipeline to compile (default: all)"),
     output_dir: Path = typer.Option(Path("build/pipelines"), "--output-dir", "-o", help="where to write <name>.yaml"),
+    require_digests: bool = typer.Option(
+        False, help="fail unless every image is named by digest (set CAUCE_IMAGE_<FAMILY>=...@sha256:...)"
+    ),
 ):
     """Compile pipelines to KFP pipeline-spec YAML (the files Vertex runs)."""
     from cauce import spec
@@ -211,7 +232,13 @@ def compile_(
     try:
         for name in names:
             path = spec.compile_pipeline(name, output_dir)
-            spec.validate_spec(path)
+            info = spec.validate_spec(path)
+            unpinned = [image for image in info["images"] if "@sha256:" not in image]
+            if require_digests and unpinned:
+                raise CauceError(
+                    f"{path} names images by tag, not digest: {unpinned}; set CAUCE_IMAGE_<FAMILY> to the pushed "
+                    "digests (the release build sources them from containers/build-image.sh's output)"
+                )
             console.print(f"compiled [cyan]{name}[/] -> {path}")
     except CauceError as error:
         _fail(str(error))
@@ -240,10 +267,15 @@ def submit(
     service_account: str = typer.Option("", help="service account the pipeline runs as"),
     api_endpoint: str = typer.Option("", help="Vertex API endpoint override (private endpoints, tests)"),
     enable_caching: bool = typer.Option(True, help="let Vertex reuse outputs of unchanged steps"),
+    spec_file: Path = typer.Option(
+        None, "--spec", exists=True, dir_okay=False, help="submit this compiled spec (from `cauce compile`) instead of compiling now"
+    ),
     dry_run: bool = typer.Option(False, help="build the job and print it, submit nothing"),
 ):
     """Submit a pipeline to Vertex AI Pipelines (aiplatform.PipelineJob)."""
     import tempfile
+
+    from google.api_core.exceptions import GoogleAPICallError
 
     from cauce import spec
 
@@ -251,16 +283,28 @@ def submit(
         _fail(f"--pipeline-root must be a gs:// URI, got {pipeline_root!r}")
     try:
         values = spec.parse_params(pipeline, param)
-        values.setdefault("project", project)
-        values.setdefault("location", region)
-        values.setdefault("backend", "bigquery")
+        # On Vertex the data comes from BigQuery and Google Cloud resources live in the
+        # job's project and region, unless --param says otherwise; only for pipelines
+        # that have these parameters (Vertex rejects unknown ones).
+        declared = spec.get_pipeline(pipeline).component_spec.inputs or {}
+        for name, value in (("project", project), ("location", region), ("backend", "bigquery")):
+            if name in declared:
+                values.setdefault(name, value)
+        missing = [n for n, i in declared.items() if i.default is None and not i.optional and n not in values]
+        if missing:
+            raise CauceError(f"pipeline {pipeline!r} needs " + " ".join(f"--param {n}=..." for n in missing))
         with tempfile.TemporaryDirectory() as tmp:
-            path = spec.compile_pipeline(pipeline, tmp)
-            spec.validate_spec(path)
+            path = spec_file or spec.compile_pipeline(pipeline, tmp)
+            info = spec.validate_spec(path)
+            expected = spec.get_pipeline(pipeline).name
+            if info["name"] != expected:
+                raise CauceError(f"{path} is the pipeline {info['name']!r}, not {expected!r} ({pipeline})")
             job = _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run)
             if dry_run:
                 from google.protobuf import json_format
 
+                if service_account:
+                    job._gca_resource.service_account = service_account
                 body = json_format.MessageToDict(job._gca_resource._pb)
                 body.pop("pipelineSpec", None)
                 console.print_json(json.dumps(body))
@@ -269,7 +313,12 @@ def submit(
             job.submit(service_account=service_account or None)
     except CauceError as error:
         _fail(str(error))
-    console.print(f"submitted: {job.resource_name}")
+    except ValueError as error:  # the Vertex SDK's checks: region, parameter names and types
+        _fail(f"cannot build the Vertex job: {error}")
+    except GoogleAPICallError as error:
+        _fail(f"Vertex AI refused the job ({error.code}): {error.message}")
+    # Plain print: the resource name is read by scripts and must not be wrapped.
+    print(f"submitted: {job.resource_name}")
 
 
 def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run=False):
@@ -279,7 +328,10 @@ def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enab
     init = {"project": project, "location": region}
     if api_endpoint:
         init.update(api_endpoint=api_endpoint, api_transport="rest")
-    if api_endpoint or dry_run:  # a dry run sends nothing, so it needs no credentials
+    # A dry run sends nothing, and a plain-http endpoint is a local stand-in (tests,
+    # emulators): neither needs credentials. A private https endpoint uses the
+    # caller's Application Default Credentials like Google's own.
+    if dry_run or api_endpoint.startswith("http://"):
         init["credentials"] = AnonymousCredentials()
     aiplatform.init(**init)
     return aiplatform.PipelineJob(
@@ -291,6 +343,96 @@ def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enab
         project=project,
         location=region,
     )
+
+
+@app.command()
+def upload(
+    specs: list[Path] = typer.Argument(None, help="compiled specs to upload (default: compile every pipeline now)"),
+    host: str = typer.Option(..., help="KFP registry, e.g. https://us-central1-kfp.pkg.dev/PROJECT/REPOSITORY"),
+    tag: list[str] = typer.Option([], "--tag", "-t", help="tag the upload (repeatable; default: the version and latest)"),
+    registry_context: Path = typer.Option(
+        None, exists=True, dir_okay=False, help="KFP registry context (JSON) for a registry other than Artifact Registry"
+    ),
+):
+    """Upload compiled pipelines as templates to a KFP registry (Artifact Registry)."""
+    import tempfile
+
+    from cauce import registry, spec
+    from cauce.pipelines import PIPELINES
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if not specs:  # compiled here, so checked here (`cauce compile` checks what it writes)
+                specs = [spec.compile_pipeline(name, tmp) for name in sorted(PIPELINES)]
+                for path in specs:
+                    spec.validate_spec(path)
+            uploaded = registry.upload(
+                list(specs), host, tag or registry.DEFAULT_TAGS, str(registry_context) if registry_context else None
+            )
+    except CauceError as error:
+        _fail(str(error))
+    for result in uploaded:
+        print(f"uploaded {result.spec} as {result.package} {result.version} tags {', '.join(result.tags)}")
+        print(f"  template: {result.url}")
+
+
+@app.command("export")
+def export_(
+    root: Path = typer.Option(Path("."), help="write components/<phase>/*.yaml and docs/components.md under this folder"),
+    check: bool = typer.Option(False, help="write nothing; fail if the files under --root are missing or stale"),
+    require_digests: bool = typer.Option(False, help="fail unless every image is named by digest"),
+):
+    """Export every component as a standalone YAML, and the catalogue page."""
+    from cauce import catalogue
+
+    try:
+        if check:
+            stale = catalogue.stale_files(root)
+            if stale:
+                _fail(f"stale or missing: {', '.join(map(str, stale))}; regenerate them with `cauce export`")
+            console.print(f"[green]up to date[/]: the component YAMLs and {catalogue.CATALOGUE_PAGE}")
+            return
+        written = catalogue.export(root, require_digests)
+    except CauceError as error:
+        _fail(str(error))
+    for path in written:
+        print(f"wrote {path}")
+
+
+@app.command()
+def images(
+    sizes: bool = typer.Option(
+        False, help="estimate each image's size from this environment and check it against containers/size-budgets.txt"
+    ),
+):
+    """List the image of each dependency family (and check their size budgets)."""
+    from cauce import families
+    from cauce.images import image_for
+
+    table = Table(title="cauce images")
+    for column in ("family", "image", "used by") + (("estimate", "budget") if sizes else ()):
+        table.add_column(column, justify="right" if column in ("estimate", "budget") else "left", overflow="fold")
+    problems = []
+    budgets = families.budgets() if sizes else {}
+    for name, family in families.FAMILIES.items():
+        row = [name, image_for(name), family.purpose]
+        if sizes:
+            try:
+                result = families.estimate(name)
+            except CauceError as error:
+                problems.append(f"{name}: {error}")
+                row += ["?", f"{budgets.get(name, '?')} MiB"]
+            else:
+                budget = budgets.get(name)
+                problem = "no budget" if budget is None else families.over_budget(result, budget)
+                if problem:
+                    problems.append(f"{name}: {problem}")
+                mark = "[red]" if problem else "[green]"
+                row += [f"{mark}{result.mib} MiB[/]", f"{budget} MiB" if budget else "—"]
+        table.add_row(*row)
+    console.print(table)
+    if problems:
+        _fail("\n".join(problems))
 
 
 # --------------------------------------------------------------------------- serving
