@@ -1,19 +1,30 @@
-# The serving image: honours the Vertex AI custom-container contract
-# (AIP_HTTP_PORT, AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE, AIP_STORAGE_URI) and KServe V1.
+# cauce-serving: the prediction server only, for Vertex AI endpoints (and KServe V1).
+# Honours the Vertex custom-container contract: AIP_HTTP_PORT, AIP_HEALTH_ROUTE,
+# AIP_PREDICT_ROUTE, AIP_STORAGE_URI (the gs:// model folder).
+# See containers/README.md for the families and their size budgets.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements/lock.txt requirements/lock.txt
+COPY containers/serving.requirements.txt containers/serving.requirements.txt
 COPY src src
 COPY components components
 COPY pipelines pipelines
+# cauce without its pipeline dependencies (kfp, BigQuery, Vertex SDK: half a GB the
+# server never imports), plus only what the server needs, pinned by the lock file.
+# Wheels only, so no compiler is needed (or left behind). The smoke check fails the
+# build if the server could not import what it runs.
 RUN python -m venv /opt/cauce \
-    && /opt/cauce/bin/pip install --no-cache-dir --constraint requirements/lock.txt ".[serving]"
+    && /opt/cauce/bin/pip install --no-cache-dir --only-binary=:all: --no-deps . \
+    && /opt/cauce/bin/pip install --no-cache-dir --only-binary=:all: \
+        --constraint requirements/lock.txt --requirement containers/serving.requirements.txt \
+    && /opt/cauce/bin/python -m cauce.families smoke serving
 
 FROM ${PYTHON_IMAGE}
-LABEL org.opencontainers.image.source="https://github.com/cauce-ml/cauce" \
+LABEL org.opencontainers.image.title="cauce-serving" \
+      org.opencontainers.image.source="https://github.com/cauce-ml/cauce" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin cauce
 COPY --from=build /opt/cauce /opt/cauce
