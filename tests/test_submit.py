@@ -1,0 +1,81 @@
+"""`cauce submit` without --dry-run: the real Vertex AI SDK creates the PipelineJob on
+the local Vertex REST server (tests/fixtures/vertex_server.py), including the Cloud
+Storage calls the SDK makes for the pipeline root."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cauce import spec
+from cauce.cli import app
+from tests.fixtures.vertex_server import vertex_server  # noqa: F401
+
+runner = CliRunner()
+SERVICE_ACCOUNT = "pipelines@acme-ml.iam.gserviceaccount.com"
+
+
+@pytest.fixture
+def vertex(vertex_server, monkeypatch):  # noqa: F811
+    from google.cloud.aiplatform import initializer
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", vertex_server.endpoint)
+    # `cauce submit` calls aiplatform.init, whose settings (this server's endpoint among
+    # them) are process-wide: put them back afterwards. (The object itself must stay:
+    # `aiplatform.init` is a method bound to it.)
+    saved = dict(vars(initializer.global_config))
+    yield vertex_server
+    vars(initializer.global_config).clear()
+    vars(initializer.global_config).update(saved)
+
+
+def flat(text: str) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def submit(server, pipeline, *extra):
+    return runner.invoke(
+        app,
+        ["submit", pipeline, "--project", "acme-ml", "--region", "europe-west4", "--pipeline-root",
+         "gs://acme-ml-pipelines/root", "--api-endpoint", server.endpoint, "--service-account", SERVICE_ACCOUNT, *extra],
+    )  # fmt: skip
+
+
+def test_submit_creates_the_pipeline_job_on_vertex(vertex, tmp_path):
+    compiled = spec.compile_pipeline("training", tmp_path)
+    result = submit(vertex, "training", "--spec", compiled, "--param", "endpoint_name=tips", "--param", "port=9000")
+    assert result.exit_code == 0, result.output
+    [job] = vertex.pipeline_jobs.values()
+    assert f"submitted: {job['name']}" in result.output
+    assert job["name"].startswith("projects/acme-ml/locations/europe-west4/pipelineJobs/cauce-training-")
+    assert job["serviceAccount"] == SERVICE_ACCOUNT
+    values = job["runtimeConfig"]["parameterValues"]
+    assert values["endpoint_name"] == "tips" and values["port"] == 9000  # typed by the signature
+    assert (values["backend"], values["project"], values["location"]) == ("bigquery", "acme-ml", "europe-west4")
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://acme-ml-pipelines/root"
+    compiled_spec = yaml.safe_load(compiled.read_text())  # the spec file, not a fresh compile
+    for key in ("pipelineInfo", "deploymentSpec", "components"):
+        assert job["pipelineSpec"][key].keys() == compiled_spec[key].keys()
+    assert job["pipelineSpec"]["deploymentSpec"] == compiled_spec["deploymentSpec"]
+    # The SDK created the missing bucket and let the job's service account use it.
+    members = {m for binding in vertex.buckets["acme-ml-pipelines"] for m in binding["members"]}
+    assert f"serviceAccount:{SERVICE_ACCOUNT}" in members
+
+
+def test_submit_sets_only_the_parameters_a_pipeline_has(vertex):
+    result = submit(vertex, "monitoring", "--param", "baseline_uri=gs://b/data", "--param", "request_log_dir=gs://b/logs")
+    assert result.exit_code == 0, result.output
+    [job] = vertex.pipeline_jobs.values()
+    assert set(job["runtimeConfig"]["parameterValues"]) == {"baseline_uri", "request_log_dir"}
+
+
+def test_submit_errors_name_the_problem(vertex, tmp_path):
+    result = submit(vertex, "monitoring")
+    assert result.exit_code == 1 and "needs --param baseline_uri=... --param request_log_dir=..." in flat(result.output)
+    monitoring = spec.compile_pipeline("monitoring", tmp_path)
+    result = submit(vertex, "training", "--spec", monitoring)
+    assert result.exit_code == 1 and "is the pipeline 'cauce-monitoring', not 'cauce-training'" in flat(result.output)
+    vertex.pipeline_jobs["taken"] = {}
+    result = submit(vertex, "training", "--region", "mars-north1")
+    assert result.exit_code == 1 and "cannot build the Vertex job: Unsupported region" in flat(result.output)
+    assert list(vertex.pipeline_jobs) == ["taken"]
