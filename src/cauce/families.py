@@ -98,13 +98,31 @@ FAMILIES: dict[str, Family] = {
             "tf",
             "evaluate (TensorFlow Model Analysis), Keras training",
             extras=("tf", "sklearn"),
-            libraries=("kfp", "tensorflow", "keras", "tensorflow_model_analysis", "tfx_bsl", "apache_beam", "sklearn"),
+            libraries=(
+                "kfp",
+                "tensorflow",
+                "keras",
+                "tensorflow_model_analysis",
+                "tfx_bsl",
+                "apache_beam",
+                "sklearn",
+                # the train component runs here (as a CustomJob) for framework "keras"
+                "cauce.components.train.executor",
+                "cauce.components.train.keras_trainer",
+            ),
         ),
         Family(
             "torch",
             "PyTorch training (CPU build of torch)",
             extras=("torch", "sklearn"),
-            libraries=("kfp", "torch", "sklearn"),
+            libraries=(
+                "kfp",
+                "torch",
+                "sklearn",
+                # the train component runs here (as a CustomJob) for framework "torch"
+                "cauce.components.train.executor",
+                "cauce.components.train.torch_trainer",
+            ),
         ),
         Family(
             "serving",
