@@ -133,32 +133,54 @@ def _print_training_summary(result) -> None:
     train = result.task("train")
     if train:
         table.add_row("train", f"eval AUC {_fmt(train.parameters.get('eval_auc'))}", f"{seconds.get(train.name, 0):.1f} s")
+    champion = result.task("champion")
+    if champion:
+        current = champion.parameters.get("Output") or ""
+        table.add_row(
+            "champion",
+            f"compared with {current}" if current else "none yet: this model can become the first",
+            f"{seconds.get(champion.name, 0):.1f} s",
+        )
     evaluate = result.task("evaluate")
     if evaluate:
         metrics = evaluate.artifacts.get("metrics", {}).get("metadata", {})
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in list(metrics.items())[:5])
-        verdict = "[green]blessed[/]" if evaluate.parameters.get("Output") else "[red]not blessed[/]"
+        verdict = "[green]blessed → promote[/]" if evaluate.parameters.get("Output") else "[red]not blessed → keep champion[/]"
         table.add_row("evaluate", f"{verdict}; {shown}", f"{seconds.get(evaluate.name, 0):.1f} s")
     register = result.task("register")
-    table.add_row(
-        "register",
-        f"version {register.parameters.get('version')} ({register.parameters.get('model_uri')})" if register else "skipped (not blessed)",
-        f"{seconds.get(register.name, 0):.1f} s" if register else "",
-    )
+    if register:
+        registered = register.artifacts.get("registered_model", {}).get("metadata", {})
+        table.add_row(
+            "register",
+            f"version {register.parameters.get('version')} as {registered.get('alias', '?')} "
+            f"({register.parameters.get('model_uri')})",
+            f"{seconds.get(register.name, 0):.1f} s",
+        )
     deploy = result.task("deploy")
     table.add_row(
         "deploy",
-        f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else "skipped (not blessed)",
+        f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else "skipped: the champion keeps serving",
         f"{seconds.get(deploy.name, 0):.1f} s" if deploy else "",
     )
     table.add_row("total", "", f"{result.seconds:.1f} s")
     console.print(table)
     if deploy:
         url = deploy.parameters.get("endpoint_url")
-        console.print(
-            f"try it: [bold]curl -s {url} -H 'Content-Type: application/json' "
-            f"-d @{Path(result.run_dir) / 'example-request.json'}[/]"
+        example = _write_example_request(result)
+        console.print(f"try it: [bold]curl -s {url} -H 'Content-Type: application/json' -d @{example}[/]")
+
+
+def _write_example_request(result) -> Path:
+    """Two real eval rows as a request body, next to the run's outputs."""
+    from cauce.components.deploy.executor import smoke_instances_from
+
+    path = Path(result.run_dir) / "example-request.json"
+    if not path.exists():
+        instances = smoke_instances_from(
+            result.task("extract").artifacts["dataset"]["uri"], "eval", result.task("train").artifacts["model"]["uri"], 2
         )
+        path.write_text(json.dumps({"instances": instances}, indent=2))
+    return path
 
 
 def _print_monitoring_summary(result) -> None:
@@ -196,7 +218,6 @@ def demo(
     instances = smoke_instances_from(dataset_uri, "eval", train_task.artifacts["model"]["uri"], rows=requests)
     if drift:
         instances = [dict(i, trip_miles=(i["trip_miles"] or 0) * 3 + 5, payment_type="Cash") for i in instances]
-    (Path(training.run_dir) / "example-request.json").write_text(json.dumps({"instances": instances[:2]}, indent=2))
     _send_traffic(url, instances)
     monitoring = _run_with_progress(
         "monitoring",
