@@ -226,3 +226,20 @@ def test_serving_a_bundle_without_its_framework_is_a_clear_error(binary_models, 
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(CauceError, match=r"is a torch model but 'torch' is not installed here; install cauce\[torch\]"):
         model.load(binary_models["torch"][0])
+
+
+def test_tfma_evaluates_keras_and_torch_models_and_compares_them(binary_models, trained_model, tmp_path):
+    """Evaluate is model-agnostic: a PyTorch challenger against a Keras champion, in one TFMA run."""
+    from cauce.components.evaluate.executor import run_evaluate
+
+    raw = trained_model[0]
+    keras_dir, keras_result = binary_models["keras"]
+    torch_dir, torch_result = binary_models["torch"]
+    summary = run_evaluate(
+        torch_dir, raw, tmp_path / "out", slice_features=["payment_type"], thresholds={"auc": 0.6},
+        champion_model_dir=keras_dir, change_thresholds={"auc": -1.0},
+    )
+    assert summary["blessed"] is True
+    # TFMA's AUC on the raw eval split equals what each trainer measured on the encoded one.
+    assert summary["metrics"]["auc"] == pytest.approx(torch_result.metrics["eval_auc"], abs=1e-3)
+    assert summary["champion"]["metrics"]["auc"] == pytest.approx(keras_result.metrics["eval_auc"], abs=1e-3)
