@@ -22,6 +22,9 @@ def monitoring(
     default_categorical_threshold: float = 0.3,
     window_start: str = "",
     window_end: str = "",
+    previous_window_start: str = "",
+    previous_window_end: str = "",
+    alert_webhook: str = "",
 ):
     baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
     monitor(
@@ -35,4 +38,7 @@ def monitoring(
         default_categorical_threshold=default_categorical_threshold,
         window_start=window_start,
         window_end=window_end,
+        previous_window_start=previous_window_start,
+        previous_window_end=previous_window_end,
+        alert_webhook=alert_webhook,
     ).set_display_name("monitor")

@@ -554,3 +554,89 @@ def test_component_runs_under_kfp_local(monitored):
     report_dirs = [p for p in (monitored / "root").rglob("drift_report") if p.is_dir()]
     assert len(html_copies) == 1 and html_copies[0].read_text().startswith("<!doctype html>")
     assert json.loads((report_dirs[0] / REPORT_JSON).read_text())["features"]["hour"]["threshold"] == 0.5
+
+
+def _window_logs(log_dir: Path, rng) -> None:
+    """Minute 0-29: payments half card / half cash; minute 30-59: almost all cash."""
+    requests = []
+    for minute in range(60):
+        share = [0.5, 0.5] if minute < 30 else [0.05, 0.95]
+        instances = [
+            {"fare": float(fare), "hour": int(hour), "payment": str(payment)}
+            for fare, hour, payment in zip(
+                rng.gamma(2.0, 5.0, 20), rng.integers(0, 24, 20), rng.choice(["card", "cash"], 20, p=share)
+            )
+        ]
+        requests.append((f"2024-05-01T10:{minute:02d}:00+00:00", instances))
+    write_request_log(log_dir, requests)
+
+
+class _AlertReceiver:
+    """A local webhook that records what it receives (loopback only)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_window_drift_and_webhook_alert(tmp_path):
+    rng = np.random.default_rng(5)
+    baseline = pa.table({
+        "fare": rng.gamma(2.0, 5.0, 3000), "hour": rng.integers(0, 24, 3000),
+        "payment": rng.choice(["card", "cash"], 3000, p=[0.05, 0.95]),
+    })
+    write_baseline(tmp_path / "baseline", baseline)
+    _window_logs(tmp_path / "logs", rng)
+    receiver = _AlertReceiver()
+    try:
+        report = run_monitor(
+            baseline_dir=str(tmp_path / "baseline"), baseline_split="train", request_log_dir=str(tmp_path / "logs"),
+            output_dir=str(tmp_path / "report"), numeric_features=["fare", "hour"], categorical_features=["payment"],
+            window_start="2024-05-01T10:30:00Z", window_end="2024-05-01T11:00:00Z",
+            previous_window_start="2024-05-01T10:00:00Z", previous_window_end="2024-05-01T10:30:00Z",
+            alert_webhook=receiver.url,
+        )
+    finally:
+        receiver.close()
+    # The current window matches training (no skew) but moved away from the previous window (drift).
+    assert report["drifted_features"] == []
+    assert report["window_drift"]["drifted_features"] == ["payment"]
+    assert report["flagged"] == {"drift_detected": True, "features": ["payment"]}
+    assert report["alert"]["delivered"] is True
+    (alert,) = receiver.received
+    assert alert["drifted_features"] == ["payment"] and alert["drift"]["payment"] > 0.3 and alert["skew"] == {}
+    assert "serving window vs previous window" in (tmp_path / "report" / REPORT_HTML).read_text()
+
+
+def test_an_undeliverable_alert_is_recorded_not_raised(monitored):
+    report = run_monitor(
+        baseline_dir=str(monitored / "baseline"), baseline_split="train", request_log_dir=str(monitored / "logs"),
+        output_dir=str(monitored / "report"), numeric_features=["fare"], categorical_features=[],
+        alert_webhook="http://127.0.0.1:9/nobody-listens",
+    )
+    assert report["alert"]["delivered"] is False and report["alert"]["error"]
+    assert (monitored / "report" / REPORT_JSON).exists()
+    with pytest.raises(CauceError, match="must be an http:// or https:// URL"):
+        run_monitor(
+            baseline_dir=str(monitored / "baseline"), baseline_split="train", request_log_dir=str(monitored / "logs"),
+            output_dir=str(monitored / "other"), numeric_features=["fare"], categorical_features=[],
+            alert_webhook="file:///etc/passwd",
+        )

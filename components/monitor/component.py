@@ -25,11 +25,17 @@ def monitor(
     default_categorical_threshold: float = 0.3,
     window_start: str = "",
     window_end: str = "",
+    previous_window_start: str = "",
+    previous_window_end: str = "",
+    alert_webhook: str = "",
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drifted_features", list)]):
     """Drift/skew of serving requests against a baseline split, measured as TFDV does.
 
     Numeric features: approximate Jensen-Shannon divergence; categorical features:
-    L-infinity distance. ``drift_report`` holds report.json and report.html; ``report_html``
+    L-infinity distance. Skew compares the serving window with the baseline; with a
+    previous window, drift compares the two windows too; ``drift_detected`` and
+    ``drifted_features`` cover both. With ``alert_webhook`` a flagged run POSTs a JSON
+    alert there. ``drift_report`` holds report.json and report.html; ``report_html``
     is the same page as a single file, which the Vertex AI console renders.
     """
     import os
@@ -50,13 +56,18 @@ def monitor(
         default_categorical_threshold=default_categorical_threshold,
         window_start=window_start,
         window_end=window_end,
+        previous_window_start=previous_window_start,
+        previous_window_end=previous_window_end,
+        alert_webhook=alert_webhook,
     )
     with open(os.path.join(drift_report.path, REPORT_HTML)) as page, atomic_file(report_html.path) as copy:
         copy.write(page.read())
     drift_report.metadata.update(
         {
-            "drift_detected": report["drift_detected"],
-            "drifted_features": report["drifted_features"],
+            "drift_detected": report["flagged"]["drift_detected"],
+            "drifted_features": report["flagged"]["features"],
+            "skew_detected": report["drift_detected"],
+            "window_drift_detected": report.get("window_drift", {}).get("drift_detected", False),
             "num_features": report["num_features"],
             "num_drifted": report["num_drifted"],
             "baseline_rows": report["baseline_rows"],
@@ -68,4 +79,4 @@ def monitor(
         drift_detected: bool
         drifted_features: list
 
-    return MonitorOutputs(report["drift_detected"], report["drifted_features"])
+    return MonitorOutputs(report["flagged"]["drift_detected"], report["flagged"]["features"])

@@ -798,10 +798,37 @@ distance between category frequencies. Missing values are left out of both.</p>
 <p>Each chart shows the share of values per bucket that the metric compared: for numeric features,
 both histograms re-split on the union of their bucket edges (zero-width buckets are exact values);
 for categorical features, the largest categories and the rest summed.</p>
+{_window_drift_html(report.get("window_drift"))}
 <h2>Distributions</h2>
 {"".join(sections)}
 </body></html>
 """
+
+
+def _window_drift_html(window: dict | None) -> str:
+    """The drift comparison (serving window vs the previous one), as a ranked table."""
+    if not window:
+        return ""
+    escape = html.escape
+    previous = window["previous_window"]
+    rows = "".join(
+        f'<tr class="{entry["status"]}"><td>{escape(name)}</td><td>{entry["metric"]}</td>'
+        f"<td class=num>{'n/a' if entry['value'] is None else format(entry['value'], '.4f')}</td>"
+        f"<td class=num>{entry['threshold']:.4f}</td><td>{entry['status'].replace('_', ' ')}</td></tr>"
+        for name, entry in sorted(window["features"].items(), key=_severity_order)
+    )
+    verdict = (
+        f"Drift in {escape(', '.join(window['drifted_features']))}"
+        if window["drift_detected"]
+        else "No drift between the windows"
+    )
+    return (
+        f"<h2>Drift: serving window vs previous window "
+        f"[{escape(previous['window_start'] or 'beginning')}, {escape(previous['window_end'] or 'end')})</h2>"
+        f'<p class="banner {"drift" if window["drift_detected"] else "ok"}">{verdict}</p>'
+        "<table><tr><th>Feature</th><th>Metric</th><th>Value</th><th>Threshold</th><th>Status</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 # ------------------------------------------------------------------------- the step
@@ -819,11 +846,23 @@ def run_monitor(
     default_categorical_threshold: float = 0.3,
     window_start: str = "",
     window_end: str = "",
+    previous_window_start: str = "",
+    previous_window_end: str = "",
+    alert_webhook: str = "",
 ) -> dict:
-    """Compare the serving window with the baseline split; write report.json and report.html.
+    """Compare the serving window with the baseline split (skew) and, when a previous
+    window is given, with that window (drift); write report.json and report.html.
+
+    ``report["flagged"]`` joins both: the features over their threshold in either
+    comparison. When anything is flagged, an alert is logged and, with
+    ``alert_webhook`` (an http(s) URL: a chat webhook, a Cloud Function, a Pub/Sub
+    push proxy), POSTed as JSON; a failed delivery is recorded in the report, not
+    raised, so the report the alert points at still lands.
 
     ``output_dir`` appears only if the whole report was written. Returns the report.
     """
+    if alert_webhook and not alert_webhook.startswith(("http://", "https://")):
+        raise CauceError(f"alert_webhook {alert_webhook!r} must be an http:// or https:// URL")
     features = _validate_features(numeric_features, categorical_features)
     baseline = read_split(baseline_dir, baseline_split, columns=features)
     current = read_request_log(request_log_dir, window_start, window_end)
@@ -842,17 +881,64 @@ def run_monitor(
         "window_start": window_start,
         "window_end": window_end,
     }
+    flagged = set(report["drifted_features"])
+    if previous_window_start or previous_window_end:
+        previous = read_request_log(request_log_dir, previous_window_start, previous_window_end)
+        window = compute_drift(
+            previous,
+            current,
+            numeric_features,
+            categorical_features,
+            thresholds,
+            default_numeric_threshold,
+            default_categorical_threshold,
+        )
+        window["previous_window"] = {"window_start": previous_window_start, "window_end": previous_window_end}
+        report["window_drift"] = window
+        flagged |= set(window["drifted_features"])
+    report["flagged"] = {"drift_detected": bool(flagged), "features": sorted(flagged)}
     report["generated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if flagged and alert_webhook:
+        report["alert"] = send_alert(alert_webhook, report)
     with atomic_dir(output_dir) as staging:
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, allow_nan=False))
         (staging / REPORT_HTML).write_text(render_html(report))
-    for name in report["drifted_features"]:
-        entry = report["features"][name]
-        logger.warning(
-            "DRIFT ALERT: feature %r %s = %.4f > threshold %.4f",
-            name,
-            entry["metric"],
-            entry["value"],
-            entry["threshold"],
-        )
+    for comparison, part in (("skew vs baseline", report), ("drift vs previous window", report.get("window_drift"))):
+        for name in (part or {}).get("drifted_features", []):
+            entry = part["features"][name]
+            logger.warning(
+                "DRIFT ALERT (%s): feature %r %s = %.4f > threshold %.4f",
+                comparison,
+                name,
+                entry["metric"],
+                entry["value"],
+                entry["threshold"],
+            )
     return report
+
+
+def send_alert(url: str, report: dict, timeout: float = 10.0) -> dict:
+    """POST a short JSON alert; return what happened (never raises for delivery)."""
+    import urllib.error
+    import urllib.request
+
+    payload = {
+        "source": "cauce.monitor",
+        "drifted_features": report["flagged"]["features"],
+        "skew": {name: report["features"][name]["value"] for name in report["drifted_features"]},
+        "drift": {
+            name: report["window_drift"]["features"][name]["value"]
+            for name in report.get("window_drift", {}).get("drifted_features", [])
+        },
+        "serving": report.get("serving", {}),
+        "generated_at": report["generated_at"],
+    }
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - scheme checked
+            return {"webhook": url, "delivered": True, "status": response.status}
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        logger.error("drift alert to %s not delivered: %s", url, error)
+        return {"webhook": url, "delivered": False, "error": str(error)}
