@@ -179,8 +179,39 @@ def test_register_component_runs_under_kfp_local(tmp_path, monkeypatch):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.get_model_version_by_alias("churn", "champion").version == 1
     [metadata_file] = (tmp_path / "pipeline_root").rglob("executor_output.json")
-    registered = json.loads(metadata_file.read_text())["artifacts"]["registered_model"]["artifacts"][0]
-    assert registered["metadata"]["model_uri"] == "models:/churn/1"
+    artifacts = json.loads(metadata_file.read_text())["artifacts"]
+    assert artifacts["registered_model"]["artifacts"][0]["metadata"]["model_uri"] == "models:/churn/1"
+    assert artifacts["vertex_model"]["artifacts"][0]["metadata"] == {"mlflowModelUri": "models:/churn/1"}
+
+
+def test_registered_vertex_model_plugs_into_gcpc_ops(tmp_path):
+    """The google.VertexModel output is what GCPC's ModelDeployOp and ModelBatchPredictOp take."""
+    from google_cloud_pipeline_components.v1.batch_predict_job import ModelBatchPredictOp
+    from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
+    from kfp import compiler
+
+    from cauce.spec import validate_spec
+
+    @dsl.pipeline(name="register-then-gcpc")
+    def pipeline(project: str, model_uri: str):
+        trained = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
+        registered = register(model=trained.output, model_name="churn", project=project)
+        endpoint = EndpointCreateOp(project=project, display_name="churn")
+        ModelDeployOp(
+            model=registered.outputs["vertex_model"],
+            endpoint=endpoint.outputs["endpoint"],
+            dedicated_resources_machine_type="n1-standard-2",
+            dedicated_resources_min_replica_count=1,
+        )
+        ModelBatchPredictOp(
+            project=project, job_display_name="churn-batch", model=registered.outputs["vertex_model"],
+            gcs_source_uris=["gs://bucket/in.jsonl"], gcs_destination_output_uri_prefix="gs://bucket/out",
+        )
+
+    spec = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(pipeline, str(spec))
+    validate_spec(spec)
+    assert "from cauce.artifact_types import VertexModel" in spec.read_text()
 
 
 # -- Vertex AI -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from cauce.artifact_types import VertexModel
 from cauce.images import BASE_IMAGE
 
 
@@ -12,6 +13,7 @@ def register(
     model: dsl.Input[dsl.Model],
     model_name: str,
     registered_model: dsl.Output[dsl.Artifact],
+    vertex_model: dsl.Output[VertexModel],
     mlflow_tracking_uri: str = "",
     project: str = "",
     location: str = "us-central1",
@@ -24,7 +26,9 @@ def register(
 
     ``registered_model.metadata`` holds the registry's answer (resource name or model
     name, version, alias); ``model_uri`` is ``<resource>@<version>`` on Vertex and
-    ``models:/<name>/<version>`` in MLflow.
+    ``models:/<name>/<version>`` in MLflow. ``vertex_model`` is the registered Vertex
+    model version as a ``google.VertexModel`` artifact, which GCPC ops consume
+    (in MLflow mode it records the MLflow model URI instead, and GCPC ops do not apply).
     """
     from collections import namedtuple
 
@@ -42,5 +46,12 @@ def register(
         alias=alias,
     )
     registered_model.metadata.update(result)
+    if project:
+        from cauce.artifact_types import vertex_resource_uri
+
+        vertex_model.uri = vertex_resource_uri(result["resource_name"], location)
+        vertex_model.metadata["resourceName"] = result["model_uri"]  # <resource>@<version>
+    else:
+        vertex_model.metadata["mlflowModelUri"] = result["model_uri"]
     register_outputs = namedtuple("RegisterOutputs", ["model_uri", "version"])
     return register_outputs(result["model_uri"], result["version"])
