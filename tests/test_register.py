@@ -287,8 +287,29 @@ def test_run_register_sends_card_labels_and_metrics_to_vertex(tmp_path, vertex_s
 
     assert result["version"] == result["version_id"] == "1"
     [upload] = vertex_server.requests_to("POST", "/models:upload")
-    assert upload.body["model"]["labels"] == {"framework": "scikit-learn", "task": "binary_classification"}
+    labels = upload.body["model"]["labels"]
+    assert {k: v for k, v in labels.items() if k != "cauce-content"} == {
+        "framework": "scikit-learn",
+        "task": "binary_classification",
+    }
+    assert len(labels["cauce-content"]) == 40
     assert upload.body["model"]["description"] == "metrics: accuracy=0.85, auc=0.91"
+
+
+def test_vertex_registering_the_same_model_again_uploads_nothing(tmp_path, vertex_server):  # noqa: F811
+    """A retried step finds its version by the content label; only the alias moves back."""
+    arguments = dict(model_name="churn", project=PROJECT, location=LOCATION,
+                     api_endpoint=vertex_server.endpoint, serving_image=SERVING_IMAGE)
+    first = run_register(model_dir=str(make_model_dir(tmp_path / "v1", auc=0.9)), model_uri="gs://b/v1", **arguments)
+    second = run_register(model_dir=str(make_model_dir(tmp_path / "v2", auc=0.8)), model_uri="gs://b/v2",
+                          alias="challenger", **arguments)
+    again = run_register(model_dir=str(tmp_path / "v1"), model_uri="gs://b/v1-retry", alias="challenger", **arguments)
+    assert (first["version"], second["version"], again["version"]) == ("1", "2", "1")
+    assert again["reused"] is True
+    assert len(vertex_server.requests_to("POST", "/models:upload")) == 2
+    (model_id,) = vertex_server.models
+    versions = vertex_server.models[model_id]
+    assert "challenger" in versions["1"]["versionAliases"] and "challenger" not in versions["2"]["versionAliases"]
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,9 @@ def read_model_card(model_dir: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
+CONTENT_LABEL = "cauce-content"  # Vertex label with the model files' hash: makes registering idempotent
+
+
 def content_hash(model_dir: str | os.PathLike) -> str:
     """SHA-256 over every file's relative path, size and bytes, in path order."""
     directory = Path(model_dir)
@@ -344,6 +347,23 @@ def register_vertex(
 
     aiplatform = init_vertex(project, location, api_endpoint, credentials)
     parent = newest_resource(aiplatform.Model.list(filter=f'display_name="{display_name}"'))
+    content = labels.get(CONTENT_LABEL)
+    if parent is not None and content:
+        # Idempotent: a retried or cached-out step finds the version it registered
+        # before (same content label) and only moves the alias back to it.
+        registry = aiplatform.models.ModelRegistry(parent.resource_name)
+        same = registry.list_versions(filter=f'labels.{CONTENT_LABEL}="{content}"')
+        if same:
+            version_id = max(same, key=lambda version: int(version.version_id)).version_id
+            registry.add_version_aliases([alias], version_id)
+            return {
+                "registry": "vertex",
+                "resource_name": parent.resource_name,
+                "version_id": version_id,
+                "model_uri": f"{parent.resource_name}@{version_id}",
+                "alias": alias,
+                "reused": True,
+            }
     model = aiplatform.Model.upload(
         display_name=display_name,
         parent_model=parent.resource_name if parent else None,
@@ -394,6 +414,8 @@ def run_register(
 
     card = read_model_card(model_dir)
     labels = {key: vertex_label_value(str(card[key])) for key in ("framework", "task") if card.get(key)}
+    # Label values hold at most 63 characters: 40 hex digits of the hash are plenty.
+    labels[CONTENT_LABEL] = content_hash(model_dir)[:40]
     metrics = _card_metrics(card)
     description = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
     result = register_vertex(
