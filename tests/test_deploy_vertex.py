@@ -103,6 +103,37 @@ def test_canary_deploy_keeps_the_previous_version_serving(vertex_server):  # noq
     assert vertex_server.requests_to("POST", ":undeployModel") == []
 
 
+def test_canary_promoted_after_its_smoke_test(vertex_server):  # noqa: F811
+    first = deploy(vertex_server, register_version(vertex_server, "gs://bucket/churn/v1"))
+    canary = deploy(
+        vertex_server, register_version(vertex_server, "gs://bucket/churn/v2"),
+        traffic_percentage=10, promote=True, smoke_instances=INSTANCES,
+    )
+    [endpoint] = vertex_server.endpoints.values()
+    assert endpoint["trafficSplit"] == {canary["deployed_model_id"]: 100}
+    assert [d["id"] for d in endpoint["deployedModels"]] == [canary["deployed_model_id"]]
+    [deploy_request] = vertex_server.requests_to("POST", ":deployModel")[1:]
+    assert deploy_request.body["trafficSplit"][first["deployed_model_id"]] == 90  # the canary share came first
+
+
+def test_broken_canary_rolls_back_and_the_old_version_keeps_serving(vertex_server):  # noqa: F811
+    first = deploy(vertex_server, register_version(vertex_server, "gs://bucket/churn/v1"))
+    version_2 = register_version(vertex_server, "gs://bucket/churn/v2")
+    answers = vertex_server.predict_handler
+
+    def broken(instances):
+        raise RuntimeError("model file is corrupt")
+
+    vertex_server.predict_handler = broken
+    with pytest.raises(CauceError, match="rolled back"):
+        deploy(vertex_server, version_2, traffic_percentage=10, promote=True, smoke_instances=INSTANCES)
+    vertex_server.predict_handler = answers
+    [endpoint] = vertex_server.endpoints.values()
+    assert endpoint["trafficSplit"] == {first["deployed_model_id"]: 100}
+    assert vertex_server.requests_to("PATCH", "") == []  # never promoted
+    assert [d["id"] for d in endpoint["deployedModels"]] == [first["deployed_model_id"]]  # still serving
+
+
 def test_failing_smoke_test_names_the_endpoint_and_rolls_back(vertex_server):  # noqa: F811
     first = deploy(vertex_server, register_version(vertex_server, "gs://bucket/churn/v1"))
     version_2 = register_version(vertex_server, "gs://bucket/churn/v2")

@@ -20,6 +20,7 @@ def deploy(
     machine_type: str = "n1-standard-2",
     min_replicas: int = 1,
     max_replicas: int = 1,
+    canary_traffic_percentage: int = 100,
     port: int = 8080,
     request_log_dir: str = "",
     smoke_split: str = "eval",
@@ -28,7 +29,12 @@ def deploy(
     """Deploy the model and smoke-test it with real rows before reporting success.
 
     With ``project`` set: deploys ``registered_model_uri`` (a Vertex model version,
-    from register) to a Vertex endpoint named ``endpoint_name`` (created or reused).
+    from register) to a Vertex endpoint named ``endpoint_name`` (created or reused);
+    with ``canary_traffic_percentage`` < 100 the new version first takes that share,
+    is smoke-tested, then promoted to 100 % or rolled back (the previous version keeps
+    serving). The local server does not split traffic yet: a new deploy restarts it
+    with the new model and fails the step if it does not pass its health check and
+    smoke test.
     Otherwise: starts the local serving process (the serving image's program) on
     127.0.0.1:``port``, logging requests to ``request_log_dir`` for monitoring.
     """
@@ -50,6 +56,8 @@ def deploy(
             max_replicas=max_replicas,
             smoke_instances=instances,
             api_endpoint=api_endpoint,
+            traffic_percentage=canary_traffic_percentage,
+            promote=True,
         )
         url, log_dir = result["endpoint_url"], ""
     else:

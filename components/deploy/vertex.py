@@ -55,6 +55,7 @@ def deploy_vertex(
     smoke_instances: list[Any] | None = None,
     api_endpoint: str = "",
     credentials: Any = None,
+    promote: bool = False,
 ) -> dict[str, str]:
     """Deploy ``model_resource_name`` (``.../models/<id>@<version>``) behind the endpoint
     named ``endpoint_display_name``, creating the endpoint if none has that name.
@@ -66,6 +67,11 @@ def deploy_vertex(
     undeployed, the previous traffic split restored, and :class:`CauceError` raised.
     Only after the smoke test passes, and only at 100 % traffic, are the endpoint's
     other deployments (now at 0 %) undeployed.
+
+    Canary: with ``traffic_percentage`` < 100 and ``promote``, the new version first
+    serves only that share while the smoke test runs through the endpoint; when it
+    passes, the new version is promoted to 100 % and the others are undeployed; when
+    it fails, the rollback above leaves the previous version serving throughout.
     """
     _check_deploy_arguments(
         model_resource_name,
@@ -130,6 +136,9 @@ def deploy_vertex(
                 f"{error}; rolled back: deployment {deployed_model_id} undeployed, "
                 f"traffic split restored to {previous_traffic_split}"
             ) from error
+    if promote and traffic_percentage < 100:
+        endpoint.update(traffic_split={deployed_model_id: 100})
+        traffic_percentage = 100
     if traffic_percentage == 100:
         for deployed in endpoint.list_models():
             if deployed.id != deployed_model_id:
