@@ -1,9 +1,11 @@
 """The `monitoring` pipeline: compare a window of served requests with the
-training data (skew), per feature, with TFDV's measures."""
+training data (skew) and the previous window (drift), per feature, with TFDV's
+measures; alert on drift, and start the training pipeline when a parameter says so."""
 
 from kfp import dsl
 
 from cauce.components.monitor.component import monitor
+from cauce.components.retrain.component import retrain
 from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
 
 
@@ -25,9 +27,17 @@ def monitoring(
     previous_window_start: str = "",
     previous_window_end: str = "",
     alert_webhook: str = "",
+    retrain_on_drift: bool = False,
+    training_spec: str = "",
+    training_parameters: dict = {},
+    project: str = "",
+    location: str = "us-central1",
+    pipeline_root: str = "",
+    service_account: str = "",
+    vertex_api_endpoint: str = "",
 ):
     baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
-    monitor(
+    monitored = monitor(
         baseline=baseline.output,
         request_log_dir=request_log_dir,
         numeric_features=numeric_features,
@@ -42,3 +52,14 @@ def monitoring(
         previous_window_end=previous_window_end,
         alert_webhook=alert_webhook,
     ).set_display_name("monitor")
+    retrain(
+        drift_detected=monitored.outputs["drift_detected"],
+        retrain_on_drift=retrain_on_drift,
+        training_spec=training_spec,
+        parameter_values=training_parameters,
+        project=project,
+        location=location,
+        pipeline_root=pipeline_root,
+        service_account=service_account,
+        api_endpoint=vertex_api_endpoint,
+    ).set_display_name("retrain")
