@@ -35,6 +35,9 @@ def monitoring(
     pipeline_root: str = "",
     service_account: str = "",
     vertex_api_endpoint: str = "",
+    endpoint_resource_name: str = "",
+    training_data_source: str = "",
+    target_field: str = "",
 ):
     baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
     monitored = monitor(
@@ -51,6 +54,12 @@ def monitoring(
         previous_window_start=previous_window_start,
         previous_window_end=previous_window_end,
         alert_webhook=alert_webhook,
+        project=project,
+        location=location,
+        endpoint_resource_name=endpoint_resource_name,
+        training_data_source=training_data_source,
+        target_field=target_field,
+        api_endpoint=vertex_api_endpoint,
     ).set_display_name("monitor")
     retrain(
         drift_detected=monitored.outputs["drift_detected"],

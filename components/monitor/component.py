@@ -28,6 +28,12 @@ def monitor(
     previous_window_start: str = "",
     previous_window_end: str = "",
     alert_webhook: str = "",
+    project: str = "",
+    location: str = "us-central1",
+    endpoint_resource_name: str = "",
+    training_data_source: str = "",
+    target_field: str = "",
+    api_endpoint: str = "",
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drifted_features", list)]):
     """Drift/skew of serving requests against a baseline split, measured as TFDV does.
 
@@ -35,7 +41,9 @@ def monitor(
     L-infinity distance. Skew compares the serving window with the baseline; with a
     previous window, drift compares the two windows too; ``drift_detected`` and
     ``drifted_features`` cover both. With ``alert_webhook`` a flagged run POSTs a JSON
-    alert there. ``drift_report`` holds report.json and report.html; ``report_html``
+    alert there. With ``project`` and ``endpoint_resource_name`` it also creates or
+    updates the endpoint's Vertex AI Model Monitoring job with the same thresholds
+    (``training_data_source``: ``bq://project.dataset.table``). ``drift_report`` holds report.json and report.html; ``report_html``
     is the same page as a single file, which the Vertex AI console renders.
     """
     import os
@@ -60,6 +68,24 @@ def monitor(
         previous_window_end=previous_window_end,
         alert_webhook=alert_webhook,
     )
+    if project and endpoint_resource_name:
+        from cauce.components.monitor.vertex import ensure_monitoring_job
+
+        vertex_job = ensure_monitoring_job(
+            endpoint_resource_name=endpoint_resource_name,
+            display_name=f"cauce-{endpoint_resource_name.rsplit('/', 1)[-1]}-monitoring",
+            project=project,
+            location=location,
+            training_data_source=training_data_source,
+            target_field=target_field,
+            numeric_features=numeric_features,
+            categorical_features=categorical_features,
+            thresholds=thresholds,
+            default_numeric_threshold=default_numeric_threshold,
+            default_categorical_threshold=default_categorical_threshold,
+            api_endpoint=api_endpoint,
+        )
+        drift_report.metadata["vertex_monitoring_job"] = vertex_job["resource_name"]
     with open(os.path.join(drift_report.path, REPORT_HTML)) as page, atomic_file(report_html.path) as copy:
         copy.write(page.read())
     drift_report.metadata.update(
