@@ -1,0 +1,158 @@
+"""Batch prediction: real models (the train executor's bundles), a real MLflow sqlite
+registry, Beam's in-process runner and the BigQuery emulator through the real client.
+No mocks."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pytest
+
+from cauce import data, model
+from cauce.artifacts import CauceError
+from cauce.components.batch_predict.executor import SPLIT, run_batch_predict, run_batch_predict_from_registry
+from cauce.components.register.executor import register_mlflow
+from cauce.demo import DEMO_CATEGORICAL, DEMO_KEY, DEMO_NUMERIC
+from tests.fixtures.bigquery_emulator import bigquery_emulator  # noqa: F401 - pytest fixture
+
+
+def predictions_of(output_dir) -> pa.Table:
+    return ds.dataset(Path(output_dir) / SPLIT, format="parquet").to_table()
+
+
+def aligned(predictions: pa.Table, rows: pa.Table) -> pa.Table:
+    """``predictions`` in the order of ``rows`` (Beam does not keep row order across shards)."""
+    index = pc.index_in(rows.column(DEMO_KEY), value_set=predictions.column(DEMO_KEY))
+    assert index.null_count == 0
+    return predictions.take(index)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, trained_model):
+    """An MLflow sqlite registry holding the trained bundle as ``taxi@champion``."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+    register_mlflow(trained_model[3], "taxi", uri, alias="champion")
+    return uri
+
+
+def test_registered_champion_scores_every_eval_row_with_its_key(tmp_path, registry, raw_dataset, trained_model):
+    out = tmp_path / "predictions"
+    result = run_batch_predict_from_registry(
+        "taxi", "champion", registry, output_dir=str(out), key_column=DEMO_KEY,
+        input_dataset_dir=raw_dataset, input_split="eval", batch_size=300,
+    )
+    rows = data.read_split(raw_dataset, "eval")
+    predictions = predictions_of(out)
+    assert result["rows"] == predictions.num_rows == rows.num_rows
+    assert predictions.schema.names == [DEMO_KEY, "label", "score"]
+    assert sorted(predictions.column(DEMO_KEY).to_pylist()) == sorted(rows.column(DEMO_KEY).to_pylist())
+
+    expected = model.load(trained_model[3]).predict_scores(rows)
+    got = aligned(predictions, rows)
+    np.testing.assert_allclose(got.column("score").to_numpy(), expected, rtol=1e-12)
+    assert got.column("label").to_pylist() == (expected >= 0.5).astype(int).tolist()
+    schema = data.read_schema(out)
+    assert schema["splits"] == {SPLIT: rows.num_rows}
+    assert schema["task"] == "binary" and schema["input"] == {"dataset": raw_dataset, "split": "eval"}
+    assert result["alias"] == "champion" and Path(result["model"]).name == "model"
+
+
+@pytest.fixture(scope="module")
+def other_task_models(tmp_path_factory, raw_dataset):
+    """Small scikit-learn bundles for multiclass (label: payment_type) and regression (label: fare)."""
+    from cauce.components.train.executor import run_train
+    from cauce.components.transform.executor import run_transform
+
+    root = tmp_path_factory.mktemp("tasks")
+    specs = {
+        "multiclass": ("payment_type", {"model_type": "logistic_regression", "max_iter": 200}),
+        "regression": ("fare", {"model_type": "ridge"}),
+    }
+    models = {}
+    for task, (label, params) in specs.items():
+        numeric = [c for c in DEMO_NUMERIC if c != label]
+        categorical = [c for c in DEMO_CATEGORICAL if c != label]
+        run_transform(raw_dataset, label, numeric, categorical, str(root / task / "t"), str(root / task / "fn"), task=task)
+        run_train(str(root / task / "t"), str(root / task / "fn"), str(root / task / "m"), params, task=task)
+        models[task] = str(root / task / "m")
+    return models
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_prediction_columns_follow_the_task(tmp_path, raw_dataset, other_task_models, task):
+    bundle = model.load(other_task_models[task])
+    out = tmp_path / "p"
+    run_batch_predict(other_task_models[task], str(out), DEMO_KEY, input_dataset_dir=raw_dataset, input_split="eval")
+    rows = data.read_split(raw_dataset, "eval")
+    got = aligned(predictions_of(out), rows)
+    expected = bundle.predict_scores(rows)
+    if task == "multiclass":
+        classes = bundle.classes
+        assert got.schema.names == [DEMO_KEY, "label", *[f"score_{c}" for c in classes]]
+        scores = np.column_stack([got.column(f"score_{c}").to_numpy() for c in classes])
+        np.testing.assert_allclose(scores, expected, rtol=1e-12)
+        assert got.column("label").to_pylist() == [classes[i] for i in expected.argmax(axis=1)]
+    else:
+        assert got.schema.names == [DEMO_KEY, "value"]
+        np.testing.assert_allclose(got.column("value").to_numpy(), expected, rtol=1e-12)
+
+
+def test_bigquery_table_through_the_real_client(tmp_path, bigquery_emulator, raw_dataset, trained_model):  # noqa: F811
+    rows = data.read_split(raw_dataset, "eval").slice(0, 200)
+    bigquery_emulator.load_table("scoring.trips", rows)
+    out = tmp_path / "outputs" / "predictions"
+    result = run_batch_predict(
+        trained_model[3], str(out), DEMO_KEY, source="scoring.trips", backend="bigquery",
+        project=bigquery_emulator.project, location=bigquery_emulator.location,
+        api_endpoint=bigquery_emulator.endpoint, api_retry_timeout_s=5.0, query_timeout_s=30.0,
+    )
+    assert result["rows"] == 200 and result["input"]["source"] == "scoring.trips"
+    got = aligned(predictions_of(out), rows)
+    expected = model.load(trained_model[3]).predict_scores(rows)
+    np.testing.assert_allclose(got.column("score").to_numpy(), expected, rtol=1e-6)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["predictions"]  # the staging dataset is gone
+
+
+def _drop_column(raw_dataset, tmp_path, column="", rows=None):
+    table = data.read_split(raw_dataset, "eval")
+    table = table.drop_columns([column]) if column else table
+    table = table if rows is None else table.slice(0, rows)
+    directory = tmp_path / "input"
+    data.write_split(directory, "eval", table)
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    "inputs, match",
+    [
+        (lambda d, t: {"input_dataset_dir": d, "input_split": "eval", "key_column": "trip_id"},
+         r"key_column 'trip_id' is not a column of split 'eval'.*columns present: \['unique_key'"),
+        (lambda d, t: {"input_dataset_dir": _drop_column(d, t, "fare"), "input_split": "eval"},
+         r"lacks the model's feature column\(s\) \['fare'\]"),
+        (lambda d, t: {"input_dataset_dir": d, "input_split": "eval", "source": "demo.taxi_trips"},
+         "give exactly one input.*got both"),
+        (lambda d, t: {}, "give exactly one input.*got neither"),
+        (lambda d, t: {"input_dataset_dir": _drop_column(d, t, rows=0), "input_split": "eval"},
+         "has no rows: nothing to predict"),
+        (lambda d, t: {"input_dataset_dir": d, "input_split": "holdout"}, r"split 'holdout' not found.*\['eval', 'train'\]"),
+        (lambda d, t: {"input_dataset_dir": d}, r"input_split is empty .* splits \['eval', 'train'\]"),
+    ],
+    ids=["key", "feature", "both", "neither", "empty", "split", "which-split"],
+)
+def test_errors_name_the_problem_and_leave_no_output(tmp_path, raw_dataset, trained_model, inputs, match):
+    out = tmp_path / "outputs" / "predictions"
+    arguments = {"key_column": DEMO_KEY, **inputs(raw_dataset, tmp_path)}
+    with pytest.raises(CauceError, match=match):
+        run_batch_predict(trained_model[3], str(out), **arguments)
+    assert not (tmp_path / "outputs").exists() or list((tmp_path / "outputs").iterdir()) == []
+
+
+def test_unknown_alias_is_refused(tmp_path, registry, raw_dataset):
+    with pytest.raises(CauceError, match="model 'taxi' has no version with alias 'staging' in the MLflow registry"):
+        run_batch_predict_from_registry(
+            "taxi", "staging", registry, output_dir=str(tmp_path / "p"), key_column=DEMO_KEY,
+            input_dataset_dir=raw_dataset, input_split="eval",
+        )
+    assert not (tmp_path / "p").exists()
