@@ -112,3 +112,30 @@ def test_smoke_instances_are_json_clean(trained_model):
     instances = smoke_instances_from(raw, "eval", model_dir, rows=200)
     assert not any(isinstance(v, float) and math.isnan(v) for i in instances for v in i.values())
     assert set(instances[0]) == set(data.read_schema(raw)["columns"]) - {"unique_key", "trip_start_timestamp", "tipped_well"}
+
+
+def test_linear_fast_path_reproduces_the_estimator(trained_model):
+    """The serving shortcut for linear models gives the estimator's own predictions
+    for every batch size, and is only taken when it matches the estimator."""
+    from cauce import model
+    from cauce.serving.fast import accelerate
+
+    raw, _, _, model_dir = trained_model
+    instances = smoke_instances_from(raw, "eval", model_dir, rows=300)
+    reference = model.load(model_dir)
+    fast = accelerate(model.load(model_dir))
+    assert "_outputs" in vars(fast)  # the logistic regression of the fixture takes the fast path
+    for rows in (1, 2, 7, 32, 300):
+        assert fast.predict_instances(instances[:rows]) == reference.predict_instances(instances[:rows])
+    features = reference.transform.transform_instances(instances)
+    assert (fast.scores_from_features(features) == reference.scores_from_features(features)).all()
+
+
+def test_linear_fast_path_falls_back_when_it_does_not_match(trained_model):
+    from cauce import model
+    from cauce.serving.fast import accelerate
+
+    loaded = model.load(trained_model[3])
+    original = loaded.estimator.predict_proba
+    loaded.estimator.predict_proba = lambda x: original(x) * 0.5  # an estimator the direct formula does not describe
+    assert "_outputs" not in vars(accelerate(loaded))
