@@ -1,4 +1,4 @@
-# cauce-beam: kfp + cauce core + Apache Beam[gcp].
+# cauce-beam: kfp + cauce core + Apache Beam[gcp] + scikit-learn (batch prediction loads model bundles).
 # Steps: transform. Also the Dataflow worker image: pass it as the transform's
 # pipeline_options {"sdk_container_image": <this image>, "sdk_location": "container"},
 # so workers run the same cauce and Beam as the step that launched them.
@@ -21,7 +21,7 @@ COPY pipelines pipelines
 # The smoke check fails the build if a step of this family could not import what it runs.
 RUN python -m venv /opt/cauce \
     && /opt/cauce/bin/pip install --no-cache-dir --only-binary=:all: \
-        --constraint requirements/lock.txt ".[beam]" \
+        --constraint requirements/lock.txt ".[beam,sklearn]" \
     && /opt/cauce/bin/python -m cauce.families smoke beam
 
 FROM ${PYTHON_IMAGE}

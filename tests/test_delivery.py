@@ -110,7 +110,7 @@ def test_every_dependency_of_a_family_is_pinned_to_what_the_tests_ran(family):
         closure = families.closure(families.get(family).requirements())
     except families.CauceError as error:
         pytest.skip(str(error))
-    pins = {**LOCK, **TORCH_LOCK} if family == "torch" else LOCK
+    pins = {**LOCK, **TORCH_LOCK} if family in ("torch", "serving") else LOCK  # both install torch
     unpinned = sorted(name for name in set(closure) - BOOTSTRAP if name not in pins)
     assert not unpinned, f"{family}: not pinned by the lock file(s): {unpinned}"
     differing = {n: (pins[n], d.version) for n, d in closure.items() if n in pins and pins[n] != _public(d.version)}
@@ -167,7 +167,10 @@ def test_smoke_check_imports_what_the_family_runs():
     # (the others import TensorFlow, Beam, MLflow: checked on fresh installs, see README).
     assert families.smoke("serving") == list(families.get("serving").libraries)
     assert "cauce.components.extract.executor" in families.executors_for("base")
-    assert families.executors_for("beam") == ["cauce.components.transform.executor"]
+    assert families.executors_for("beam") == [
+        "cauce.components.batch_predict.executor",
+        "cauce.components.transform.executor",
+    ]
     with pytest.raises(families.CauceError, match="unknown image family 'gpu'"):
         families.smoke("gpu")
 

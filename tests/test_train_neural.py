@@ -243,3 +243,28 @@ def test_tfma_evaluates_keras_and_torch_models_and_compares_them(binary_models, 
     # TFMA's AUC on the raw eval split equals what each trainer measured on the encoded one.
     assert summary["metrics"]["auc"] == pytest.approx(torch_result.metrics["eval_auc"], abs=1e-3)
     assert summary["champion"]["metrics"]["auc"] == pytest.approx(keras_result.metrics["eval_auc"], abs=1e-3)
+
+
+def test_keras_bundles_serve_on_the_torch_backend_without_tensorflow(binary_models, trained_model):
+    """What the serving image does (KERAS_BACKEND=torch, no TensorFlow installed there):
+    same predictions as on TensorFlow."""
+    import subprocess
+    import sys
+
+    model_dir, _ = binary_models["keras"]
+    from cauce.components.deploy.executor import smoke_instances_from
+
+    instances = smoke_instances_from(trained_model[0], "eval", model_dir, rows=5)
+    expected = model.load(model_dir).predict_instances(instances)
+    code = (
+        "import json, sys; from cauce import model; "
+        f"print(json.dumps(model.load({model_dir!r}).predict_instances(json.loads(sys.argv[1])))); "
+        "assert 'tensorflow' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(instances)], capture_output=True, text=True,
+        env={**__import__("os").environ, "KERAS_BACKEND": "torch"}, check=True,
+    )
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [p["label"] for p in served] == [p["label"] for p in expected]
+    np.testing.assert_allclose([p["score"] for p in served], [p["score"] for p in expected], atol=1e-5)

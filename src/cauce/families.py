@@ -87,9 +87,11 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "beam",
-            "transform (Apache Beam; also Dataflow's worker image)",
-            extras=("beam",),
-            libraries=("kfp", "apache_beam", "apache_beam.io.gcp.gcsio", "apache_beam.runners.dataflow"),
+            "transform and batch prediction (Apache Beam; also Dataflow's worker image)",
+            # scikit-learn: batch prediction loads the model bundles (Keras / PyTorch
+            # bundles are batch-scored in the tf / torch images)
+            extras=("beam", "sklearn"),
+            libraries=("kfp", "apache_beam", "apache_beam.io.gcp.gcsio", "apache_beam.runners.dataflow", "sklearn"),
             # /opt/apache/beam from Beam's SDK image (the worker boot program and its
             # licence files): not measurable without Docker, assumed at most 100 MiB.
             other_mib=100,
@@ -128,7 +130,8 @@ FAMILIES: dict[str, Family] = {
             "serving",
             "Vertex AI endpoints: the prediction server",
             requirements_file="containers/serving.requirements.txt",
-            libraries=("uvicorn", "sklearn", "joblib", "google.cloud.storage", "cauce.serving.server"),
+            # every framework's bundles: Keras runs on the torch backend (KERAS_BACKEND=torch)
+            libraries=("uvicorn", "httptools", "uvloop", "sklearn", "joblib", "torch", "keras", "google.cloud.storage", "cauce.serving.server"),
         ),
     )
 }
