@@ -1,6 +1,6 @@
 """Batch prediction: real models (the train executor's bundles), a real MLflow sqlite
-registry, Beam's in-process runner and the BigQuery emulator through the real client.
-No mocks."""
+registry, Beam's in-process runner, the BigQuery emulator through the real client,
+and one kfp.local run of the component. No mocks."""
 
 from pathlib import Path
 
@@ -156,3 +156,56 @@ def test_unknown_alias_is_refused(tmp_path, registry, raw_dataset):
             input_dataset_dir=raw_dataset, input_split="eval",
         )
     assert not (tmp_path / "p").exists()
+
+
+def test_component_runs_in_a_pipeline_under_kfp_local(kfp_local, tmp_path, registry, raw_dataset):
+    """Both input styles in one kfp.local run: the artifact from dsl.importer, and the
+    optional artifact left unset with a query on the local engine instead."""
+    from kfp import dsl
+
+    from cauce.components.batch_predict.component import predict
+    from cauce.demo import DEMO_TABLE, ensure_demo_table
+
+    database = tmp_path / "local.duckdb"
+    ensure_demo_table(database, rows=300)
+
+    @dsl.pipeline(name="batch-scoring")
+    def scoring(dataset_uri: str, tracking_uri: str, database: str):
+        dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset)
+        predict(
+            model_name="taxi", key_column=DEMO_KEY, input_dataset=dataset.output, input_split="eval",
+            mlflow_tracking_uri=tracking_uri,
+        )
+        predict(
+            model_name="taxi", key_column=DEMO_KEY, source=f"SELECT * FROM {DEMO_TABLE} WHERE fare > @fare",
+            query_parameters={"fare": 0}, local_database=database, mlflow_tracking_uri=tracking_uri,
+        )
+
+    scoring(dataset_uri=raw_dataset, tracking_uri=registry, database=str(database))
+    run = next(Path(kfp_local).glob("batch-scoring-*"))
+    rows = data.read_split(raw_dataset, "eval").num_rows
+    assert predictions_of(run / "predict" / "predictions").num_rows == rows
+    assert data.read_schema(run / "predict" / "predictions")["splits"] == {SPLIT: rows}
+    from_query = data.read_schema(run / "predict-2" / "predictions")
+    assert 0 < from_query["splits"][SPLIT] <= 300 and from_query["input"]["backend"] == "local"
+
+
+def test_both_input_styles_compile_for_vertex(tmp_path):
+    """The optional artifact input compiles in a spec Vertex accepts, with it and without it."""
+    from kfp import compiler, dsl
+
+    from cauce import spec
+    from cauce.components.batch_predict.component import predict
+    from cauce.components.extract.component import extract
+
+    @dsl.pipeline(name="score-both-ways")
+    def both(project: str, source: str):
+        table = predict(model_name="taxi", key_column=DEMO_KEY, source=source, backend="bigquery", project=project)
+        dataset = extract(source=source, key_column=DEMO_KEY, backend="bigquery", project=project)
+        predict(model_name="taxi", key_column=DEMO_KEY, input_dataset=dataset.outputs["dataset"], project=project).after(table)
+
+    path = tmp_path / "both.yaml"
+    compiler.Compiler().compile(both, str(path))
+    info = spec.validate_spec(path)
+    assert sorted(info["tasks"]) == ["extract", "predict", "predict-2"]
+    assert any("cauce-beam" in image for image in info["images"])

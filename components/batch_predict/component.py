@@ -1,0 +1,94 @@
+"""KFP definition of the batch prediction step (logic in executor.py).
+
+The component is named ``predict`` (exported as ``components/batch_predict/predict.yaml``):
+KFP turns a function name's underscores into hyphens (``batch-predict``), which the
+catalogue cannot export (its examples name tasks ``<name>_task`` in Python).
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from cauce.images import BEAM_IMAGE
+
+
+# KFP needs literal, JSON-serializable defaults in the signature, hence the dict defaults.
+@dsl.component(base_image=BEAM_IMAGE, install_kfp_package=False)
+def predict(
+    model_name: str,
+    key_column: str,
+    predictions: dsl.Output[dsl.Dataset],
+    alias: str = "champion",
+    input_dataset: dsl.Input[dsl.Dataset] = None,
+    input_split: str = "",
+    source: str = "",
+    backend: str = "local",
+    local_database: str = "",
+    project: str = "",
+    location: str = "US",
+    api_endpoint: str = "",
+    query_parameters: dict = {},  # noqa: B006
+    region: str = "us-central1",
+    mlflow_tracking_uri: str = "",
+    runner: str = "DirectRunner",
+    pipeline_options: dict = {},  # noqa: B006
+    batch_size: int = 65536,
+) -> NamedTuple("BatchPredictOutputs", [("rows", int), ("model_uri", str)]):
+    """Apply a registered model (by alias) to a Parquet Dataset or a BigQuery table/query, in batches with Beam.
+
+    Give exactly one input: ``input_dataset`` (a cauce Dataset, e.g. extract's output) or
+    ``source`` (read the way extract reads it). The model is the registry version that
+    ``alias`` names: Vertex Model Registry when ``project`` is set, MLflow otherwise.
+    The output Dataset has one split ``predictions``: the key column plus, by task,
+    ``label``/``score`` (binary), ``label``/``score_<class>`` (multiclass) or ``value``
+    (regression).
+
+    Args:
+        model_name: the registered model to apply.
+        key_column: input column copied next to each prediction (the row's id).
+        predictions: output cauce Dataset: split "predictions" + _schema.json.
+        alias: registry alias naming the version to apply.
+        input_dataset: cauce Dataset to score (leave unset when reading source).
+        input_split: split of input_dataset to score; empty = its only split.
+        source: BigQuery table (dataset.table or project.dataset.table) or query (SELECT/WITH) to score.
+        backend: how source is read: "local" (embedded DuckDB engine) or "bigquery".
+        local_database: DuckDB file of the local engine; empty = cauce's default.
+        project: Google Cloud project: runs the BigQuery query and holds the Vertex Model Registry; empty = local registry (MLflow).
+        location: BigQuery location of the query job.
+        api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
+        query_parameters: @name -> scalar or list, sent as typed query parameters.
+        region: Vertex AI region of the model registry (with project).
+        mlflow_tracking_uri: MLflow registry without a project; empty = cauce's local default.
+        runner: Beam runner: DirectRunner or DataflowRunner.
+        pipeline_options: Beam pipeline options (project, region, temp_location, sdk_container_image ...).
+        batch_size: rows per model call.
+    """
+    from collections import namedtuple
+
+    from cauce.components.batch_predict.executor import run_batch_predict_from_registry
+
+    result = run_batch_predict_from_registry(
+        model_name=model_name,
+        alias=alias,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        registry_project=project,
+        registry_location=region,
+        output_dir=predictions.path,
+        output_uri=predictions.uri,
+        key_column=key_column,
+        input_dataset_dir=input_dataset.path if input_dataset is not None else "",
+        input_dataset_uri=input_dataset.uri if input_dataset is not None else "",
+        input_split=input_split,
+        source=source,
+        backend=backend,
+        local_database=local_database,
+        project=project,
+        location=location,
+        api_endpoint=api_endpoint,
+        query_parameters=query_parameters,
+        runner=runner,
+        pipeline_options=pipeline_options,
+        batch_size=batch_size,
+    )
+    predictions.metadata.update(result)
+    return namedtuple("BatchPredictOutputs", ["rows", "model_uri"])(result["rows"], result["model"])
