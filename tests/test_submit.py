@@ -66,7 +66,10 @@ def test_submit_sets_only_the_parameters_a_pipeline_has(vertex):
     result = submit(vertex, "monitoring", "--param", "baseline_uri=gs://b/data", "--param", "request_log_dir=gs://b/logs")
     assert result.exit_code == 0, result.output
     [job] = vertex.pipeline_jobs.values()
-    assert set(job["runtimeConfig"]["parameterValues"]) == {"baseline_uri", "request_log_dir"}
+    # monitoring has project and location (for the Vertex Model Monitoring job) but no backend
+    values = job["runtimeConfig"]["parameterValues"]
+    assert set(values) == {"baseline_uri", "request_log_dir", "project", "location"}
+    assert (values["project"], values["location"]) == ("acme-ml", "europe-west4")
 
 
 def test_submit_errors_name_the_problem(vertex, tmp_path):
