@@ -103,12 +103,8 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             champion_model_uri=current_champion.output,
             change_thresholds=change_thresholds,
         ).set_display_name("evaluate")
-        # The one promotion gate: blessed = passes the absolute thresholds and, when a
-        # champion exists, beats it by the margins overall and on every slice.
-        # (A single bool output, not a NamedTuple field: kfp.local 2.17 cannot resolve
-        # a dsl.If on a NamedTuple field and silently skips the branch.)
-        with dsl.If(evaluated.outputs["Output"] == True, name="promote"):
-            registered = register(
+        def register_as(alias: str, display_name: str):
+            return register(
                 model=trained.outputs["model"],
                 model_name=model_name,
                 mlflow_tracking_uri=mlflow_tracking_uri,
@@ -116,8 +112,15 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
                 location=location,
                 api_endpoint=vertex_api_endpoint,
                 serving_image=serving_image,
-                alias="champion",
-            ).set_display_name("register")
+                alias=alias,
+            ).set_display_name(display_name)
+
+        # The one promotion gate: blessed = passes the absolute thresholds and, when a
+        # champion exists, beats it by the margins overall and on every slice.
+        # (A single bool output, not a NamedTuple field: kfp.local 2.17 cannot resolve
+        # a dsl.If on a NamedTuple field and silently skips the branch.)
+        with dsl.If(evaluated.outputs["Output"] == True, name="promote"):
+            registered = register_as("champion", "register")
             deploy(
                 model=trained.outputs["model"],
                 smoke_dataset=extracted.outputs["dataset"],
@@ -130,16 +133,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
                 port=port,
             ).set_display_name("deploy")
         with dsl.Else(name="keep-champion"):
-            register(
-                model=trained.outputs["model"],
-                model_name=model_name,
-                mlflow_tracking_uri=mlflow_tracking_uri,
-                project=project,
-                location=location,
-                api_endpoint=vertex_api_endpoint,
-                serving_image=serving_image,
-                alias="challenger",
-            ).set_display_name("register-challenger")
+            register_as("challenger", "register-challenger")
 
     return training
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cauce import demo, spec
-from cauce.components.deploy.executor import _post_json, smoke_instances_from, stop_local
+from cauce.components.deploy.executor import post_json, smoke_instances_from, stop_local
 from cauce.local import PipelineFailed, run_spec
 
 ENDPOINT = "e2e-tips"
@@ -80,7 +80,7 @@ def test_deployed_model_answers_live_predictions(training_run):
     raw = training_run.task("extract").artifacts["dataset"]["uri"]
     model_dir = training_run.task("train").artifacts["model"]["uri"]
     instances = smoke_instances_from(raw, "eval", model_dir, rows=3)
-    status, body = _post_json(url, {"instances": instances})
+    status, body = post_json(url, {"instances": instances})
     assert status == 200
     assert [set(p) for p in body["predictions"]] == [{"label", "score"}] * 3
 
@@ -127,7 +127,7 @@ def test_monitoring_spec_reports_drift_on_logged_requests(training_run, specs, t
     if drifted:  # longer trips paid in cash: both kinds of feature move
         instances = [dict(i, trip_miles=(i["trip_miles"] or 0) * 4 + 10, payment_type="Cash") for i in instances]
     window_start = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    status, _ = _post_json(deploy.parameters["endpoint_url"], {"instances": instances})
+    status, _ = post_json(deploy.parameters["endpoint_url"], {"instances": instances})
     assert status == 200
 
     run = run_spec(

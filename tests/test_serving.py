@@ -10,9 +10,9 @@ import pytest
 from cauce import data
 from cauce.artifacts import CauceError
 from cauce.components.deploy.executor import (
-    _post_json,
     deploy_local,
     local_endpoint,
+    post_json,
     smoke_instances_from,
     stop_local,
 )
@@ -37,7 +37,7 @@ def test_predictions_match_the_model_in_process(endpoint, trained_model):
     state, instances = endpoint
     from cauce import model
 
-    status, body = _post_json(state["predict_url"], {"instances": instances, "parameters": {}})
+    status, body = post_json(state["predict_url"], {"instances": instances, "parameters": {}})
     assert status == 200
     expected = model.load(trained_model[3]).predict_instances(instances)
     assert body["predictions"] == expected
@@ -49,7 +49,7 @@ def test_kserve_v1_route_and_health(endpoint):
     base = state["predict_url"].rsplit("/", 1)[0]
     with urllib.request.urlopen(f"{base}/health") as response:
         assert response.status == 200
-    status, body = _post_json(f"{base}/v1/models/model:predict", {"instances": instances[:1]})
+    status, body = post_json(f"{base}/v1/models/model:predict", {"instances": instances[:1]})
     assert status == 200 and len(body["predictions"]) == 1
 
 
@@ -74,16 +74,16 @@ def test_malformed_requests_get_400_with_a_clear_message(endpoint, payload, stat
 
 def test_wrong_type_and_oversized_requests(endpoint):
     state, instances = endpoint
-    status, body = _post_json(state["predict_url"], {"instances": [dict(instances[0], fare="cheap")]})
+    status, body = post_json(state["predict_url"], {"instances": [dict(instances[0], fare="cheap")]})
     assert status == 400 and "'fare' must be a number, got 'cheap'" in body["error"]
     big = {"instances": [instances[0]] * (MAX_BODY_BYTES // len(json.dumps(instances[0])) + 10)}
-    status, body = _post_json(state["predict_url"], big)
+    status, body = post_json(state["predict_url"], big)
     assert status == 413 and "limit" in body["error"]
 
 
 def test_requests_are_logged_in_vertex_logging_shape(endpoint):
     state, instances = endpoint
-    _post_json(state["predict_url"], {"instances": instances[:3]})
+    post_json(state["predict_url"], {"instances": instances[:3]})
     log_dir = state["request_log_dir"]
     records = [json.loads(line) for name in os.listdir(log_dir) for line in open(os.path.join(log_dir, name))]
     last = records[-1]

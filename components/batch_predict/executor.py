@@ -101,14 +101,6 @@ def prediction_columns(scores: np.ndarray, signature: dict) -> dict[str, pa.Arra
     return {"value": pa.array(np.asarray(scores, dtype=np.float64))}
 
 
-def _local_model_dir(model_uri: str) -> str:
-    if model_uri.startswith("gs://"):
-        from cauce.serving.server import fetch_model_dir
-
-        return fetch_model_dir(model_uri)
-    return model_uri
-
-
 def _make_predict_fn(model_uri: str, key_column: str, signature: dict, batch_size: int):
     import apache_beam as beam
 
@@ -118,7 +110,7 @@ def _make_predict_fn(model_uri: str, key_column: str, signature: dict, batch_siz
         def setup(self):
             from cauce import model
 
-            self._model = model.load(_local_model_dir(model_uri))
+            self._model = model.load(model.fetch_model_dir(model_uri))
 
         def process(self, batch):
             for start in range(0, batch.num_rows, batch_size):
@@ -210,7 +202,8 @@ def run_batch_predict(
     Returns:
         metadata: rows, task, columns, model, input.
     """
-    from cauce.components.transform.executor import _run_beam
+    from cauce.beam_pipelines import run_pipeline
+    from cauce.model import fetch_model_dir
 
     if bool(input_dataset_dir) == bool(source):
         raise CauceError(
@@ -231,7 +224,7 @@ def run_batch_predict(
     local_model = model_dir
     staging_dir = staging_uri = ""
     try:
-        local_model = _local_model_dir(model_dir)
+        local_model = fetch_model_dir(model_dir)
         signature = model_signature(local_model)
         # In-process workers use the copy fetched here; Dataflow workers fetch gs:// themselves.
         worker_model = local_model if local else model_dir
@@ -293,7 +286,7 @@ def run_batch_predict(
                     )
                 )
 
-            _run_beam(build, runner, pipeline_options)
+            run_pipeline(build, runner, pipeline_options)
 
         extra = {
             "key_column": key_column,

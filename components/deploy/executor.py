@@ -48,7 +48,7 @@ def smoke_instances_from(dataset_dir: str, split: str, model_dir: str, rows: int
     return instances
 
 
-def _post_json(url: str, payload: dict, timeout: float = 10.0) -> tuple[int, dict]:
+def post_json(url: str, payload: dict, timeout: float = 10.0) -> tuple[int, dict]:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
@@ -168,7 +168,7 @@ def _wait_healthy(process: subprocess.Popen, health_url: str, server_log: Path, 
 
 def smoke_test(predict_url: str, instances: list[dict]) -> list[dict]:
     """Send real instances; fail unless every one gets a well-formed prediction."""
-    status, body = _post_json(predict_url, {"instances": instances})
+    status, body = post_json(predict_url, {"instances": instances})
     predictions = body.get("predictions") if isinstance(body, dict) else None
     if status != 200 or not isinstance(predictions, list) or len(predictions) != len(instances):
         raise CauceError(f"smoke test of {predict_url} failed: HTTP {status}, body {str(body)[:500]}")

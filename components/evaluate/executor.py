@@ -132,9 +132,7 @@ def run_evaluate(
         columns[feature] = pc.fill_null(column, MISSING_SLICE_VALUE)
     champion = None
     if champion_model_dir:
-        from cauce.serving.server import fetch_model_dir
-
-        champion = cauce_model.load(fetch_model_dir(str(champion_model_dir)))
+        champion = cauce_model.load(cauce_model.fetch_model_dir(str(champion_model_dir)))
         if (champion.label, champion.task, champion.classes) != (model.label, task, model.classes):
             raise CauceError(
                 f"the champion at {champion_model_dir} predicts {champion.label!r} ({champion.task}), the candidate "

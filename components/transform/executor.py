@@ -26,6 +26,7 @@ import pyarrow.dataset as ds
 
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
+from cauce.beam_pipelines import run_pipeline
 from cauce.features import FeatureStatistics, FittedTransform, check_columns, numeric_column
 
 log = logging.getLogger(__name__)
@@ -137,27 +138,6 @@ def _output_schema(
     return pa.schema(fields)
 
 
-def _run_beam(build, runner: str, pipeline_options: dict | None):
-    """Run a Beam pipeline and surface our own CauceError instead of Beam's wrapper."""
-    from cauce.beam_pipelines import make_pipeline
-
-    try:
-        with make_pipeline(runner, pipeline_options) as pipeline:
-            build(pipeline)
-    except CauceError:
-        raise
-    except Exception as error:  # Beam re-raises worker errors wrapped; find ours
-        cause = error
-        while cause is not None:
-            if isinstance(cause, CauceError):
-                raise CauceError(str(cause)) from error
-            cause = cause.__cause__ or cause.__context__
-        message = str(error)
-        if "CauceError" in message:
-            raise CauceError(message.split("CauceError:")[-1].strip().splitlines()[0]) from error
-        raise
-
-
 def run_transform(
     dataset_dir: str,
     label: str,
@@ -230,7 +210,7 @@ def run_transform(
                     )
                 )
 
-        _run_beam(build, runner, pipeline_options)
+        run_pipeline(build, runner, pipeline_options)
 
     def count_and_describe(out: str) -> tuple[dict, dict]:
         rows, dropped = {}, {}
@@ -283,7 +263,7 @@ def _analyze(train_glob, numeric, categorical, label, top_k, staging_uri, runner
             | "Write" >> beam.Map(write)
         )
 
-    _run_beam(analyze, runner, pipeline_options)
+    run_pipeline(analyze, runner, pipeline_options)
     try:
         with FileSystems.open(staging_uri) as handle:
             payload = json.loads(handle.read())

@@ -38,3 +38,25 @@ def make_pipeline(runner: str = "DirectRunner", options: dict | None = None):
         options.setdefault("direct_num_workers", 1)
         return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(pipeline_flags(options)))
     return beam.Pipeline(options=PipelineOptions([f"--runner={runner}", *pipeline_flags(options)]))
+
+
+def run_pipeline(build, runner: str = "DirectRunner", options: dict | None = None) -> None:
+    """Build (``build(pipeline)``) and run a pipeline; a CauceError raised in a worker
+    comes back as a CauceError, not wrapped in Beam's own exception."""
+    from cauce.artifacts import CauceError
+
+    try:
+        with make_pipeline(runner, options) as pipeline:
+            build(pipeline)
+    except CauceError:
+        raise
+    except Exception as error:  # Beam re-raises worker errors wrapped; find ours
+        cause = error
+        while cause is not None:
+            if isinstance(cause, CauceError):
+                raise CauceError(str(cause)) from error
+            cause = cause.__cause__ or cause.__context__
+        message = str(error)
+        if "CauceError" in message:
+            raise CauceError(message.split("CauceError:")[-1].strip().splitlines()[0]) from error
+        raise

@@ -229,10 +229,10 @@ def demo(
 
 
 def _send_traffic(url: str, instances: list[dict]) -> None:
-    from cauce.components.deploy.executor import _post_json
+    from cauce.components.deploy.executor import post_json
 
     with console.status(f"sending {len(instances)} prediction requests to {url} …"):
-        errors = sum(_post_json(url, {"instances": [instance]})[0] != 200 for instance in instances)
+        errors = sum(post_json(url, {"instances": [instance]})[0] != 200 for instance in instances)
     console.print(f"  sent {len(instances)} requests to {url} ({errors} errors)")
 
 

@@ -245,6 +245,27 @@ _LOADERS = {
 }
 
 
+def fetch_model_dir(uri: str) -> str:
+    """A local directory holding the bundle at ``uri``: a path as it is, or a ``gs://``
+    folder downloaded to a temporary directory (serving's AIP_STORAGE_URI, a Vertex
+    champion for evaluate, batch prediction workers)."""
+    if not uri.startswith("gs://"):
+        return uri
+    import tempfile
+
+    from google.cloud import storage
+
+    bucket_name, _, prefix = uri[len("gs://") :].partition("/")
+    target = Path(tempfile.mkdtemp(prefix="cauce-model-"))
+    client = storage.Client()
+    for blob in client.list_blobs(bucket_name, prefix=prefix.rstrip("/") + "/"):
+        relative = blob.name[len(prefix.rstrip("/")) + 1 :]
+        if relative and not relative.endswith("/"):
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(str(target / relative))
+    return str(target)
+
+
 def load(model_dir: str | os.PathLike) -> LoadedModel:
     root = Path(model_dir)
     meta_path = root / METADATA_FILE

@@ -9,30 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from pathlib import Path
 
 from cauce import model as model_bundle
 from cauce.serving.app import PredictionApp, RequestLog
 
 log = logging.getLogger(__name__)
-
-
-def fetch_model_dir(uri: str) -> str:
-    """Return a local directory holding the model at ``uri`` (a path or gs:// URI)."""
-    if not uri.startswith("gs://"):
-        return uri
-    from google.cloud import storage
-
-    bucket_name, _, prefix = uri[len("gs://") :].partition("/")
-    target = Path(tempfile.mkdtemp(prefix="cauce-model-"))
-    client = storage.Client()
-    for blob in client.list_blobs(bucket_name, prefix=prefix.rstrip("/") + "/"):
-        relative = blob.name[len(prefix.rstrip("/")) + 1 :]
-        if relative and not relative.endswith("/"):
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(target / relative))
-    return str(target)
 
 
 def build_app(
@@ -42,7 +23,7 @@ def build_app(
     endpoint: str = "local",
     deployed_model_id: str = "",
 ) -> PredictionApp:
-    loaded = model_bundle.load(fetch_model_dir(model_dir))
+    loaded = model_bundle.load(model_bundle.fetch_model_dir(model_dir))
     request_log = RequestLog(request_log_dir, endpoint, deployed_model_id) if request_log_dir else None
     return PredictionApp(
         loaded,
