@@ -620,7 +620,8 @@ def test_window_drift_and_webhook_alert(tmp_path):
     assert report["drifted_features"] == []
     assert report["window_drift"]["drifted_features"] == ["payment"]
     assert report["flagged"] == {"drift_detected": True, "features": ["payment"]}
-    assert report["alert"]["delivered"] is True
+    (delivery,) = report["alerts"]
+    assert delivery == {"channel": "webhook", "target": receiver.url, "delivered": True, "status": 204}
     (alert,) = receiver.received
     assert alert["drifted_features"] == ["payment"] and alert["drift"]["payment"] > 0.3 and alert["skew"] == {}
     assert "serving window vs previous window" in (tmp_path / "report" / REPORT_HTML).read_text()
@@ -632,8 +633,10 @@ def test_an_undeliverable_alert_is_recorded_not_raised(monitored):
         output_dir=str(monitored / "report"), numeric_features=["fare"], categorical_features=[],
         alert_webhook="http://127.0.0.1:9/nobody-listens",
     )
-    assert report["alert"]["delivered"] is False and report["alert"]["error"]
-    assert (monitored / "report" / REPORT_JSON).exists()
+    (delivery,) = report["alerts"]
+    assert delivery["delivered"] is False and delivery["error"]
+    # The report was written before the alert went out, and records that it was not delivered.
+    assert json.loads((monitored / "report" / REPORT_JSON).read_text())["alerts"] == [delivery]
     with pytest.raises(CauceError, match="must be an http:// or https:// URL"):
         run_monitor(
             baseline_dir=str(monitored / "baseline"), baseline_split="train", request_log_dir=str(monitored / "logs"),

@@ -28,6 +28,7 @@ def monitor(
     previous_window_start: str = "",
     previous_window_end: str = "",
     alert_webhook: str = "",
+    alert_topic: str = "",
     project: str = "",
     location: str = "us-central1",
     endpoint_resource_name: str = "",
@@ -41,7 +42,11 @@ def monitor(
     L-infinity distance. Skew compares the serving window with the baseline; with a
     previous window, drift compares the two windows too; ``drift_detected`` and
     ``drifted_features`` cover both. With ``alert_webhook`` a flagged run POSTs a JSON
-    alert there. With ``project`` and ``endpoint_resource_name`` it also creates or
+    alert there; with ``alert_topic`` (``projects/<project>/topics/<topic>``) it publishes
+    the same JSON as one Pub/Sub message with filterable attributes (``kind``,
+    ``features``, ``endpoint``, ``model``). Alerts go out after the report is written; a
+    failed delivery is logged and listed in the ``undelivered_alerts`` metadata, and does
+    not fail the step. With ``project`` and ``endpoint_resource_name`` it also creates or
     updates the endpoint's Vertex AI Model Monitoring job with the same thresholds
     (``training_data_source``: ``bq://project.dataset.table``). ``drift_report`` holds report.json and report.html; ``report_html``
     is the same page as a single file, which the Vertex AI console renders.
@@ -67,6 +72,7 @@ def monitor(
         previous_window_start=previous_window_start,
         previous_window_end=previous_window_end,
         alert_webhook=alert_webhook,
+        alert_topic=alert_topic,
     )
     if project and endpoint_resource_name:
         from cauce.components.monitor.vertex import ensure_monitoring_job
@@ -98,6 +104,9 @@ def monitor(
             "num_drifted": report["num_drifted"],
             "baseline_rows": report["baseline_rows"],
             "serving_rows": report["current_rows"],
+            "undelivered_alerts": [
+                delivery["target"] for delivery in report.get("alerts", []) if not delivery["delivered"]
+            ],
         }
     )
 

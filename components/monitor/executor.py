@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cauce.artifacts import CauceError, atomic_dir
+from cauce.artifacts import CauceError, atomic_dir, atomic_file
 from cauce.data import read_split
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,17 @@ LINF_METRIC = "l_infinity"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 REQUEST_LOG_GLOB = "requests-*.jsonl"
+
+# How long each alert delivery may take, retries included.
+ALERT_TIMEOUT_S = 10.0
+ALERT_SOURCE = "cauce.monitor"
+# Pub/Sub's rules for topic names: the project id (optionally domain-scoped,
+# "example.com:proj"), and a topic id of 3-255 characters starting with a letter.
+_PUBSUB_TOPIC = re.compile(
+    r"projects/(?P<project>[a-z][-a-z0-9.:]{4,61}[a-z0-9])/topics/(?P<topic>[A-Za-z][-A-Za-z0-9_.~+%]{2,254})"
+)
+# Pub/Sub rejects a message whose attribute value is longer than 1024 bytes.
+_ATTRIBUTE_VALUE_BYTES = 1024
 
 # TFDV's defaults: BasicStatsGenerator reads 100 * num_quantiles_histogram_buckets (10)
 # quantiles and builds a STANDARD histogram of num_histogram_buckets (10) buckets.
@@ -612,12 +624,20 @@ def read_request_log(log_dir: str, start: str = "", end: str = "") -> pa.Table:
     element is a JSON string of one instance; the table has one row per instance and one
     column per key seen in any instance (null where an instance lacks it).
     """
+    return _read_request_log(log_dir, start, end)[0]
+
+
+def _read_request_log(log_dir: str, start: str, end: str) -> tuple[pa.Table, dict[str, list[str]]]:
+    """``read_request_log`` plus which endpoints and deployed models served those instances
+    (``{"endpoints": [...], "deployed_model_ids": [...]}``), for the alert's attributes."""
     directory = Path(log_dir)
     if not directory.is_dir():
         raise CauceError(f"request_log_dir {log_dir} does not exist or is not a directory")
     start_time = _parse_time(start, "window_start") if start else None
     end_time = _parse_time(end, "window_end") if end else None
     instances: list[dict] = []
+    endpoints: set[str] = set()
+    models: set[str] = set()
     for path in sorted(directory.glob(REQUEST_LOG_GLOB)):
         with open(path) as handle:
             for number, line in enumerate(handle, start=1):
@@ -631,7 +651,11 @@ def read_request_log(log_dir: str, start: str = "", end: str = "") -> pa.Table:
                     raise CauceError(f"{path}:{number} is not valid JSON ({error})") from None
                 if not isinstance(request, dict):
                     raise CauceError(f"{path}:{number} is not a request record (a JSON object)")
-                instances.extend(_instances_of(request, f"{path}:{number}", start_time, end_time))
+                in_window = _instances_of(request, f"{path}:{number}", start_time, end_time)
+                if in_window:
+                    instances.extend(in_window)
+                    endpoints.add(str(request.get("endpoint") or ""))
+                    models.add(str(request.get("deployed_model_id") or ""))
     if not instances:
         window = f"[{start or 'beginning'}, {end or 'end'})"
         raise CauceError(
@@ -645,7 +669,8 @@ def read_request_log(log_dir: str, start: str = "", end: str = "") -> pa.Table:
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             columns[name] = _text_array(values)
-    return pa.table(columns)
+    sources = {"endpoints": sorted(endpoints - {""}), "deployed_model_ids": sorted(models - {""})}
+    return pa.table(columns), sources
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -849,23 +874,30 @@ def run_monitor(
     previous_window_start: str = "",
     previous_window_end: str = "",
     alert_webhook: str = "",
+    alert_topic: str = "",
+    alert_timeout: float = ALERT_TIMEOUT_S,
 ) -> dict:
     """Compare the serving window with the baseline split (skew) and, when a previous
     window is given, with that window (drift); write report.json and report.html.
 
     ``report["flagged"]`` joins both: the features over their threshold in either
-    comparison. When anything is flagged, an alert is logged and, with
-    ``alert_webhook`` (an http(s) URL: a chat webhook, a Cloud Function, a Pub/Sub
-    push proxy), POSTed as JSON; a failed delivery is recorded in the report, not
-    raised, so the report the alert points at still lands.
+    comparison. When anything is flagged, an alert is logged and sent, once the report is
+    written, to ``alert_webhook`` (an http(s) URL: a chat webhook, a Cloud Function) as a
+    JSON POST and to ``alert_topic`` (a Pub/Sub topic, ``projects/<project>/topics/<topic>``)
+    as one message with the same JSON and filterable attributes. Each delivery waits at
+    most ``alert_timeout`` seconds. A failed delivery is logged as an error and recorded in
+    ``report["alerts"]`` (also in report.json), not raised: the report and the step's
+    outputs stand, and the WARNING log lines still carry the alert.
 
     ``output_dir`` appears only if the whole report was written. Returns the report.
     """
     if alert_webhook and not alert_webhook.startswith(("http://", "https://")):
         raise CauceError(f"alert_webhook {alert_webhook!r} must be an http:// or https:// URL")
+    if alert_topic:
+        validate_alert_topic(alert_topic)
     features = _validate_features(numeric_features, categorical_features)
     baseline = read_split(baseline_dir, baseline_split, columns=features)
-    current = read_request_log(request_log_dir, window_start, window_end)
+    current, sources = _read_request_log(request_log_dir, window_start, window_end)
     report = compute_drift(
         baseline,
         current,
@@ -880,6 +912,7 @@ def run_monitor(
         "request_log_dir": os.fspath(request_log_dir),
         "window_start": window_start,
         "window_end": window_end,
+        **sources,
     }
     flagged = set(report["drifted_features"])
     if previous_window_start or previous_window_end:
@@ -898,8 +931,6 @@ def run_monitor(
         flagged |= set(window["drifted_features"])
     report["flagged"] = {"drift_detected": bool(flagged), "features": sorted(flagged)}
     report["generated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if flagged and alert_webhook:
-        report["alert"] = send_alert(alert_webhook, report)
     with atomic_dir(output_dir) as staging:
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, allow_nan=False))
         (staging / REPORT_HTML).write_text(render_html(report))
@@ -914,16 +945,31 @@ def run_monitor(
                 entry["value"],
                 entry["threshold"],
             )
+    if flagged and (alert_webhook or alert_topic):
+        # The alert goes out only once the report it points at is in place; what became
+        # of it is added to report.json afterwards (one atomic file replace).
+        report["alerts"] = send_alerts(report, alert_webhook, alert_topic, alert_timeout)
+        with atomic_file(Path(output_dir) / REPORT_JSON) as handle:
+            handle.write(json.dumps(report, indent=2, allow_nan=False))
     return report
 
 
-def send_alert(url: str, report: dict, timeout: float = 10.0) -> dict:
-    """POST a short JSON alert; return what happened (never raises for delivery)."""
-    import urllib.error
-    import urllib.request
+# ---------------------------------------------------------------------------- alerts
 
-    payload = {
-        "source": "cauce.monitor",
+def validate_alert_topic(topic: str) -> None:
+    """Raise CauceError unless ``topic`` is a full Pub/Sub topic name."""
+    match = _PUBSUB_TOPIC.fullmatch(topic)
+    if match is None or match["topic"].startswith("goog"):
+        raise CauceError(
+            f"alert_topic {topic!r} must be a Pub/Sub topic name projects/<project>/topics/<topic> "
+            "(the topic id: 3-255 letters, digits or - _ . ~ + %, starting with a letter, not with 'goog')"
+        )
+
+
+def alert_payload(report: dict) -> dict:
+    """The JSON alert every channel sends (webhook body, Pub/Sub message data)."""
+    return {
+        "source": ALERT_SOURCE,
         "drifted_features": report["flagged"]["features"],
         "skew": {name: report["features"][name]["value"] for name in report["drifted_features"]},
         "drift": {
@@ -933,12 +979,105 @@ def send_alert(url: str, report: dict, timeout: float = 10.0) -> dict:
         "serving": report.get("serving", {}),
         "generated_at": report["generated_at"],
     }
+
+
+def _attribute_value(text: str) -> str:
+    """``text`` cut to Pub/Sub's limit on an attribute value (the full list is in the data)."""
+    encoded = text.encode()
+    if len(encoded) <= _ATTRIBUTE_VALUE_BYTES:
+        return text
+    return encoded[: _ATTRIBUTE_VALUE_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def alert_attributes(report: dict) -> dict[str, str]:
+    """Pub/Sub message attributes that subscriptions can filter on without reading the data.
+
+    ``kind`` is ``skew``, ``drift`` or ``skew,drift``; ``features`` lists every flagged
+    feature, ``skew_features`` / ``drift_features`` (present only when not empty) each
+    comparison's; ``endpoint`` and ``model`` name what served the requests (from the
+    request logs; comma-separated when several). Empty values are left out.
+    """
+    skew = report["drifted_features"]
+    drift = report.get("window_drift", {}).get("drifted_features", [])
+    serving = report.get("serving", {})
+    attributes = {
+        "source": ALERT_SOURCE,
+        "kind": ",".join(kind for kind, flagged in (("skew", skew), ("drift", drift)) if flagged),
+        "features": ",".join(report["flagged"]["features"]),
+        "skew_features": ",".join(skew),
+        "drift_features": ",".join(drift),
+        "endpoint": ",".join(serving.get("endpoints", [])),
+        "model": ",".join(serving.get("deployed_model_ids", [])),
+        "generated_at": report["generated_at"],
+    }
+    return {key: _attribute_value(value) for key, value in attributes.items() if value}
+
+
+def send_alerts(report: dict, webhook: str = "", topic: str = "", timeout: float = ALERT_TIMEOUT_S) -> list[dict]:
+    """Deliver one alert per channel given; one record per delivery (never raises for delivery)."""
+    payload = alert_payload(report)
+    deliveries = []
+    if webhook:
+        deliveries.append(post_alert(webhook, payload, timeout))
+    if topic:
+        deliveries.append(publish_alert(topic, payload, alert_attributes(report), timeout))
+    return deliveries
+
+
+def post_alert(url: str, payload: dict, timeout: float = ALERT_TIMEOUT_S) -> dict:
+    """POST the JSON alert to a webhook; return what happened (never raises for delivery)."""
+    import urllib.error
+    import urllib.request
+
+    record = {"channel": "webhook", "target": url}
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - scheme checked
-            return {"webhook": url, "delivered": True, "status": response.status}
+            return {**record, "delivered": True, "status": response.status}
     except (urllib.error.URLError, TimeoutError, OSError) as error:
-        logger.error("drift alert to %s not delivered: %s", url, error)
-        return {"webhook": url, "delivered": False, "error": str(error)}
+        logger.error("drift alert to webhook %s not delivered: %s", url, error)
+        return {**record, "delivered": False, "error": str(error)}
+
+
+def publish_alert(topic: str, payload: dict, attributes: dict[str, str], timeout: float = ALERT_TIMEOUT_S) -> dict:
+    """Publish the JSON alert as one Pub/Sub message; return what happened (never raises for delivery).
+
+    The client's own retry policy keeps retrying an unreachable service for 10 minutes;
+    here transient errors are retried only within ``timeout`` seconds. Honours
+    ``PUBSUB_EMULATOR_HOST`` (the client's emulator switch: no credentials, plain gRPC).
+    """
+    from google.api_core import exceptions as api_exceptions
+    from google.api_core import retry as api_retry
+    from google.auth import exceptions as auth_exceptions
+    from google.cloud import pubsub_v1
+
+    record = {"channel": "pubsub", "target": topic}
+    # The status codes the client itself retries on Publish, within our deadline.
+    retry = api_retry.Retry(
+        predicate=api_retry.if_exception_type(
+            api_exceptions.Aborted,
+            api_exceptions.Cancelled,
+            api_exceptions.DeadlineExceeded,
+            api_exceptions.InternalServerError,
+            api_exceptions.ResourceExhausted,
+            api_exceptions.ServiceUnavailable,
+            api_exceptions.Unknown,
+        ),
+        initial=0.1,
+        maximum=2.0,
+        timeout=timeout,
+    )
+    options = pubsub_v1.types.PublisherOptions(retry=retry, timeout=timeout)
+    try:
+        with pubsub_v1.PublisherClient(publisher_options=options) as publisher:
+            future = publisher.publish(topic, json.dumps(payload).encode(), **attributes)
+            # A backstop in case the batch never settles (say, credentials that cannot be
+            # refreshed inside the client's commit thread): leaving the block closes the channel.
+            message_id = future.result(timeout=timeout + 5)
+    except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, TimeoutError) as error:
+        message = f"{type(error).__name__}: {error}"
+        logger.error("drift alert to Pub/Sub topic %s not published: %s", topic, message)
+        return {**record, "delivered": False, "error": message}
+    return {**record, "delivered": True, "message_id": message_id}
