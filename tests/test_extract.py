@@ -364,7 +364,7 @@ def test_component_compiles_and_runs_under_kfp_local(tmp_path, local_database, k
 
     spec_path = tmp_path / "extract.yaml"
     compiler.Compiler().compile(extract_component, str(spec_path))
-    assert "maximum_bytes_billed" in spec_path.read_text()
+    assert all(name in spec_path.read_text() for name in ("maximum_bytes_billed", "read_api", "staging_dataset"))
 
     task = extract_component(
         source="SELECT * FROM demo.taxi_trips WHERE fare > @min_fare LIMIT @max_rows",
@@ -380,3 +380,198 @@ def test_component_compiles_and_runs_under_kfp_local(tmp_path, local_database, k
     assert sum(data.read_schema(dataset.path)["splits"].values()) == 500
     assert dataset.metadata["split_rows"] == data.read_schema(dataset.path)["splits"]
     assert dataset.metadata["backend"] == "local"
+    assert dataset.metadata["bigquery_schema"][DEMO_KEY] == "STRING"
+    assert dataset.metadata["split_bytes"] == data.read_schema(dataset.path)["split_bytes"]
+
+
+# --------------------------------------------------------------------------- metadata
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metadata_records_rows_bytes_schema_and_query(backend, extract, tmp_path):
+    source = "SELECT unique_key, fare, trip_start_timestamp, payment_type FROM demo.taxi_trips WHERE fare > @f"
+    result = extract(backend, source, query_parameters={"f": 3.5})
+
+    dataset_dir = tmp_path / "outputs" / "dataset"
+    metadata = result.metadata
+    for split, rows in metadata["split_rows"].items():
+        parquet_bytes = sum(part.stat().st_size for part in (dataset_dir / split).glob("part-*.parquet"))
+        assert metadata["split_bytes"][split] == parquet_bytes > 0
+        assert data.read_split(dataset_dir, split).num_rows == rows
+    assert metadata["bytes_written"] == sum(metadata["split_bytes"].values())
+    assert metadata["rows"] == sum(metadata["split_rows"].values())
+    assert metadata["bigquery_schema"] == {
+        "unique_key": "STRING", "fare": "FLOAT64", "trip_start_timestamp": "TIMESTAMP", "payment_type": "STRING"
+    }  # fmt: skip
+    assert metadata["schema"]["trip_start_timestamp"] == "timestamp[us, tz=UTC]"
+    assert metadata["query"] == source
+
+    schema_file = data.read_schema(dataset_dir)
+    shared = {k: v for k, v in metadata.items() if k not in ("columns", "schema", "split_rows")}
+    assert {k: schema_file[k] for k in shared} == json.loads(json.dumps(shared))
+    assert schema_file["columns"] == metadata["schema"]
+    assert schema_file["splits"] == metadata["split_rows"]
+    if backend == "bigquery":
+        assert metadata["job_id"] and metadata["read_api"] == "rest"
+        # bqemulator has no cost model: its dry-run estimate is always 0 bytes.
+        assert metadata["bytes_estimated"] == 0
+    else:
+        assert "job_id" not in metadata and "read_api" not in metadata
+
+
+# --------------------------------------------------------------------------- cost guard
+GiB = 1024**3
+
+
+def test_cost_guard_refuses_a_query_over_the_limit_before_running_it(bigquery_demo, tmp_path):
+    # bqemulator's dry runs always report 0 bytes, so the proxy gives the real client
+    # a BigQuery-like estimate; everything else is the emulator's own answer.
+    from tests.fixtures.bigquery_emulator import dry_run_estimate_proxy
+
+    with dry_run_estimate_proxy(bigquery_demo, bytes_estimate=int(12.3 * GiB)) as proxy:
+        with pytest.raises(CauceError) as error:
+            run_extract(
+                source=DEMO_TABLE,
+                key_column=DEMO_KEY,
+                output_dir=tmp_path / "outputs" / "dataset",
+                backend="bigquery",
+                project=bigquery_demo.project,
+                api_endpoint=proxy.endpoint,
+                maximum_bytes_billed=10 * GiB,
+                api_retry_timeout_s=5.0,
+            )
+    message = str(error.value)
+    assert "query would process 12.3 GiB" in message
+    assert "over maximum_bytes_billed = 10.0 GiB" in message
+    assert "raise maximum_bytes_billed or narrow the query" in message
+    assert [configuration.get("dryRun", False) for configuration in proxy.job_configurations] == [True]
+    assert_nothing_written(tmp_path)
+
+
+def test_cost_guard_runs_a_query_under_the_limit_and_bigquery_gets_the_limit_too(bigquery_demo, tmp_path):
+    from tests.fixtures.bigquery_emulator import dry_run_estimate_proxy
+
+    with dry_run_estimate_proxy(bigquery_demo, bytes_estimate=3 * 1024**2) as proxy:
+        result = run_extract(
+            source=DEMO_TABLE,
+            key_column=DEMO_KEY,
+            output_dir=tmp_path / "outputs" / "dataset",
+            backend="bigquery",
+            project=bigquery_demo.project,
+            api_endpoint=proxy.endpoint,
+            maximum_bytes_billed=10 * 1024**2,
+            api_retry_timeout_s=5.0,
+        )
+    assert result.metadata["rows"] == DEMO_ROWS
+    assert result.metadata["bytes_estimated"] == 3 * 1024**2
+    assert result.metadata["maximum_bytes_billed"] == 10 * 1024**2
+    dry_run, query = proxy.job_configurations
+    assert dry_run["dryRun"] is True
+    assert "dryRun" not in query and query["query"]["maximumBytesBilled"] == str(10 * 1024**2)
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (10 * GiB, "10.0 GiB"), (3 * 1024**5, "3072.0 TiB")],
+)
+def test_format_bytes_uses_binary_units(count, text):
+    from cauce.components.extract.executor import format_bytes
+
+    assert format_bytes(count) == text
+
+
+# --------------------------------------------------------------------------- read paths
+def read_all(dataset_dir: Path) -> pa.Table:
+    tables = [data.read_split(dataset_dir, split) for split in data.split_names(dataset_dir)]
+    return pa.concat_tables(tables).sort_by(DEMO_KEY)
+
+
+def test_storage_read_api_and_rest_give_the_same_rows(extract, bigquery_demo, tmp_path, demo_trips):
+    bigquery_demo.client().create_dataset("staging", exists_ok=True, timeout=10)
+    storage = {"storage_api_endpoint": bigquery_demo.grpc_endpoint, "staging_dataset": "staging"}
+    by_storage = extract("bigquery", DEMO_TABLE, output="storage", read_api="storage", **storage)
+    by_auto = extract("bigquery", DEMO_TABLE, output="auto", read_api="auto", **storage)
+    by_rest = extract("bigquery", DEMO_TABLE, output="rest", read_api="rest", staging_dataset="staging")
+
+    assert by_storage.metadata["read_api"] == by_auto.metadata["read_api"] == "storage"
+    assert by_rest.metadata["read_api"] == "rest"
+    rows = read_all(tmp_path / "outputs" / "rest")
+    assert rows.num_rows == DEMO_ROWS
+    assert read_all(tmp_path / "outputs" / "storage").equals(rows)
+    assert read_all(tmp_path / "outputs" / "auto").equals(rows)
+    assert rows.equals(demo_trips.sort_by(DEMO_KEY))
+    assert by_storage.split_rows == by_rest.split_rows
+    assert by_storage.metadata["bigquery_schema"] == by_rest.metadata["bigquery_schema"]
+    # The staged result tables are gone once read.
+    assert list(bigquery_demo.client().list_tables("staging", timeout=10)) == []
+
+
+def test_auto_reads_over_rest_when_the_storage_api_cannot_see_the_result(extract, bigquery_demo, tmp_path, caplog):
+    # bqemulator keeps no anonymous result table for a query, so its Storage Read API
+    # answers NOT_FOUND for the job's destination: auto falls back, storage fails.
+    endpoint = {"storage_api_endpoint": bigquery_demo.grpc_endpoint}
+    with caplog.at_level("WARNING", logger="cauce.components.extract.executor"):
+        result = extract("bigquery", DEMO_TABLE, output="auto", read_api="auto", **endpoint)
+    assert result.metadata["read_api"] == "rest" and result.metadata["rows"] == DEMO_ROWS
+    assert "Storage Read API unavailable" in caplog.text and "staging_dataset" in caplog.text
+
+    with pytest.raises(CauceError, match="Storage Read API failed"):
+        extract("bigquery", DEMO_TABLE, output="storage", read_api="storage", **endpoint)
+    assert not (tmp_path / "outputs" / "storage").exists()
+
+
+@pytest.fixture
+def storage_api_permission_denied():
+    """A gRPC Storage Read API that answers PERMISSION_DENIED, as Google does when the API is not enabled.
+
+    bqemulator always serves the Storage Read API, so this one answer of Google's
+    comes from a real gRPC server of our own.
+    """
+    from concurrent import futures
+
+    import grpc
+
+    def deny(request, context):
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "BigQuery Storage API has not been used in project cauce-test before or it is disabled.",
+        )
+
+    handler = grpc.method_handlers_generic_handler(
+        "google.cloud.bigquery.storage.v1.BigQueryRead",
+        {"CreateReadSession": grpc.unary_unary_rpc_method_handler(deny)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+def test_auto_falls_back_to_rest_when_the_storage_api_is_not_enabled(
+    extract, bigquery_demo, storage_api_permission_denied, tmp_path, caplog
+):
+    bigquery_demo.client().create_dataset("staging", exists_ok=True, timeout=10)
+    options = {"storage_api_endpoint": storage_api_permission_denied, "staging_dataset": "staging"}
+    with caplog.at_level("WARNING", logger="cauce.components.extract.executor"):
+        result = extract("bigquery", DEMO_TABLE, output="auto", read_api="auto", **options)
+    assert result.metadata["read_api"] == "rest" and result.metadata["rows"] == DEMO_ROWS
+    assert "not enabled or permission denied" in caplog.text
+
+    with pytest.raises(CauceError, match="Storage Read API failed.*has not been used"):
+        extract("bigquery", DEMO_TABLE, output="storage", read_api="storage", **options)
+    assert not (tmp_path / "outputs" / "storage").exists()
+    assert list(bigquery_demo.client().list_tables("staging", timeout=10)) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"read_api": "grpc"}, "read_api must be one of"),
+        ({"staging_dataset": "a.b.c"}, "staging_dataset must be dataset or project.dataset"),
+        ({"staging_dataset": "x; DROP"}, "staging_dataset must be dataset or project.dataset"),
+        ({"read_api": "storage"}, "needs storage_api_endpoint"),
+    ],
+)
+def test_bad_read_options_are_rejected(options, message, extract, tmp_path):
+    with pytest.raises(CauceError, match=message):
+        extract("bigquery", DEMO_TABLE, **options)
+    assert_nothing_written(tmp_path)

@@ -22,6 +22,9 @@ def extract(
     api_endpoint: str = "",
     query_parameters: dict = {},  # noqa: B006
     maximum_bytes_billed: int = 0,
+    read_api: str = "auto",
+    storage_api_endpoint: str = "",
+    staging_dataset: str = "",
 ) -> NamedTuple("ExtractOutputs", [("rows", int)]):
     """Run a BigQuery query (or read a table) and split its rows into a Dataset by a hashed key.
 
@@ -37,7 +40,12 @@ def extract(
         location: BigQuery location of the query job.
         api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
         query_parameters: @name -> scalar or list, sent as typed query parameters.
-        maximum_bytes_billed: fail a BigQuery query that would bill more; 0 = no limit.
+        maximum_bytes_billed: cost guard: refuse a query whose dry-run estimate is over it (and BigQuery
+            fails a job that would bill more); 0 = no limit.
+        read_api: "auto" (Storage Read API, REST when it is unavailable), "storage" or "rest".
+        storage_api_endpoint: Storage Read API host:port other than Google's (emulator: insecure on loopback).
+        staging_dataset: dataset (or project.dataset) where the result is staged as a table, read and deleted;
+            empty = BigQuery's anonymous result table.
     """
     from collections import namedtuple
 
@@ -55,6 +63,9 @@ def extract(
         api_endpoint=api_endpoint,
         query_parameters=query_parameters,
         maximum_bytes_billed=maximum_bytes_billed,
+        read_api=read_api,
+        storage_api_endpoint=storage_api_endpoint,
+        staging_dataset=staging_dataset,
     )
     dataset.metadata.update(result.metadata)
     return namedtuple("ExtractOutputs", ["rows"])(result.metadata["rows"])

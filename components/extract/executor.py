@@ -8,15 +8,25 @@ only the finished rows travel: every row gets
 (a bucket in 0..999 that depends only on the key) and the buckets are cut into
 ranges proportional to the split ratios. The local engine implements
 FARM_FINGERPRINT bit for bit, so a row lands in the same split on both backends.
+
+On BigQuery a dry run comes first: it checks the query, gives its columns and
+the bytes it would process, and the cost guard (``maximum_bytes_billed``)
+refuses the query before anything is billed. The rows then come back through
+the Storage Read API (Arrow streams over gRPC, read in parallel) or through
+REST pages (``read_api``).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -27,7 +37,14 @@ from cauce.data import write_schema, write_split
 
 from .local_engine import QueryParameter, run_query
 
+_log = logging.getLogger(__name__)
+
 BACKENDS = ("local", "bigquery")
+READ_APIS = ("auto", "storage", "rest")
+# Streams asked of the Storage Read API; BigQuery may give fewer. Each is read by its own thread.
+STORAGE_READ_STREAMS = 8
+# A staged result table outlives a step that dies before deleting it by at most this.
+STAGING_TABLE_EXPIRATION_HOURS = 24
 DEFAULT_SPLITS = {"train": 0.8, "eval": 0.2}
 HASH_BUCKETS = 1000
 # Helper columns of the split query; a name no user query is expected to use.
@@ -54,8 +71,10 @@ class ExtractResult:
 @dataclass
 class _QueryOutput:
     table: pa.Table
-    job_id: str | None = None
-    bytes_processed: int | None = None
+    bigquery_types: dict[str, str]
+    """Column name -> the BigQuery type of the result column."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Backend facts for the metadata: job id, bytes estimated/processed/billed, read path."""
 
 
 def run_extract(
@@ -72,6 +91,9 @@ def run_extract(
     maximum_bytes_billed: int = 0,
     api_retry_timeout_s: float = 120.0,
     query_timeout_s: float | None = None,
+    read_api: str = "auto",
+    storage_api_endpoint: str = "",
+    staging_dataset: str = "",
 ) -> ExtractResult:
     """Run ``source``, split its rows by a hash of ``key_column``, write a cauce Dataset.
 
@@ -91,12 +113,29 @@ def run_extract(
         api_endpoint: a BigQuery REST endpoint other than Google's (an emulator or
             a private endpoint); anonymous credentials are used with it.
         query_parameters: ``@name`` -> scalar or list, sent as typed query parameters.
-        maximum_bytes_billed: BigQuery fails the query instead of billing more; 0 = no limit.
+        maximum_bytes_billed: the cost guard. When > 0, a query whose dry-run
+            estimate exceeds it is refused before it runs, and BigQuery itself
+            fails the job rather than bill more. 0 = no limit.
         api_retry_timeout_s: how long BigQuery API calls are retried on transient errors.
         query_timeout_s: how long to wait for the BigQuery job; None waits until it ends.
+        read_api: how BigQuery results are read: "storage" (Storage Read API),
+            "rest" (REST pages), or "auto": the Storage Read API where one is
+            known (Google's, or ``storage_api_endpoint``), falling back to REST
+            with a warning when it is unavailable (not enabled, permission
+            denied, package missing).
+        storage_api_endpoint: a Storage Read API endpoint other than Google's
+            (``host:port``); a loopback host (an emulator) is reached over an
+            insecure channel, any other over TLS.
+        staging_dataset: ``dataset`` or ``project.dataset`` where the result is
+            materialized as a table (read, then deleted; it expires after a day
+            anyway) instead of BigQuery's anonymous result table. Needed for
+            results over BigQuery's 10 GB response limit, and for Storage Read
+            on bqemulator, which keeps no anonymous result tables.
     """
     if backend not in BACKENDS:
         raise CauceError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if read_api not in READ_APIS:
+        raise CauceError(f"read_api must be one of {READ_APIS}, got {read_api!r}")
     split_ratios = validate_splits(DEFAULT_SPLITS if splits is None else splits)
     column = validate_key_column(key_column)
     query = source_query(source)
@@ -107,7 +146,8 @@ def run_extract(
         database = local_database or _default_local_database()
         columns = run_query(database, _schema_probe(query), parameters).schema.names
         _check_result_columns(column, columns)
-        output = _QueryOutput(run_query(database, split_sql, parameters))
+        table = run_query(database, split_sql, parameters)
+        output = _QueryOutput(table, bigquery_types={f.name: bigquery_type(f.type) for f in table.schema})
     else:
         bigquery_backend = _BigQueryBackend(
             project=project,
@@ -117,9 +157,16 @@ def run_extract(
             maximum_bytes_billed=maximum_bytes_billed,
             api_retry_timeout_s=api_retry_timeout_s,
             query_timeout_s=query_timeout_s,
+            read_api=read_api,
+            storage_api_endpoint=storage_api_endpoint,
+            staging_dataset=staging_dataset,
         )
-        _check_result_columns(column, bigquery_backend.dry_run_columns(query))
+        # The split wrapper adds no column reads, so the user query's estimate is the split query's.
+        columns, bytes_estimated = bigquery_backend.dry_run(query)
+        _check_result_columns(column, columns)
+        check_cost(bytes_estimated, maximum_bytes_billed)
         output = bigquery_backend.run(split_sql)
+        output.details = {"bytes_estimated": bytes_estimated, **output.details}
 
     table = output.table
     if table.num_rows == 0:
@@ -127,24 +174,85 @@ def run_extract(
 
     split_index = table.column(SPLIT_COLUMN)
     rows = table.drop_columns([SPLIT_COLUMN])
+    bigquery_types = {
+        name: output.bigquery_types.get(name, bigquery_type(rows.schema.field(name).type))
+        for name in rows.schema.names
+    }
     split_rows: dict[str, int] = {}
+    split_bytes: dict[str, int] = {}
     with atomic_dir(output_dir) as out:
         for index, name in enumerate(split_ratios):
             split_rows[name] = write_split(out, name, rows.filter(pc.equal(split_index, index)))
-        extra = {"query": query, "backend": backend, "key_column": column, "split_ratios": split_ratios}
-        if output.job_id is not None:
-            extra["job_id"] = output.job_id
-        if output.bytes_processed is not None:
-            extra["bytes_processed"] = output.bytes_processed
+            split_bytes[name] = sum(part.stat().st_size for part in (Path(out) / name).glob("*.parquet"))
+        extra = {
+            "query": query,
+            "backend": backend,
+            "key_column": column,
+            "split_ratios": split_ratios,
+            "split_bytes": split_bytes,
+            "rows": sum(split_rows.values()),
+            "bytes_written": sum(split_bytes.values()),
+            "bigquery_schema": bigquery_types,
+            "maximum_bytes_billed": maximum_bytes_billed,
+            **output.details,
+        }
         write_schema(out, rows.schema, split_rows, **extra)
 
     metadata = {
         "split_rows": split_rows,
-        "rows": sum(split_rows.values()),
         "columns": rows.schema.names,
+        "schema": {f.name: str(f.type) for f in rows.schema},
         **extra,
     }
     return ExtractResult(split_rows=split_rows, metadata=metadata)
+
+
+def check_cost(bytes_estimated: int | None, maximum_bytes_billed: int) -> None:
+    """The cost guard: refuse a query whose dry-run estimate is over the limit, before it runs."""
+    if maximum_bytes_billed > 0 and bytes_estimated is not None and bytes_estimated > maximum_bytes_billed:
+        raise CauceError(
+            f"query would process {format_bytes(bytes_estimated)} ({bytes_estimated:,} bytes), over "
+            f"maximum_bytes_billed = {format_bytes(maximum_bytes_billed)} ({maximum_bytes_billed:,} bytes); "
+            "raise maximum_bytes_billed or narrow the query (partition filter, fewer columns)"
+        )
+
+
+def format_bytes(count: int) -> str:
+    """Bytes in binary units, the way BigQuery's console shows them: ``12.3 GiB``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def bigquery_type(arrow_type: pa.DataType) -> str:
+    """The BigQuery type of a result column with this Arrow type (what the local engine's answer means)."""
+    if pa.types.is_boolean(arrow_type):
+        return "BOOL"
+    if pa.types.is_integer(arrow_type):
+        return "INT64"
+    if pa.types.is_floating(arrow_type):
+        return "FLOAT64"
+    if pa.types.is_decimal(arrow_type):
+        return "NUMERIC" if arrow_type.precision <= 38 and arrow_type.scale <= 9 else "BIGNUMERIC"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "STRING"
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return "BYTES"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMP" if arrow_type.tz else "DATETIME"
+    if pa.types.is_date(arrow_type):
+        return "DATE"
+    if pa.types.is_time(arrow_type):
+        return "TIME"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"ARRAY<{bigquery_type(arrow_type.value_type)}>"
+    if pa.types.is_struct(arrow_type):
+        fields = ", ".join(f"{f.name} {bigquery_type(f.type)}" for f in arrow_type)
+        return f"STRUCT<{fields}>"
+    return str(arrow_type).upper()
 
 
 def validate_splits(splits: Mapping[str, float]) -> dict[str, float]:
@@ -326,6 +434,9 @@ class _BigQueryBackend:
         maximum_bytes_billed: int,
         api_retry_timeout_s: float,
         query_timeout_s: float | None,
+        read_api: str = "auto",
+        storage_api_endpoint: str = "",
+        staging_dataset: str = "",
     ) -> None:
         from google.api_core.client_options import ClientOptions
         from google.auth.credentials import AnonymousCredentials
@@ -336,6 +447,7 @@ class _BigQueryBackend:
         if maximum_bytes_billed < 0:
             raise CauceError(f"maximum_bytes_billed must be >= 0 (0 = no limit), got {maximum_bytes_billed}")
         self._bigquery = bigquery
+        self._anonymous = bool(api_endpoint)
         try:
             self._client = bigquery.Client(
                 project=project or None,
@@ -345,14 +457,20 @@ class _BigQueryBackend:
             )
         except DefaultCredentialsError as error:
             raise CauceError(f"no Google Cloud credentials for the bigquery backend: {error}") from error
-        # The Storage Read API streams large results fast, but a custom endpoint
-        # (an emulator, a private endpoint) serves only REST.
-        self._use_storage_api = not api_endpoint
+        self._read_api = read_api
+        self._storage_api_endpoint = storage_api_endpoint
+        if read_api == "storage" and api_endpoint and not storage_api_endpoint:
+            raise CauceError(
+                "read_api='storage' with a custom api_endpoint needs storage_api_endpoint "
+                "(the Storage Read API's host:port for that endpoint)"
+            )
+        self._staging_dataset = _validate_staging_dataset(staging_dataset, self._client.project)
         self._query_parameters = [self._to_bigquery(parameter) for parameter in parameters]
         self._maximum_bytes_billed = maximum_bytes_billed or None
         # The client's defaults retry a 5xx for 10 minutes or more; a step should fail sooner.
         self._retry = DEFAULT_RETRY.with_timeout(api_retry_timeout_s)
         self._job_retry = DEFAULT_JOB_RETRY.with_timeout(api_retry_timeout_s)
+        self._api_retry_timeout_s = api_retry_timeout_s
         self._query_timeout_s = query_timeout_s
 
     def _to_bigquery(self, parameter: QueryParameter):
@@ -360,26 +478,191 @@ class _BigQueryBackend:
             return self._bigquery.ArrayQueryParameter(parameter.name, parameter.type, parameter.value)
         return self._bigquery.ScalarQueryParameter(parameter.name, parameter.type, parameter.value)
 
-    def dry_run_columns(self, query: str) -> list[str]:
-        """Validate ``query`` and return its column names; a dry run bills nothing."""
+    def dry_run(self, query: str) -> tuple[list[str], int | None]:
+        """Validate ``query``; return its column names and the bytes it would process (billing nothing).
+
+        bqemulator has no cost model: its dry runs always report 0 bytes.
+        """
         config = self._bigquery.QueryJobConfig(
             dry_run=True, use_query_cache=False, query_parameters=self._query_parameters
         )
         job = self._call(query, lambda: self._insert(query, config))
-        return [schema_field.name for schema_field in job.schema or []]
+        bytes_estimated = job.total_bytes_processed
+        if bytes_estimated is not None:
+            _log.info(
+                "BigQuery dry run: the query would process %s (%d bytes)",
+                format_bytes(bytes_estimated),
+                bytes_estimated,
+            )
+        return [schema_field.name for schema_field in job.schema or []], bytes_estimated
 
     def run(self, sql: str) -> _QueryOutput:
         config = self._bigquery.QueryJobConfig(
             query_parameters=self._query_parameters, maximum_bytes_billed=self._maximum_bytes_billed
         )
+        staging_table = None
+        if self._staging_dataset:
+            staging_table = f"{self._staging_dataset}.cauce_extract_{uuid.uuid4().hex}"
+            sql = (
+                f"CREATE TABLE `{staging_table}`\n"
+                f"OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), "
+                f"INTERVAL {STAGING_TABLE_EXPIRATION_HOURS} HOUR))\nAS\n{sql}"
+            )
+        try:
+            job = self._call(sql, lambda: self._insert(sql, config))
+            rows = self._call(
+                sql,
+                lambda: job.result(
+                    retry=self._retry, timeout=self._query_timeout_s, job_retry=self._job_retry
+                ),
+            )
+            if staging_table is not None:
+                rows = self._call(
+                    sql,
+                    lambda: self._client.list_rows(
+                        staging_table, retry=self._retry, timeout=self._api_retry_timeout_s
+                    ),
+                )
+            table, read_path = self._read(
+                sql, rows, staging_table or job.destination, anonymous_table=staging_table is None
+            )
+        finally:
+            if staging_table is not None:
+                self._delete_staging_table(staging_table)
+        details = {
+            "job_id": job.job_id,
+            "bytes_processed": job.total_bytes_processed,
+            "bytes_billed": job.total_bytes_billed,
+            "read_api": read_path,
+        }
+        bigquery_types = {schema_field.name: _standard_sql_type(schema_field) for schema_field in rows.schema}
+        return _QueryOutput(table, bigquery_types=bigquery_types, details=details)
 
-        def run_to_arrow() -> _QueryOutput:
-            job = self._insert(sql, config)
-            rows = job.result(retry=self._retry, timeout=self._query_timeout_s, job_retry=self._job_retry)
-            table = rows.to_arrow(create_bqstorage_client=self._use_storage_api, progress_bar_type=None)
-            return _QueryOutput(table, job_id=job.job_id, bytes_processed=job.total_bytes_processed)
+    def _delete_staging_table(self, staging_table: str) -> None:
+        from google.api_core.exceptions import GoogleAPIError
 
-        return self._call(sql, run_to_arrow)
+        try:
+            self._client.delete_table(
+                staging_table, not_found_ok=True, retry=self._retry, timeout=self._api_retry_timeout_s
+            )
+        except GoogleAPIError as error:  # it expires by itself; the step's own outcome matters more
+            _log.warning(
+                "could not delete staging table %s (it expires within %d h): %s",
+                staging_table,
+                STAGING_TABLE_EXPIRATION_HOURS,
+                error,
+            )
+
+    def _read(self, sql: str, rows, destination, anonymous_table: bool) -> tuple[pa.Table, str]:
+        """The result rows and the path that read them: "storage" or "rest"."""
+        from google.api_core.exceptions import GoogleAPIError
+
+        if self._read_api == "rest" or (
+            self._read_api == "auto" and self._anonymous and not self._storage_api_endpoint
+        ):
+            # A custom REST endpoint's Storage Read API is wherever storage_api_endpoint says;
+            # without one, Google's would be asked about a table it has never seen.
+            return self._read_rest(sql, rows), "rest"
+        try:
+            return self._read_storage(destination), "storage"
+        except (GoogleAPIError, _StorageUnavailable) as error:
+            reason = self._storage_unavailable(error, anonymous_table)
+            if self._read_api == "storage" or reason is None:
+                raise CauceError(f"BigQuery Storage Read API failed: {error}\nSQL:\n{sql}") from error
+            _log.warning(
+                "BigQuery Storage Read API unavailable (%s): reading the result over REST instead", reason
+            )
+            return self._read_rest(sql, rows), "rest"
+
+    def _read_rest(self, sql: str, rows) -> pa.Table:
+        return self._call(sql, lambda: rows.to_arrow(create_bqstorage_client=False, progress_bar_type=None))
+
+    def _read_storage(self, destination) -> pa.Table:
+        """Read a table through the Storage Read API, its streams in parallel, in stream order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from google.cloud.bigquery_storage_v1 import types
+
+        read_client = self._storage_client()
+        table = (
+            destination
+            if isinstance(destination, str)
+            else (f"{destination.project}.{destination.dataset_id}.{destination.table_id}")
+        )
+        project_id, dataset_id, table_id = table.split(".")
+        session = read_client.create_read_session(
+            parent=f"projects/{self._client.project}",
+            read_session=types.ReadSession(
+                table=f"projects/{project_id}/datasets/{dataset_id}/tables/{table_id}",
+                data_format=types.DataFormat.ARROW,
+            ),
+            max_stream_count=STORAGE_READ_STREAMS,
+            retry=self._retry,
+            timeout=self._api_retry_timeout_s,
+        )
+        schema = pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
+
+        def read_stream(stream) -> list[pa.RecordBatch]:
+            # Iterating the ReadRowsStream resumes at the last offset after a transient error.
+            return [
+                pa.ipc.read_record_batch(
+                    pa.py_buffer(response.arrow_record_batch.serialized_record_batch), schema
+                )
+                for response in read_client.read_rows(stream.name)
+            ]
+
+        # BigQuery gives no stream at all for an empty result.
+        with ThreadPoolExecutor(max_workers=max(1, len(session.streams))) as pool:
+            batches = [batch for part in pool.map(read_stream, session.streams) for batch in part]
+        # bqemulator tags every field with its DuckDB type; BigQuery's own schema carries no such metadata.
+        plain = pa.schema([schema_field.remove_metadata() for schema_field in schema])
+        return pa.Table.from_batches(batches, schema=schema).cast(plain)
+
+    def _storage_client(self):
+        try:
+            from google.cloud.bigquery_storage_v1 import BigQueryReadClient
+        except ImportError as error:
+            raise _StorageUnavailable("google-cloud-bigquery-storage is not installed") from error
+        endpoint = self._storage_api_endpoint
+        if not endpoint:
+            return BigQueryReadClient(credentials=None)
+        if _is_loopback(endpoint):
+            # An emulator on this machine speaks plain gRPC; TLS only for anything that leaves it.
+            import grpc
+            from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+                BigQueryReadGrpcTransport,
+            )
+
+            return BigQueryReadClient(
+                transport=BigQueryReadGrpcTransport(channel=grpc.insecure_channel(endpoint))
+            )
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+
+        return BigQueryReadClient(
+            credentials=AnonymousCredentials() if self._anonymous else None,
+            client_options=ClientOptions(api_endpoint=endpoint),
+        )
+
+    @staticmethod
+    def _storage_unavailable(error: Exception, anonymous_table: bool) -> str | None:
+        """Why the Storage Read API cannot serve this read, or None when the error is something else."""
+        from google.api_core.exceptions import Forbidden, MethodNotImplemented, NotFound
+
+        if isinstance(error, _StorageUnavailable):
+            return str(error)
+        if isinstance(error, MethodNotImplemented):
+            return f"the endpoint does not implement it: {error}"
+        if isinstance(
+            error, Forbidden
+        ):  # PermissionDenied too: API not enabled, no bigquery.readsessions.create
+            return f"not enabled or permission denied: {error}"
+        if isinstance(error, NotFound) and anonymous_table:
+            return (
+                "it cannot see the query's anonymous result table (bqemulator keeps none; "
+                f"set staging_dataset): {error}"
+            )
+        return None
 
     def _insert(self, sql: str, config):
         # Any job_retry other than None makes client.query() wrap the insert in
@@ -397,3 +680,44 @@ class _BigQueryBackend:
             return request()
         except (GoogleAPIError, FutureTimeoutError) as error:
             raise CauceError(f"BigQuery query failed: {error}\nSQL:\n{sql}") from error
+
+
+class _StorageUnavailable(Exception):
+    """The Storage Read API cannot be used here at all (e.g. its client package is missing)."""
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 or endpoint.startswith("[") else endpoint
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_staging_dataset(staging_dataset: str, default_project: str) -> str:
+    """``project.dataset`` for a ``dataset`` or ``project.dataset``; empty stays empty."""
+    if not staging_dataset:
+        return ""
+    parts = staging_dataset.split(".")
+    if len(parts) == 1:
+        parts = [default_project, *parts]
+    if len(parts) != 2 or not _PROJECT_ID.fullmatch(parts[0] or "") or not _DATASET_ID.fullmatch(parts[1]):
+        raise CauceError(
+            f"staging_dataset must be dataset or project.dataset (project: lowercase letters, digits, '-'; "
+            f"dataset: letters, digits, '_'), got {staging_dataset!r}"
+        )
+    return ".".join(parts)
+
+
+_LEGACY_TO_STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}
+
+
+def _standard_sql_type(schema_field) -> str:
+    """A REST schema field (legacy type names, REPEATED mode) as a Standard SQL type: ARRAY<INT64>."""
+    name = _LEGACY_TO_STANDARD_TYPES.get(schema_field.field_type, schema_field.field_type)
+    if name == "STRUCT":
+        name = "STRUCT<" + ", ".join(f"{f.name} {_standard_sql_type(f)}" for f in schema_field.fields) + ">"
+    return f"ARRAY<{name}>" if schema_field.mode == "REPEATED" else name
