@@ -20,6 +20,7 @@ def transform(
     runner: str = "DirectRunner",
     pipeline_options: dict = {},
     task: str = "binary",
+    recipe: dict = {},
 ) -> NamedTuple("TransformOutputs", [("features_out", int)]):
     """Fit a feature transform on the training split (Beam full pass) and encode every split.
 
@@ -27,8 +28,13 @@ def transform(
         dataset: raw cauce Dataset (output of extract).
         label: the label column: 0/1 for task "binary", classes for "multiclass",
             numbers for "regression".
-        numeric_features: columns z-scored (missing -> mean).
-        categorical_features: columns one-hot encoded over the top_k training values + OOV.
+        numeric_features: columns z-scored (missing -> mean); shorthand for a zscore recipe step.
+        categorical_features: columns one-hot encoded over the top_k training values + OOV;
+            shorthand for a vocabulary recipe step.
+        recipe: the full declarative transform (see docs/recipes.md): {"steps": [...]} of
+            row-level steps (drop/rename columns, replace_text, cast, map_values,
+            fill_missing, derive) and analyzers (zscore, min_max, vocabulary, bucketize)
+            fitted in Beam. When given, numeric_features/categorical_features must be empty.
         runner: "DirectRunner" locally, "DataflowRunner" on Google Cloud.
         pipeline_options: extra Beam options, e.g. {"project": ..., "region": ...,
             "temp_location": "gs://...", "sdk_container_image": ..., "max_num_workers": 10}.
@@ -51,6 +57,7 @@ def transform(
         runner=runner,
         pipeline_options=pipeline_options,
         task=task,
+        recipe=recipe or None,
     )
     transformed.metadata.update(result.metadata)
     transform_fn.metadata.update({"label": label, "feature_names": result.feature_names})

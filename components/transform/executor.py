@@ -5,9 +5,14 @@ Beam runs on the DirectRunner locally and on Dataflow at scale (``runner`` and
 ``pipeline_options`` are parameters). Work is done per Arrow record batch,
 never per row: GUIDE §4 measured 60x between the two on the DirectRunner.
 
-Two Beam pipelines run one after the other: *analyze* (CombineGlobally of
-mergeable statistics over the training split) and *encode* (map every batch of
-every split through the fitted transform). The encode pass needs the fitted
+What is fitted and encoded is a recipe (:mod:`cauce.recipe`): either the one
+given as ``recipe`` or the shorthand ``numeric_features`` (z-score) +
+``categorical_features`` (one-hot over ``top_k``).
+
+Beam pipelines run one after the other: *analyze* (CombineGlobally of the
+recipe's mergeable accumulators over the analyze split; one pass per recipe
+phase, usually one) and *encode* (map every batch of every split through the
+fitted transform, the same code serving runs). The encode pass needs the fitted
 vocabularies to know its output schema before it starts writing Parquet.
 """
 
@@ -27,7 +32,8 @@ import pyarrow.dataset as ds
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
 from cauce.beam_pipelines import run_pipeline
-from cauce.features import FeatureStatistics, FittedTransform, check_columns, numeric_column
+from cauce.features import FittedTransform, PhaseAccumulator, numeric_column
+from cauce.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +51,56 @@ def _label_array(batch: pa.RecordBatch | pa.Table, label: str) -> np.ndarray:
     return numeric_column(batch.column(label), label)
 
 
-def validate_source(dataset_dir: str, label: str, numeric: list[str], categorical: list[str], analyze_split: str) -> list[str]:
-    """Check columns and types before any Beam job starts (and before any Dataflow spend)."""
-    if not numeric and not categorical:
-        raise CauceError("no features given: pass numeric_features and/or categorical_features")
+def resolve_recipe(
+    recipe: dict | str | None, numeric: list[str], categorical: list[str], top_k: int, label: str
+) -> Recipe:
+    """The recipe to fit: ``recipe`` when given, else the shorthand of the feature lists."""
+    if recipe:
+        if numeric or categorical:
+            raise CauceError(
+                "pass either a recipe or numeric_features/categorical_features, not both "
+                "(the feature lists are a shorthand for a zscore + vocabulary recipe)"
+            )
+        return Recipe.parse(recipe, label)
+    return Recipe.shorthand(numeric, categorical, top_k, label)
+
+
+def validate_source(dataset_dir: str, label: str, recipe: Recipe, analyze_split: str) -> list[str]:
+    """Check columns and the recipe's column flow before any Beam job starts (and before
+    any Dataflow spend)."""
     splits = data.split_names(dataset_dir)
     if analyze_split not in splits:
         raise CauceError(f"analyze split {analyze_split!r} not found in {dataset_dir}; splits present: {splits}")
     for split in splits:
         schema = ds.dataset(data.split_path(dataset_dir, split), format="parquet").schema
-        check_columns(schema, label, numeric, categorical, f"split {split!r} of {dataset_dir}")
+        where = f"split {split!r} of {dataset_dir}"
+        if label not in schema.names:
+            raise CauceError(f"label column {label!r} not found in {where}; columns present: {schema.names}")
+        missing = [c for c in recipe.input_columns if c not in schema.names]
+        if missing:
+            raise CauceError(f"feature column(s) {missing} not found in {where}; columns present: {schema.names}")
+        recipe.check_schema(schema, where)
     if ds.dataset(data.split_path(dataset_dir, analyze_split), format="parquet").count_rows() == 0:
         raise CauceError(f"split {analyze_split!r} of {dataset_dir} is empty: nothing to fit the transform on")
     return splits
 
 
-def _make_combine_fn(numeric: list[str], categorical: list[str]):
+def _make_combine_fn(recipe_document: dict, label: str, states: dict, phase: int):
     import apache_beam as beam
 
-    class StatisticsCombineFn(beam.CombineFn):
+    class RecipeCombineFn(beam.CombineFn):
+        """The phase's accumulators; merging is order-independent (see cauce.recipe)."""
+
+        def setup(self):
+            self._recipe = Recipe(recipe_document, label)
+
+        def _recipe_object(self):
+            if not hasattr(self, "_recipe"):  # combiner lifting may call before setup
+                self._recipe = Recipe(recipe_document, label)
+            return self._recipe
+
         def create_accumulator(self):
-            return FeatureStatistics(numeric, categorical)
+            return PhaseAccumulator(self._recipe_object(), states, phase)
 
         def add_input(self, accumulator, batch):
             return accumulator.add_batch(batch)
@@ -78,9 +113,9 @@ def _make_combine_fn(numeric: list[str], categorical: list[str]):
             return merged
 
         def extract_output(self, accumulator):
-            return accumulator
+            return {"rows": accumulator.rows, "states": accumulator.fit()}
 
-    return StatisticsCombineFn()
+    return RecipeCombineFn()
 
 
 TASKS = ("binary", "multiclass", "regression")
@@ -120,8 +155,8 @@ def encode_batch(
             label_column = pa.array(label.astype(np.int64))
         else:
             label_column = pa.array(label, pa.float64())
-    features = fitted.transform_table(table)
-    columns = {name: pa.array(features[:, j]) for j, name in enumerate(fitted.feature_names)}
+    features = fitted.transform_columns(table)  # feature-major: each row is one output column, no copy
+    columns = {name: pa.array(features[j]) for j, name in enumerate(fitted.feature_names)}
     columns[fitted.label] = label_column
     for name in passthrough:
         columns[name] = table.column(name)
@@ -153,8 +188,13 @@ def run_transform(
     dataset_uri: str = "",
     transformed_uri: str = "",
     task: str = "binary",
+    recipe: dict | str | None = None,
 ) -> TransformResult:
     """Fit the transform on ``analyze_split`` and encode every split.
+
+    ``recipe`` (a dict, YAML/JSON text or a file path; see docs/recipes.md) is the
+    full transform; without it ``numeric_features``/``categorical_features``/``top_k``
+    are the shorthand "z-score these, one-hot those".
 
     ``*_dir`` are the paths this process reads and writes (on Vertex, the Cloud
     Storage FUSE paths of the artifacts); ``*_uri`` are the same locations as
@@ -171,10 +211,9 @@ def run_transform(
     from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
 
     _check_task(task)
-    numeric = list(numeric_features)
-    categorical = list(categorical_features)
     passthrough = list(passthrough_columns or [])
-    splits = validate_source(dataset_dir, label, numeric, categorical, analyze_split)
+    plan = resolve_recipe(recipe, list(numeric_features or []), list(categorical_features or []), int(top_k), label)
+    splits = validate_source(dataset_dir, label, plan, analyze_split)
     source_schema = ds.dataset(data.split_path(dataset_dir, analyze_split), format="parquet").schema
     missing_passthrough = [c for c in passthrough if c not in source_schema.names]
     if missing_passthrough:
@@ -192,7 +231,8 @@ def run_transform(
     # hand a Python object back to this process.
     staging_root = str(Path(transform_dir).parent) if local else (transformed_uri or dataset_uri).rstrip("/")
     staging_uri = f"{staging_root}/.analyze-{uuid.uuid4().hex}.json"
-    fitted = _analyze(glob(analyze_split), numeric, categorical, label, top_k, staging_uri, runner, pipeline_options)
+    fitted = _analyze(glob(analyze_split), plan, label, source_schema, staging_uri, runner, pipeline_options)
+    needed = list(dict.fromkeys([*plan.input_columns, label, *passthrough]))
 
     # Pass 2: encode every split with the fitted transform.
     schema = _output_schema(fitted, source_schema, passthrough, task)
@@ -202,7 +242,7 @@ def run_transform(
             for split in splits:
                 _ = (
                     pipeline
-                    | f"Read[{split}]" >> ReadFromParquetBatched(glob(split))
+                    | f"Read[{split}]" >> ReadFromParquetBatched(glob(split), columns=needed)
                     | f"Encode[{split}]" >> beam.Map(encode_batch, fitted=fitted, passthrough=passthrough, task=task)
                     | f"Write[{split}]"
                     >> WriteToParquetBatched(
@@ -236,7 +276,8 @@ def run_transform(
     metadata = {
         "rows": split_rows,
         "dropped_rows_missing_label": dropped,
-        "features_in": len(numeric) + len(categorical),
+        "features_in": len(fitted.input_features),
+        "recipe_steps": len(plan.steps),
         "features_out": len(fitted.feature_names),
         "label": label,
         "task": task,
@@ -245,28 +286,35 @@ def run_transform(
     return TransformResult(split_rows, dropped, fitted.feature_names, metadata)
 
 
-def _analyze(train_glob, numeric, categorical, label, top_k, staging_uri, runner, pipeline_options) -> FittedTransform:
+def _analyze(glob: str, recipe: Recipe, label: str, schema, staging_uri, runner, pipeline_options) -> FittedTransform:
+    """One Beam full pass per recipe phase; each pass's fitted states feed the next."""
     import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.io.parquetio import ReadFromParquetBatched
 
-    def write(fitted: FittedTransform) -> None:
+    def write(result: dict) -> None:
         with FileSystems.create(staging_uri) as handle:
-            handle.write(json.dumps(fitted.to_dict()).encode())
+            handle.write(json.dumps(result).encode())
 
-    def analyze(pipeline):
-        _ = (
-            pipeline
-            | "ReadTrain" >> ReadFromParquetBatched(train_glob, columns=numeric + categorical)
-            | "Statistics" >> beam.CombineGlobally(_make_combine_fn(numeric, categorical))
-            | "Fit" >> beam.Map(lambda stats: FittedTransform.fit(stats, label, top_k=top_k))
-            | "Write" >> beam.Map(write)
-        )
+    states: dict = {}
+    rows = 0
+    for phase in range(recipe.phases):
+        combine = _make_combine_fn(recipe.to_dict(), label, dict(states), phase)
 
-    run_pipeline(analyze, runner, pipeline_options)
-    try:
-        with FileSystems.open(staging_uri) as handle:
-            payload = json.loads(handle.read())
-    finally:
-        FileSystems.delete([staging_uri])
-    return FittedTransform(payload["label"], payload["numeric"], payload["categorical"], payload["rows_analyzed"])
+        def analyze(pipeline, combine=combine):
+            _ = (
+                pipeline
+                | "ReadAnalyzeSplit" >> ReadFromParquetBatched(glob, columns=recipe.input_columns)
+                | "Statistics" >> beam.CombineGlobally(combine)
+                | "Write" >> beam.Map(write)
+            )
+
+        run_pipeline(analyze, runner, pipeline_options)
+        try:
+            with FileSystems.open(staging_uri) as handle:
+                payload = json.loads(handle.read())
+        finally:
+            FileSystems.delete([staging_uri])
+        states.update({int(k): v for k, v in payload["states"].items()})
+        rows = rows or payload["rows"]
+    return FittedTransform.from_recipe(recipe, label, states, rows, schema)
