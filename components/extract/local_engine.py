@@ -8,6 +8,11 @@ DuckDB's dialect, and the pieces DuckDB lacks are filled in here:
   locally and on BigQuery.
 * BigQuery named parameters (``@name``) become DuckDB bound parameters
   (``$name``); values are never formatted into the SQL text.
+* Where DuckDB's function of the same name answers differently (EXTRACT(DAYOFWEEK),
+  DATE_TRUNC's result type, FORMAT, CAST to INT64 rounding, ...), the query is
+  rewritten to BigQuery's answer or refused naming the construct
+  (``apply_bigquery_semantics``); results come back with BigQuery's types
+  (INT64, FLOAT64), checked for INT64 overflow.
 * The local engine is one project: a project qualifier on a table name
   (``project.dataset.table``) is dropped, so one query text serves both engines.
 """
@@ -78,6 +83,7 @@ def transpile(sql: str) -> TranspiledQuery:
     statement = statements[0]
     for table in statement.find_all(exp.Table):
         table.set("catalog", None)
+    apply_bigquery_semantics(statement)
     parameter_names = frozenset(parameter.name for parameter in statement.find_all(exp.Parameter))
     try:
         # By default sqlglot only logs what it cannot translate and emits SQL that
@@ -139,8 +145,212 @@ def run_query(database: str | os.PathLike, sql: str, parameters: Sequence[QueryP
     bound = {name: by_name[name].to_duckdb() for name in query.parameter_names}
     connection = connect(database)
     try:
-        return connection.execute(query.sql, bound).to_arrow_table()
+        result = connection.execute(query.sql, bound)
+        duckdb_types = [str(column[1]) for column in result.description]
+        return to_bigquery_types(result.to_arrow_table(), duckdb_types)
     except duckdb.Error as error:
         raise CauceError(f"local query failed: {error}\nSQL:\n{sql}") from error
     finally:
         connection.close()
+
+
+# --------------------------------------------------------------------------- BigQuery semantics
+# sqlglot translates syntax; where DuckDB's function of the same name gives another
+# answer than BigQuery's, the AST is rewritten below to BigQuery's answer, or the
+# query is refused with the construct named. Each rule was checked against
+# BigQuery's documented behaviour (tests/test_bigquery_dialect.py).
+
+_FORMAT_SPECIFIER = re.compile(
+    r"%(?P<flags>[-+ #0']*)(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d+))?(?P<type>.?)"
+)
+# FORMAT specifiers that C printf (DuckDB's PRINTF) renders as BigQuery does.
+_PRINTF_TYPES = set("dioxXfFeEgGs%")
+_DATE_UNITS = {"DAY", "MONTH", "QUARTER", "YEAR", "WEEK", "ISOWEEK"}
+_TIMESTAMP_UNITS = _DATE_UNITS | {"HOUR", "MINUTE", "SECOND", "MILLISECOND", "MICROSECOND"}
+_INTEGER_STRING = r"[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)"
+_ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.Neg)
+
+
+def unfaithful(construct: str, reason: str) -> CauceError:
+    return CauceError(
+        f"the local engine cannot run {construct} faithfully: {reason}. "
+        "Rewrite that part of the query, or run it on the bigquery backend."
+    )
+
+
+def _duckdb(template: str, **nodes: exp.Expression) -> exp.Expression:
+    """A DuckDB expression from ``template``, its placeholder columns replaced by ``nodes``."""
+    tree = sqlglot.parse_one(template, read="duckdb")
+    for column in list(tree.find_all(exp.Column)):
+        if column.name in nodes and not column.table:
+            column.replace(nodes[column.name].copy())
+    return tree
+
+
+def _unit_name(unit: exp.Expression | None) -> str:
+    if isinstance(unit, exp.WeekStart):
+        return f"WEEK({unit.name.upper()})"
+    return "" if unit is None else unit.name.upper()
+
+
+def _week_trunc(unit: str, operand: exp.Expression) -> exp.Expression:
+    """DATE_TRUNC to BigQuery's WEEK (starting on Sunday) or ISOWEEK (Monday); DuckDB's week is ISO."""
+    if unit == "ISOWEEK":
+        return _duckdb("DATE_TRUNC('week', _x_)", _x_=operand)
+    return _duckdb("DATE_TRUNC('week', _x_ + INTERVAL 1 DAY) - INTERVAL 1 DAY", _x_=operand)
+
+
+def _rewrite_extract(node: exp.Extract) -> exp.Expression:
+    unit, operand = _unit_name(node.this), node.expression
+    if unit == "DAYOFWEEK":  # BigQuery: 1 = Sunday .. 7 = Saturday; DuckDB: 0 = Sunday
+        return _duckdb("(DAYOFWEEK(_x_) + 1)", _x_=operand)
+    if unit == "WEEK":  # BigQuery: weeks start on Sunday, days before the first Sunday are week 0
+        return _duckdb("((DAYOFYEAR(_x_) + 6 - DAYOFWEEK(_x_)) // 7)", _x_=operand)
+    if unit == "ISOWEEK":
+        return _duckdb("WEEK(_x_)", _x_=operand)
+    if unit == "ISOYEAR":
+        return _duckdb("ISOYEAR(_x_)", _x_=operand)
+    if unit.startswith("WEEK("):
+        raise unfaithful(f"EXTRACT({unit} FROM ...)", "weeks starting on a given weekday are not translated")
+    return node
+
+
+def _rewrite_date_trunc(node: exp.DateTrunc) -> exp.Expression:
+    unit, operand = _unit_name(node.args.get("unit")), node.this
+    if unit not in _DATE_UNITS:
+        raise unfaithful(
+            f"DATE_TRUNC(..., {unit})", f"the local engine truncates a DATE to {sorted(_DATE_UNITS)}"
+        )
+    truncated = (
+        _week_trunc(unit, operand) if "WEEK" in unit else _duckdb(f"DATE_TRUNC('{unit}', _x_)", _x_=operand)
+    )
+    # DuckDB's DATE_TRUNC of a DATE is a TIMESTAMP; BigQuery's is a DATE. A TIMESTAMP
+    # argument fails at run time rather than losing its type silently.
+    return _duckdb(
+        "CASE WHEN TYPEOF(_x_) = 'DATE' THEN CAST(_t_ AS DATE) ELSE ERROR('the local engine runs DATE_TRUNC on "
+        "DATE values only, not ' || TYPEOF(_x_) || ': use TIMESTAMP_TRUNC or DATETIME_TRUNC') END",
+        _x_=operand,
+        _t_=truncated,
+    )
+
+
+def _rewrite_timestamp_trunc(node: exp.TimestampTrunc | exp.DatetimeTrunc) -> exp.Expression:
+    name = "TIMESTAMP_TRUNC" if isinstance(node, exp.TimestampTrunc) else "DATETIME_TRUNC"
+    unit = _unit_name(node.args.get("unit"))
+    if node.args.get("zone") is not None:
+        raise unfaithful(f"{name} with a time zone", "the local engine truncates in UTC only")
+    if unit not in _TIMESTAMP_UNITS:
+        raise unfaithful(f"{name}(..., {unit})", f"the local engine truncates to {sorted(_TIMESTAMP_UNITS)}")
+    if "WEEK" in unit:
+        operand = node.this if name == "TIMESTAMP_TRUNC" else exp.cast(node.this, "TIMESTAMP")
+        return _week_trunc(unit, operand)
+    return node
+
+
+def _rewrite_cast_to_int64(node: exp.Cast) -> exp.Expression:
+    """CAST/SAFE_CAST(x AS INT64) with BigQuery's rules DuckDB does not share.
+
+    A FLOAT64 rounds half away from zero (DuckDB: half to even, 2.5 -> 2); a
+    STRING must be an integer literal (DuckDB reads '1.5' as 2).
+    """
+    safe = isinstance(node, exp.TryCast) or bool(node.args.get("safe"))
+    invalid = "NULL" if safe else "ERROR('Bad int64 value: ' || CAST(_x_ AS VARCHAR))"
+    convert = "TRY_CAST" if safe else "CAST"
+    return _duckdb(
+        f"CASE WHEN TYPEOF(_x_) IN ('DOUBLE', 'FLOAT') THEN {convert}(ROUND(TRY_CAST(_x_ AS DOUBLE)) AS BIGINT) "
+        f"WHEN TYPEOF(_x_) = 'VARCHAR' AND NOT REGEXP_FULL_MATCH(TRY_CAST(_x_ AS VARCHAR), '{_INTEGER_STRING}') "
+        f"THEN {invalid} ELSE {convert}(_x_ AS BIGINT) END",
+        _x_=node.this,
+    )
+
+
+def _rewrite_format(node: exp.Format) -> exp.Expression:
+    pattern = node.this
+    if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+        raise unfaithful(
+            "FORMAT with a format string that is not a literal", "its specifiers cannot be checked"
+        )
+    for specifier in _FORMAT_SPECIFIER.finditer(pattern.this):
+        kind = specifier["type"]
+        if kind not in _PRINTF_TYPES or "'" in specifier["flags"] or "*" in specifier.group(0):
+            raise unfaithful(
+                f"FORMAT specifier {specifier.group(0)!r}",
+                "only %d %i %o %x %X %f %F %e %E %g %G %s %% with flags, width and precision are translated",
+            )
+    # DuckDB's FORMAT takes {} placeholders and would print the pattern unchanged.
+    return exp.Anonymous(this="PRINTF", expressions=[pattern.copy(), *(e.copy() for e in node.expressions)])
+
+
+def _rewrite_regexp_extract(node: exp.RegexpExtract) -> exp.Expression:
+    if node.args.get("position") is not None or node.args.get("occurrence") is not None:
+        raise unfaithful("REGEXP_EXTRACT with a position or occurrence", "only the first match is translated")
+    # BigQuery gives NULL when the pattern does not match; DuckDB gives ''.
+    return _duckdb(
+        "CASE WHEN REGEXP_MATCHES(_s_, _r_) THEN _e_ END", _s_=node.this, _r_=node.expression, _e_=node
+    )
+
+
+def _rewrite_literal(node: exp.Literal) -> exp.Expression:
+    if node.is_string:
+        return node
+    if any(mark in node.this for mark in ".eE"):
+        return exp.cast(node.copy(), "DOUBLE")  # BigQuery: FLOAT64; DuckDB: DECIMAL
+    if isinstance(node.parent, _ARITHMETIC):
+        return exp.cast(node.copy(), "BIGINT")  # BigQuery: INT64; DuckDB: INTEGER, overflowing at 2^31
+    return node
+
+
+def apply_bigquery_semantics(statement: exp.Expression) -> exp.Expression:
+    """Rewrite the parsed BigQuery statement so DuckDB returns BigQuery's answers (or refuse it)."""
+    # Children before parents, so a rewritten child is what its parent's rule sees.
+    for node in reversed(list(statement.walk(bfs=False))):
+        if isinstance(node, exp.Extract):
+            new = _rewrite_extract(node)
+        elif isinstance(node, exp.DateTrunc):
+            new = _rewrite_date_trunc(node)
+        elif isinstance(node, (exp.TimestampTrunc, exp.DatetimeTrunc)):
+            new = _rewrite_timestamp_trunc(node)
+        elif isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.BIGINT):
+            new = _rewrite_cast_to_int64(node)
+        elif isinstance(node, exp.Format):
+            new = _rewrite_format(node)
+        elif isinstance(node, exp.RegexpExtract):
+            new = _rewrite_regexp_extract(node)
+        elif isinstance(node, exp.Literal):
+            new = _rewrite_literal(node)
+        else:
+            continue
+        if new is not node:
+            node.replace(new)
+    return statement
+
+
+def _bigquery_arrow_type(arrow_type: pa.DataType, duckdb_type: str = "") -> pa.DataType:
+    """The Arrow type BigQuery's client gives a column of this type: INT64 and FLOAT64 only."""
+    if pa.types.is_integer(arrow_type) or duckdb_type == "HUGEINT":
+        return pa.int64()
+    if pa.types.is_floating(arrow_type):
+        return pa.float64()
+    if pa.types.is_large_string(arrow_type):
+        return pa.string()
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return pa.list_(_bigquery_arrow_type(arrow_type.value_type))
+    if pa.types.is_struct(arrow_type):
+        return pa.struct([f.with_type(_bigquery_arrow_type(f.type)) for f in arrow_type])
+    return arrow_type
+
+
+def to_bigquery_types(table: pa.Table, duckdb_types: Sequence[str]) -> pa.Table:
+    """Cast DuckDB's result to BigQuery's types (INTEGER/HUGEINT -> INT64, FLOAT -> FLOAT64), checking range."""
+    schema = pa.schema(
+        [f.with_type(_bigquery_arrow_type(f.type, str(t))) for f, t in zip(table.schema, duckdb_types)]
+    )
+    if schema.equals(table.schema):
+        return table
+    try:
+        return table.cast(schema, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        # SUM of INT64 is HUGEINT in DuckDB; BigQuery fails the query on INT64 overflow.
+        raise CauceError(
+            f"a result value does not fit BigQuery's INT64 (BigQuery fails on overflow): {error}"
+        ) from error
