@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import time
 import urllib.request
 
 import pytest
@@ -16,7 +17,7 @@ from cauce.components.deploy.executor import (
     smoke_instances_from,
     stop_local,
 )
-from cauce.serving.app import MAX_BODY_BYTES
+from cauce.serving.app import LOG_FLUSH_INTERVAL_S, MAX_BODY_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +82,42 @@ def test_wrong_type_and_oversized_requests(endpoint):
     assert status == 413 and "limit" in body["error"]
 
 
+def logged_records(log_dir: str, at_least: int = 1, timeout: float = 5.0) -> list[dict]:
+    """The request log's records, once it holds ``at_least`` (lines reach the file in
+    blocks, within LOG_FLUSH_INTERVAL_S of their request)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [json.loads(line) for name in sorted(os.listdir(log_dir)) for line in open(os.path.join(log_dir, name))]
+        if len(records) >= at_least or time.monotonic() > deadline:
+            return records
+        time.sleep(LOG_FLUSH_INTERVAL_S / 4)
+
+
 def test_requests_are_logged_in_vertex_logging_shape(endpoint):
     state, instances = endpoint
-    post_json(state["predict_url"], {"instances": instances[:3]})
-    log_dir = state["request_log_dir"]
-    records = [json.loads(line) for name in os.listdir(log_dir) for line in open(os.path.join(log_dir, name))]
-    last = records[-1]
+    before = len(logged_records(state["request_log_dir"], timeout=0))
+    status, body = post_json(state["predict_url"], {"instances": instances[:3]})
+    last = logged_records(state["request_log_dir"], at_least=before + 1)[-1]
     assert set(last) == {"endpoint", "deployed_model_id", "logging_time", "request_id", "request_payload", "response_payload"}
     assert [json.loads(x) for x in last["request_payload"]] == instances[:3]
-    assert len(last["response_payload"]) == 3
+    assert [json.loads(x) for x in last["response_payload"]] == body["predictions"]
+    assert last["deployed_model_id"] == body["deployed_model_id"] == state["deployed_model_id"]
+    assert last["endpoint"] == "test-serving"
 
 
-def test_redeploy_replaces_the_running_server(endpoint, trained_model):
+def test_redeploy_swaps_the_model_inside_the_running_server(endpoint, trained_model):
+    """A new version at 100 % goes into the running process next to the old one,
+    passes its smoke test, takes all the traffic, and the old one is undeployed:
+    no restart, so the endpoint never stops answering."""
     state, instances = endpoint
     again = deploy_local(trained_model[3], "test-serving", port=state["port"], smoke_instances=instances)
-    assert again["pid"] != state["pid"]
-    assert local_endpoint("test-serving")["pid"] == again["pid"]
+    assert again["pid"] == state["pid"] and again["rollout"] == "replaced"
+    assert again["deployed_model_id"] != state["deployed_model_id"]
+    assert again["traffic_split"] == {again["deployed_model_id"]: 100}
+    assert list(again["deployments"]) == [again["deployed_model_id"]]
+    assert "admin_token" not in again and local_endpoint("test-serving")["deployed_model_id"] == again["deployed_model_id"]
+    status, body = post_json(state["predict_url"], {"instances": instances[:1]})
+    assert status == 200 and body["deployed_model_id"] == again["deployed_model_id"]
     endpoint[0].update(again)
 
 
@@ -139,3 +160,102 @@ def test_linear_fast_path_falls_back_when_it_does_not_match(trained_model):
     original = loaded.estimator.predict_proba
     loaded.estimator.predict_proba = lambda x: original(x) * 0.5  # an estimator the direct formula does not describe
     assert "_outputs" not in vars(accelerate(loaded))
+
+
+# ---- several deployments in one process: traffic split, direct route, admin routes ----
+# These drive the app in-process through its ASGI interface (no socket): that is the
+# only way to present a non-loopback client address on a machine whose only network
+# is loopback; everything behind the interface is the real app and real models.
+
+ADMIN_TOKEN = "t" * 32
+
+
+def asgi(app, method: str, path: str, payload=None, client=("127.0.0.1", 40000), token: str | None = ADMIN_TOKEN):
+    import asyncio
+
+    body = b"" if payload is None else json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    scope = {"type": "http", "method": method, "path": path, "client": client, "headers": headers}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+@pytest.fixture
+def two_versions(trained_model):
+    """An app serving the trained model as "a" with a second deployment "b" beside it."""
+    from cauce import model
+    from cauce.serving.app import PredictionApp, load_deployment
+
+    model_dir = trained_model[3]
+    app = PredictionApp(model.load(model_dir), deployed_model_id="a", model_dir=model_dir, admin_token=ADMIN_TOKEN)
+    app.add_deployment(load_deployment("b", model_dir))
+    return app, smoke_instances_from(trained_model[0], "eval", model_dir, rows=2)
+
+
+def test_traffic_split_is_an_exact_smooth_round_robin(two_versions):
+    app, instances = two_versions
+    body = json.dumps({"instances": instances}).encode()
+    app.set_traffic_split({"a": 70, "b": 30})
+    answered = [json.loads(app.handle("POST", "/predict", body)[1])["deployed_model_id"] for _ in range(200)]
+    assert answered.count("b") == 60 and answered.count("a") == 140
+    assert not any(first == second == "b" for first, second in zip(answered, answered[1:]))  # spread, not in bursts
+    for bad, message in [({"a": 70, "b": 20}, "sum to 100"), ({"a": 100, "c": 0}, "not deployed"), ({"a": 50.5, "b": 49.5}, "integer")]:
+        with pytest.raises(CauceError, match=message):
+            app.set_traffic_split(bad)
+    assert app.traffic_split == {"a": 70, "b": 30}
+
+
+def test_direct_route_answers_from_that_deployment_whatever_its_share(two_versions):
+    app, instances = two_versions
+    body = json.dumps({"instances": instances}).encode()
+    assert app.traffic_split == {"a": 100}
+    status, payload = app.handle("POST", "/v1/deployments/b:predict", body)
+    assert status == 200 and json.loads(payload)["deployed_model_id"] == "b"
+    assert json.loads(payload)["predictions"] == json.loads(app.handle("POST", "/predict", body)[1])["predictions"]
+    status, payload = app.handle("POST", "/v1/deployments/nope:predict", body)
+    assert status == 404 and "no deployment 'nope'" in json.loads(payload)["error"]
+    assert app.handle("POST", "/v1/deployments/b:predict", b"{bad")[0] == 400  # same validation as /predict
+
+
+def test_admin_routes_refuse_when_disabled_off_loopback_or_without_the_token(two_versions, trained_model):
+    from cauce.serving.app import PredictionApp
+
+    app, _ = two_versions
+    disabled = PredictionApp(app.model)  # how the serving image runs: no --admin
+    status, body = asgi(disabled, "GET", "/admin/deployments")
+    assert status == 403 and "disabled" in body["error"]
+    status, body = asgi(app, "GET", "/admin/deployments", client=("203.0.113.7", 40000))
+    assert status == 403 and "loopback" in body["error"]
+    status, body = asgi(app, "PUT", "/admin/traffic", {"traffic_split": {"b": 100}}, client=("10.1.2.3", 1))
+    assert status == 403 and app.traffic_split == {"a": 100}
+    for token in (None, "wrong"):
+        status, body = asgi(app, "DELETE", "/admin/deployments/b", token=token)
+        assert status == 401 and "b" in app.deployments
+    assert asgi(app, "GET", "/admin/deployments", client=("::1", 40000))[0] == 200
+
+
+def test_admin_routes_deploy_split_and_undeploy(two_versions, trained_model, tmp_path):
+    app, instances = two_versions
+    status, body = asgi(app, "PUT", "/admin/traffic", {"traffic_split": {"a": 50, "b": 50}})
+    assert status == 200 and body["traffic_split"] == {"a": 50, "b": 50}
+    status, body = asgi(app, "DELETE", "/admin/deployments/b")
+    assert status == 400 and "still takes 50 %" in body["error"]
+    (tmp_path / "cauce_model.json").write_text(json.dumps({"framework": "sklearn", "label": "y", "features": []}))
+    status, body = asgi(app, "POST", "/admin/deployments", {"deployed_model_id": "c", "model_dir": str(tmp_path)})
+    assert status == 400 and "did not load" in body["error"] and set(app.deployments) == {"a", "b"}
+    status, body = asgi(app, "POST", "/admin/deployments", {"deployed_model_id": "c", "model_dir": trained_model[3]})
+    assert status == 200 and set(body["deployments"]) == {"a", "b", "c"} and body["traffic_split"] == {"a": 50, "b": 50}
+    assert asgi(app, "PUT", "/admin/traffic", {"traffic_split": {"c": 100}})[0] == 200
+    assert asgi(app, "DELETE", "/admin/deployments/a")[0] == 200
+    status, body = asgi(app, "POST", "/predict", {"instances": instances}, token=None)
+    assert status == 200 and body["deployed_model_id"] == "c"

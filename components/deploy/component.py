@@ -32,11 +32,16 @@ def deploy(
     from register) to a Vertex endpoint named ``endpoint_name`` (created or reused);
     with ``canary_traffic_percentage`` < 100 the new version first takes that share,
     is smoke-tested, then promoted to 100 % or rolled back (the previous version keeps
-    serving). The local server does not split traffic yet: a new deploy restarts it
-    with the new model and fails the step if it does not pass its health check and
-    smoke test.
-    Otherwise: starts the local serving process (the serving image's program) on
-    127.0.0.1:``port``, logging requests to ``request_log_dir`` for monitoring.
+    serving).
+    Otherwise the same flow against the local serving process (the serving image's
+    program) on 127.0.0.1:``port``, logging requests to ``request_log_dir`` for
+    monitoring: the first deploy starts it; later ones load the new version into it
+    next to the serving one, smoke-test it on its own route before it gets any
+    traffic, give it ``canary_traffic_percentage`` (100: all of it), smoke-test the
+    endpoint, then promote it and undeploy the old version, or roll back.
+    A rollback fails the step on both paths, its message saying "rolled back"; the
+    endpoint's ``deployed_model_id`` (and locally ``traffic_split`` and ``rollout``)
+    are in the ``endpoint`` artifact's metadata.
     """
     from collections import namedtuple
 
@@ -67,7 +72,9 @@ def deploy(
             port=port,
             request_log_dir=request_log_dir,
             smoke_instances=instances,
+            traffic_percentage=canary_traffic_percentage,
+            promote=True,
         )
         url, log_dir = result["predict_url"], result["request_log_dir"]
-    endpoint.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float))})
+    endpoint.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, dict))})
     return namedtuple("DeployOutputs", ["endpoint_url", "request_log_dir"])(url, log_dir)

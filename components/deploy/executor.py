@@ -1,11 +1,14 @@
 """Deploy executor, local side: run the model in our serving process on a local
-port, health-check and smoke-test it before reporting success.
+port, health-check and smoke-test it before reporting success; a later version
+goes into the same process as a canary (two versions side by side, traffic
+split, promotion or rollback), the way vertex.py does it on a Vertex endpoint.
 
 The serving process is the same program the serving image runs on Vertex
 (``python -m cauce.serving``), started in its own session so it outlives the
-pipeline step that launched it. Its state (pid, port, log folder) is kept in
-``$CAUCE_HOME/serving/<endpoint>/state.json`` so a later deploy of the same
-endpoint replaces it and ``cauce stop`` can end it.
+pipeline step that launched it, with its admin routes enabled (loopback only,
+behind a random token). Its state (pid, port, log folder, deployments, traffic
+split, token) is kept in ``$CAUCE_HOME/serving/<endpoint>/state.json`` (mode
+0600) so a later deploy of the same endpoint finds it and ``cauce stop`` can end it.
 
 The Vertex side lives in vertex.py.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from cauce import data
-from cauce.artifacts import CauceError
+from cauce.artifacts import CauceError, atomic_file
 from cauce.model import METADATA_FILE
 from cauce.paths import cauce_home
 
@@ -105,6 +109,23 @@ def local_endpoint(endpoint_name: str) -> dict | None:
     return json.loads(state_file.read_text()) if state_file.exists() else None
 
 
+def _write_state(endpoint_name: str, state: dict) -> None:
+    # mkstemp makes the file 0600: it holds the admin token of the serving process.
+    with atomic_file(endpoint_dir(endpoint_name) / "state.json") as handle:
+        json.dump(state, handle, indent=2)
+
+
+def _public(state: dict) -> dict:
+    """The state without its secret: what the step reports."""
+    return {key: value for key, value in state.items() if key != "admin_token"}
+
+
+def _new_deployed_model_id() -> str:
+    # Numeric like Vertex's ids, and unique across restarts, so that request logs of
+    # different runs never attribute answers of two model versions to one id.
+    return str(time.time_ns() // 1000)
+
+
 def deploy_local(
     model_dir: str,
     endpoint_name: str,
@@ -113,33 +134,89 @@ def deploy_local(
     request_log_dir: str = "",
     smoke_instances: list[dict] | None = None,
     startup_timeout: float = 60.0,
+    traffic_percentage: int = 100,
+    promote: bool = False,
 ) -> dict:
-    """Serve ``model_dir`` on ``host:port``; return the endpoint's URLs once it answers."""
+    """Serve ``model_dir`` behind the local endpoint ``endpoint_name`` on ``host:port``
+    and return the endpoint's URLs, deployment ids and traffic split once it answers.
+
+    The same flow as :func:`cauce.components.deploy.vertex.deploy_vertex`, against the
+    local serving process. When a healthy serving process of this endpoint already
+    runs on ``host:port``, the new version is loaded into it next to the serving one
+    (a model that does not load changes nothing) and, with ``smoke_instances``,
+    smoke-tested on its own route before it gets any traffic; then it takes
+    ``traffic_percentage`` of the traffic (the others scaled down in proportion) and
+    the endpoint route is smoke-tested until the new version has answered there too.
+    If any of that fails, the new version is undeployed and the previous traffic split
+    restored (the previous version serves throughout) and :class:`CauceError` says
+    "rolled back". At 100 %, or with ``promote`` once the canary passed, the new
+    version takes all the traffic and the others are undeployed.
+
+    Otherwise (no server yet, or it runs elsewhere) a new serving process is started
+    with the model at 100 % (``traffic_percentage`` < 100 is then an error, as on
+    Vertex for an endpoint without deployments), replacing any previous one.
+    """
     if not (Path(model_dir) / METADATA_FILE).exists():
         raise CauceError(f"{model_dir} is not a cauce model directory ({METADATA_FILE} missing)")
+    if isinstance(traffic_percentage, bool) or not isinstance(traffic_percentage, int) or not 0 < traffic_percentage <= 100:
+        raise CauceError(f"traffic_percentage must be an integer in 1..100, got {traffic_percentage!r}")
     state_dir = endpoint_dir(endpoint_name)
     state_dir.mkdir(parents=True, exist_ok=True)
+    request_log_dir = request_log_dir or str(state_dir / "requests")
+    running = _reusable_server(local_endpoint(endpoint_name), host, port, request_log_dir)
+    if running is not None:
+        return _roll_out(endpoint_name, running, model_dir, traffic_percentage, promote, smoke_instances, startup_timeout)
+    if traffic_percentage < 100:
+        raise CauceError(
+            f"traffic_percentage={traffic_percentage} but endpoint {endpoint_name!r} has no healthy serving process "
+            f"on {host}:{port} (logging to {request_log_dir}) to put the canary next to: the first deployment "
+            "must take 100 % of the traffic"
+        )
+    return _start_server(model_dir, endpoint_name, host, port, request_log_dir, smoke_instances, startup_timeout)
+
+
+def _start_server(
+    model_dir: str,
+    endpoint_name: str,
+    host: str,
+    port: int,
+    request_log_dir: str,
+    smoke_instances: list[dict] | None,
+    startup_timeout: float,
+) -> dict:
+    """Replace any serving process of the endpoint by a new one serving ``model_dir`` alone."""
     stop_local(endpoint_name)
     if not _port_free(host, port):
         raise CauceError(f"port {port} on {host} is in use by another process; pass a free port")
-    request_log_dir = request_log_dir or str(state_dir / "requests")
-    server_log = state_dir / "server.log"
+    from cauce.serving.server import ADMIN_TOKEN_ENV
+
+    server_log = endpoint_dir(endpoint_name) / "server.log"
+    deployed_model_id = _new_deployed_model_id()
+    admin_token = secrets.token_urlsafe(32)
     command = [
         sys.executable, "-m", "cauce.serving",
         "--model-dir", model_dir, "--host", host, "--port", str(port),
         "--request-log-dir", request_log_dir, "--endpoint", endpoint_name,
+        "--deployed-model-id", deployed_model_id, "--admin",
     ]
     with open(server_log, "ab") as log_handle:
         process = subprocess.Popen(  # noqa: S603 - our own module, no shell
-            command, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=dict(os.environ, **{ADMIN_TOKEN_ENV: admin_token}),
         )
     base = f"http://{host}:{port}"
     state = {
         "pid": process.pid, "port": port, "host": host, "model_dir": model_dir,
         "predict_url": f"{base}/predict", "health_url": f"{base}/health",
         "request_log_dir": request_log_dir, "server_log": str(server_log), "started_at": time.time(),
+        "deployed_model_id": deployed_model_id, "traffic_split": {deployed_model_id: 100},
+        "deployments": {deployed_model_id: model_dir}, "rollout": "started", "admin_token": admin_token,
     }
-    (state_dir / "state.json").write_text(json.dumps(state, indent=2))
+    _write_state(endpoint_name, state)
     try:
         _wait_healthy(process, state["health_url"], server_log, startup_timeout)
         if smoke_instances:
@@ -147,7 +224,125 @@ def deploy_local(
     except BaseException:
         stop_local(endpoint_name)
         raise
+    return _public(state)
+
+
+def _reusable_server(state: dict | None, host: str, port: int, request_log_dir: str) -> dict | None:
+    """The endpoint's state if its serving process runs at this address, logs where
+    asked, and answers its admin routes; None otherwise."""
+    if not state or not state.get("admin_token"):
+        return None
+    if (state.get("host"), state.get("port"), state.get("request_log_dir")) != (host, port, request_log_dir):
+        return None
+    try:
+        _admin(state, "GET", "/admin/deployments", timeout=5.0)
+    except (CauceError, OSError):
+        return None
     return state
+
+
+def _admin(state: dict, method: str, route: str, payload: dict | None = None, timeout: float = 60.0) -> dict:
+    """Call an admin route of the endpoint's serving process (loopback, with its token)."""
+    url = f"http://{state['host']}:{state['port']}{route}"
+    request = urllib.request.Request(
+        url,
+        data=None if payload is None else json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {state['admin_token']}"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own loopback server
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            message = json.loads(error.read()).get("error", "")
+        except ValueError:
+            message = ""
+        raise CauceError(f"the serving process refused {method} {route}: HTTP {error.code} {message}") from None
+
+
+def _with_share(traffic_split: dict[str, int], deployed_model_id: str, share: int) -> dict[str, int]:
+    """``deployed_model_id`` at ``share`` %, the others scaled down in proportion (what
+    Vertex does to an endpoint's split when a model is deployed with a traffic
+    percentage); largest remainders keep integer percentages summing to 100."""
+    rest = 100 - share
+    total = sum(traffic_split.values())
+    exact = {other: percent * rest / total for other, percent in traffic_split.items()}
+    scaled = {other: int(value) for other, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda other: exact[other] - scaled[other], reverse=True)
+    for other in by_remainder[: rest - sum(scaled.values())]:
+        scaled[other] += 1
+    return {**scaled, deployed_model_id: share}
+
+
+def _roll_out(
+    endpoint_name: str,
+    state: dict,
+    model_dir: str,
+    traffic_percentage: int,
+    promote: bool,
+    smoke_instances: list[dict] | None,
+    load_timeout: float,
+) -> dict:
+    """Load ``model_dir`` into the running server next to the serving version(s), test
+    it, give it its share; promote it or roll it back (see :func:`deploy_local`)."""
+    deployed_model_id = _new_deployed_model_id()
+    previous_split = _admin(state, "GET", "/admin/deployments")["traffic_split"]
+    try:
+        _admin(state, "POST", "/admin/deployments", {"deployed_model_id": deployed_model_id, "model_dir": model_dir}, load_timeout)
+    except CauceError as error:
+        raise CauceError(f"{error}; nothing was deployed, endpoint {endpoint_name!r} keeps serving {previous_split}") from None
+    base = f"http://{state['host']}:{state['port']}"
+    try:
+        if smoke_instances:
+            # On its own route first: no user request reaches a version that fails here.
+            smoke_test(f"{base}/v1/deployments/{deployed_model_id}:predict", smoke_instances)
+        _admin(state, "PUT", "/admin/traffic", {"traffic_split": _with_share(previous_split, deployed_model_id, traffic_percentage)})
+        if smoke_instances:
+            _smoke_test_through_endpoint(state["predict_url"], smoke_instances, deployed_model_id, traffic_percentage)
+    except Exception as error:  # whatever failed, the previous version must keep all the traffic
+        try:
+            _admin(state, "PUT", "/admin/traffic", {"traffic_split": previous_split})
+            _admin(state, "DELETE", f"/admin/deployments/{deployed_model_id}")
+        except Exception as rollback_error:
+            raise CauceError(
+                f"{error}; rolling back deployment {deployed_model_id} failed too: {rollback_error}"
+            ) from error
+        raise CauceError(
+            f"{error}; rolled back: deployment {deployed_model_id} undeployed, traffic split restored to {previous_split}"
+        ) from error
+    rollout = "replaced" if traffic_percentage == 100 else "canary"
+    if promote and traffic_percentage < 100:
+        _admin(state, "PUT", "/admin/traffic", {"traffic_split": {deployed_model_id: 100}})
+        traffic_percentage, rollout = 100, "promoted"
+    described = _admin(state, "GET", "/admin/deployments")
+    if traffic_percentage == 100:
+        for other in described["deployments"]:
+            if other != deployed_model_id:
+                described = _admin(state, "DELETE", f"/admin/deployments/{other}")
+    state.update(
+        model_dir=model_dir,
+        deployed_model_id=deployed_model_id,
+        traffic_split=described["traffic_split"],
+        deployments={other: deployment["model_dir"] for other, deployment in described["deployments"].items()},
+        rollout=rollout,
+    )
+    _write_state(endpoint_name, state)
+    return _public(state)
+
+
+def _smoke_test_through_endpoint(predict_url: str, instances: list[dict], deployed_model_id: str, share: int) -> None:
+    """Smoke requests through the endpoint route until the new deployment answered one.
+    The split is a deterministic round robin, so alone it answers within 100/share
+    requests; five times that leaves room for other clients' requests in between."""
+    attempts = 5 * math.ceil(100 / share)
+    for _ in range(attempts):
+        if _smoke_request(predict_url, instances).get("deployed_model_id") == deployed_model_id:
+            return
+    raise CauceError(
+        f"smoke test of {predict_url} failed: deployment {deployed_model_id} answered none of {attempts} requests "
+        f"although it should take {share} % of the traffic"
+    )
 
 
 def _wait_healthy(process: subprocess.Popen, health_url: str, server_log: Path, timeout: float) -> None:
@@ -168,6 +363,11 @@ def _wait_healthy(process: subprocess.Popen, health_url: str, server_log: Path, 
 
 def smoke_test(predict_url: str, instances: list[dict]) -> list[dict]:
     """Send real instances; fail unless every one gets a well-formed prediction."""
+    return _smoke_request(predict_url, instances)["predictions"]
+
+
+def _smoke_request(predict_url: str, instances: list[dict]) -> dict:
+    """One smoke request; its whole answer once every prediction in it is well formed."""
     status, body = post_json(predict_url, {"instances": instances})
     predictions = body.get("predictions") if isinstance(body, dict) else None
     if status != 200 or not isinstance(predictions, list) or len(predictions) != len(instances):
@@ -175,7 +375,7 @@ def smoke_test(predict_url: str, instances: list[dict]) -> list[dict]:
     for prediction in predictions:
         if not _well_formed(prediction):
             raise CauceError(f"smoke test of {predict_url} returned a malformed prediction {prediction}")
-    return predictions
+    return body
 
 
 def _well_formed(prediction) -> bool:

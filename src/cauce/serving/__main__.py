@@ -13,8 +13,20 @@ def main() -> None:
     parser.add_argument("--model-name", default="model", help="name in KServe V1 routes")
     parser.add_argument("--request-log-dir", default="", help="write request logs here (JSONL)")
     parser.add_argument("--endpoint", default="local", help="endpoint name written in request logs")
+    parser.add_argument(
+        "--deployed-model-id", default="", help="id of the model's deployment (default: $AIP_DEPLOYED_MODEL_ID)"
+    )
+    parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="enable the admin routes (deploy, undeploy, traffic split) for loopback clients holding the "
+        "token in $CAUCE_SERVING_ADMIN_TOKEN; the local deploy step's canary uses them",
+    )
     args = parser.parse_args()
-    serve(args.model_dir, args.host, args.port, args.model_name, args.request_log_dir, args.endpoint)
+    serve(
+        args.model_dir, args.host, args.port, args.model_name, args.request_log_dir, args.endpoint,
+        args.deployed_model_id, args.admin,
+    )
 
 
 if __name__ == "__main__":

@@ -1,75 +1,143 @@
 """The prediction server: a plain ASGI app honouring the Vertex AI custom-container
 contract and KServe's V1 protocol.
 
-* ``GET  AIP_HEALTH_ROUTE`` (default ``/health``) -> 200 once the model is loaded.
+* ``GET  AIP_HEALTH_ROUTE`` (default ``/health``) -> 200 once a model is loaded.
 * ``POST AIP_PREDICT_ROUTE`` (default ``/predict``) and ``POST /v1/models/<name>:predict``:
-  ``{"instances": [...], "parameters": {...}}`` -> ``{"predictions": [...]}``.
+  ``{"instances": [...], "parameters": {...}}`` -> ``{"predictions": [...],
+  "deployed_model_id": ...}``, answered by one of the deployments the traffic split
+  names.
+* ``POST /v1/deployments/<deployed_model_id>:predict``: the same, answered by that
+  deployment whatever its traffic share (the way Vertex lets a caller address one
+  deployed model); the deploy step smoke-tests a canary here before it gets traffic.
 * Bodies over 1.5 MB (Vertex's online-prediction limit) get 413; malformed JSON,
   a missing ``instances`` list, a missing field or a wrong type get 400 with a
   message that names the problem.
 * Every answered request is appended to a JSON Lines log in the shape Vertex
-  request-response logging writes to BigQuery, which the monitor reads.
+  request-response logging writes to BigQuery, which the monitor reads, with the
+  ``deployed_model_id`` that answered it.
+
+Like a Vertex endpoint, one process can hold several deployments (model versions)
+and split traffic between them. The split is changed through admin routes
+(``/admin/...``, see :meth:`PredictionApp.admin`) that the local deploy step uses for
+canary roll-outs. They exist only when the process is started with an admin token
+(``python -m cauce.serving --admin``, token in ``CAUCE_SERVING_ADMIN_TOKEN``), answer
+loopback clients only, and require the token: loading a model bundle unpickles it,
+so no one else may choose what gets loaded. The serving image never enables them;
+on Vertex the endpoint itself splits traffic between containers.
 
 No web framework: per request we only parse JSON, encode with the fitted
 transform in numpy and call the estimator (GUIDE §4: the per-request pandas
-DataFrame is what makes other servers slow). Linear scikit-learn models skip
-the estimator's per-call input validation (``accelerate``), which costs far
-more than their math; bench/bench_serving.py measures the whole path.
+DataFrame is what makes other servers slow). JSON goes through orjson, which
+parses and writes the request, the response and the request-log line several
+times faster than the standard library. bench/bench_serving.py measures the
+whole path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hmac
+import ipaddress
 import itertools
-import json
+import logging
 import os
-import threading
 from pathlib import Path
 
+import orjson
+
+from cauce import model as model_bundle
 from cauce.artifacts import CauceError
 from cauce.model import LoadedModel
 from cauce.serving.fast import accelerate
 
-MAX_BODY_BYTES = 1_572_864  # 1.5 MB, Vertex's online prediction request limit
+log = logging.getLogger(__name__)
 
-# One encoder built once: json.dumps(..., separators=...) builds a new JSONEncoder
-# per call, and a 32-instance request logs 64 payload strings. Same output.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+MAX_BODY_BYTES = 1_572_864  # 1.5 MB, Vertex's online prediction request limit
+DEPLOYMENT_ROUTE = "/v1/deployments/"  # + <deployed_model_id>:predict
+ADMIN_PREFIX = "/admin/"
+# Request-log lines are written in blocks: one write per request cost more than
+# building the line. A line reaches the file at most this long after its request
+# (and at shutdown); the monitor already skips a last line still being written.
+LOG_FLUSH_INTERVAL_S = 0.2
+LOG_BUFFER_BYTES = 1 << 16
+_JSON = [(b"content-type", b"application/json")]
 
 
 class RequestLog:
     """Append-only JSONL log, one line per request (Vertex request-response logging shape)."""
 
-    def __init__(self, directory: str | os.PathLike, endpoint: str, deployed_model_id: str):
+    def __init__(self, directory: str | os.PathLike, endpoint: str):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.path = self.directory / f"requests-{stamp}-{os.getpid()}.jsonl"
         self.endpoint = endpoint
-        self.deployed_model_id = deployed_model_id
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._handle = open(self.path, "a", buffering=1)  # line-buffered: each request is one whole line
+        self._request_ids = itertools.count(1)
+        self._request_id_prefix = f"{os.getpid()}-"
+        # Buffered binary writes are thread-safe (BufferedWriter holds a lock) and
+        # a line torn at a buffer boundary is completed by the next write.
+        self._handle = open(self.path, "ab", buffering=LOG_BUFFER_BYTES)
 
-    def write(self, instances: list, predictions: list) -> None:
+    def write(self, deployed_model_id: str, instances: list, predictions: list) -> None:
+        dumps = orjson.dumps
         record = {
             "endpoint": self.endpoint,
-            "deployed_model_id": self.deployed_model_id,
+            "deployed_model_id": deployed_model_id,
             "logging_time": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "request_id": f"{os.getpid()}-{next(self._ids)}",
-            "request_payload": [_encode(instance) for instance in instances],
-            "response_payload": [_encode(prediction) for prediction in predictions],
+            "request_id": f"{self._request_id_prefix}{next(self._request_ids)}",
+            "request_payload": [dumps(instance).decode() for instance in instances],
+            "response_payload": [dumps(prediction).decode() for prediction in predictions],
         }
-        line = _encode(record) + "\n"
-        with self._lock:
-            self._handle.write(line)
+        self._handle.write(dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def flush(self) -> None:
+        self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()
 
 
+class Deployment:
+    """One model version behind the endpoint (a Vertex DeployedModel)."""
+
+    __slots__ = ("deployed_model_id", "model", "model_dir")
+
+    def __init__(self, deployed_model_id: str, model: LoadedModel, model_dir: str = ""):
+        self.deployed_model_id = deployed_model_id
+        self.model = accelerate(model)
+        self.model_dir = model_dir
+
+
+def load_deployment(deployed_model_id: str, model_dir: str) -> Deployment:
+    """Load a model bundle (local folder or gs:// URI) as a deployment."""
+    return Deployment(deployed_model_id, model_bundle.load(model_bundle.fetch_model_dir(model_dir)), model_dir)
+
+
+def weighted_round_robin(traffic_split: dict[str, int]) -> list[str]:
+    """A 100-slot schedule holding each id exactly its share of slots, spread evenly
+    (nginx's smooth weighted round robin): every 100 consecutive requests follow the
+    split exactly, and a 10 % canary answers every tenth request, not ten in a row."""
+    current = dict.fromkeys(traffic_split, 0)
+    schedule = []
+    for _ in range(100):
+        for deployed_model_id, share in traffic_split.items():
+            current[deployed_model_id] += share
+        chosen = max(current, key=current.__getitem__)
+        current[chosen] -= 100
+        schedule.append(chosen)
+    return schedule
+
+
 def _json_response(status: int, payload: dict) -> tuple[int, bytes]:
-    return status, _encode(payload).encode()
+    return status, orjson.dumps(payload)
+
+
+def _is_loopback(client) -> bool:
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except (TypeError, IndexError, ValueError):  # no client (unix socket) or not an IP address
+        return False
 
 
 class PredictionApp:
@@ -81,76 +149,224 @@ class PredictionApp:
         predict_route: str = "/predict",
         request_log: RequestLog | None = None,
         deployed_model_id: str = "",
+        model_dir: str = "",
+        admin_token: str = "",
     ):
-        self.model = accelerate(model)
         self.model_name = model_name
         self.health_route = health_route
         self.predict_route = predict_route
         self.kserve_predict = f"/v1/models/{model_name}:predict"
         self.kserve_ready = f"/v1/models/{model_name}"
         self.request_log = request_log
-        self.deployed_model_id = deployed_model_id
+        self.admin_token = admin_token
+        self.deployments: dict[str, Deployment] = {}
+        self.traffic_split: dict[str, int] = {}
+        self._schedule: list[Deployment] = []
+        self._turns = itertools.count()
+        self._flusher: asyncio.Task | None = None
+        self.add_deployment(Deployment(deployed_model_id, model, model_dir))
+        self.set_traffic_split({deployed_model_id: 100})
 
-    # The whole request -> response path, without ASGI, so tests can call it directly.
+    # ---- deployments and traffic (what the admin routes call) ----------------------
+
+    @property
+    def model(self) -> LoadedModel:
+        """The model taking the largest share of the traffic."""
+        return self.deployments[max(self.traffic_split, key=self.traffic_split.__getitem__)].model
+
+    def add_deployment(self, deployment: Deployment) -> None:
+        """Serve ``deployment`` next to the others, with no traffic until the split gives it some."""
+        if deployment.deployed_model_id in self.deployments:
+            raise CauceError(f"deployed_model_id {deployment.deployed_model_id!r} is already deployed")
+        self.deployments[deployment.deployed_model_id] = deployment
+
+    def set_traffic_split(self, traffic_split: dict) -> None:
+        """Route predictions by ``{deployed_model_id: percent}`` (integers summing to 100,
+        as Vertex requires); deployments left out get no traffic."""
+        if not isinstance(traffic_split, dict) or not traffic_split:
+            raise CauceError('traffic_split must be a JSON object {"<deployed_model_id>": percent, ...}')
+        for deployed_model_id, share in traffic_split.items():
+            if deployed_model_id not in self.deployments:
+                raise CauceError(
+                    f"traffic_split names deployed_model_id {deployed_model_id!r}, which is not deployed; "
+                    f"deployed: {sorted(self.deployments)}"
+                )
+            if isinstance(share, bool) or not isinstance(share, int) or not 0 <= share <= 100:
+                raise CauceError(f"traffic_split[{deployed_model_id!r}] must be an integer percent 0..100, got {share!r}")
+        if sum(traffic_split.values()) != 100:
+            raise CauceError(f"traffic_split percentages must sum to 100, got {sum(traffic_split.values())}: {traffic_split}")
+        shares = {deployed_model_id: share for deployed_model_id, share in traffic_split.items() if share}
+        self._schedule = [self.deployments[d] for d in weighted_round_robin(shares)]
+        self.traffic_split = shares
+
+    def remove_deployment(self, deployed_model_id: str) -> None:
+        if deployed_model_id not in self.deployments:
+            raise CauceError(f"deployed_model_id {deployed_model_id!r} is not deployed; deployed: {sorted(self.deployments)}")
+        if self.traffic_split.get(deployed_model_id):
+            raise CauceError(
+                f"deployment {deployed_model_id!r} still takes {self.traffic_split[deployed_model_id]} % of the "
+                "traffic: move it elsewhere with the traffic split first"
+            )
+        del self.deployments[deployed_model_id]
+
+    def describe(self) -> dict:
+        return {
+            "deployments": {d.deployed_model_id: {"model_dir": d.model_dir} for d in self.deployments.values()},
+            "traffic_split": self.traffic_split,
+        }
+
+    # ---- predictions ---------------------------------------------------------------
+
+    # The whole request -> response path for the public routes, without ASGI, so tests can call it directly.
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        if path in (self.health_route, self.kserve_ready) and method == "GET":
-            return _json_response(200, {"name": self.model_name, "ready": True})
-        if path in (self.predict_route, self.kserve_predict):
+        if path == self.predict_route or path == self.kserve_predict:
             if method != "POST":
                 return _json_response(405, {"error": f"use POST for {path}"})
-            return self.predict(body)
+            return self.predict(body, self._schedule[next(self._turns) % 100])
+        if path in (self.health_route, self.kserve_ready) and method == "GET":
+            return _json_response(200, {"name": self.model_name, "ready": True})
+        if path.startswith(DEPLOYMENT_ROUTE) and path.endswith(":predict"):
+            deployed_model_id = path[len(DEPLOYMENT_ROUTE) : -len(":predict")]
+            deployment = self.deployments.get(deployed_model_id)
+            if deployment is None:
+                return _json_response(404, {"error": f"no deployment {deployed_model_id!r}; deployed: {sorted(self.deployments)}"})
+            if method != "POST":
+                return _json_response(405, {"error": f"use POST for {path}"})
+            return self.predict(body, deployment)
         return _json_response(404, {"error": f"no route {method} {path}; predictions at POST {self.predict_route}"})
 
-    def predict(self, body: bytes) -> tuple[int, bytes]:
+    def predict(self, body: bytes, deployment: Deployment) -> tuple[int, bytes]:
         if len(body) > MAX_BODY_BYTES:
             return _json_response(413, {"error": f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}"})
         try:
-            request = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
             return _json_response(400, {"error": f"request body is not valid JSON: {error}"})
-        if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
+        instances = request.get("instances") if type(request) is dict else None
+        if type(instances) is not list:
             return _json_response(400, {"error": 'request must be a JSON object {"instances": [...]} with a list of instances'})
-        instances = request["instances"]
         if not instances:
             return _json_response(400, {"error": "instances is empty: send at least one instance"})
         try:
-            predictions = self.model.predict_instances(instances)
+            predictions = deployment.model.predict_instances(instances)
+            payload = orjson.dumps({"predictions": predictions, "deployed_model_id": deployment.deployed_model_id})
         except CauceError as error:
             return _json_response(400, {"error": str(error)})
+        except Exception as error:  # a broken model version: answer JSON, name the version, keep serving
+            log.exception("deployment %s failed to predict", deployment.deployed_model_id)
+            message = f"deployment {deployment.deployed_model_id!r} failed to predict: {type(error).__name__}: {error}"
+            return _json_response(500, {"error": message})
         if self.request_log is not None:
-            self.request_log.write(instances, predictions)
-        return _json_response(200, {"predictions": predictions, "deployed_model_id": self.deployed_model_id})
+            self.request_log.write(deployment.deployed_model_id, instances, predictions)
+        return 200, payload
+
+    # ---- admin ---------------------------------------------------------------------
+
+    async def admin(self, scope, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """Deployments and traffic split of a local endpoint (the local deploy step's canary):
+
+        * ``GET    /admin/deployments`` -> ``{"deployments": {id: {"model_dir"}}, "traffic_split": {id: percent}}``
+        * ``POST   /admin/deployments`` ``{"deployed_model_id", "model_dir"}``: load a model
+          version next to the others, with no traffic; 400 (and nothing changed) if it
+          does not load.
+        * ``PUT    /admin/traffic`` ``{"traffic_split": {id: percent}}``
+        * ``DELETE /admin/deployments/<id>``: undeploy a version that takes no traffic.
+
+        Refused unless the process was started with an admin token (403), the client
+        is on loopback (403) and sends ``Authorization: Bearer <token>`` (401).
+        """
+        if not self.admin_token:
+            return _json_response(403, {"error": "admin routes are disabled: start the server with --admin"})
+        if not _is_loopback(scope.get("client")):
+            return _json_response(403, {"error": "admin routes answer loopback clients only"})
+        authorization = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if not hmac.compare_digest(authorization, b"Bearer " + self.admin_token.encode()):
+            return _json_response(401, {"error": "admin routes need the header Authorization: Bearer <admin token>"})
+        try:
+            if path == "/admin/deployments" and method == "GET":
+                return _json_response(200, self.describe())
+            if path == "/admin/deployments" and method == "POST":
+                request = self._admin_request(body, ("deployed_model_id", "model_dir"))
+                deployed_model_id, model_dir = str(request["deployed_model_id"]), str(request["model_dir"])
+                if deployed_model_id in self.deployments:
+                    raise CauceError(f"deployed_model_id {deployed_model_id!r} is already deployed")
+                # Loading takes a while (unpickling, imports): off the event loop, so the
+                # deployments already serving keep answering meanwhile.
+                loop = asyncio.get_running_loop()
+                try:
+                    deployment = await loop.run_in_executor(None, load_deployment, deployed_model_id, model_dir)
+                except Exception as error:  # any failure to load leaves the running deployments as they were
+                    raise CauceError(f"model {model_dir} did not load: {type(error).__name__}: {error}") from None
+                self.add_deployment(deployment)
+                return _json_response(200, self.describe())
+            if path == "/admin/traffic" and method == "PUT":
+                self.set_traffic_split(self._admin_request(body, ("traffic_split",))["traffic_split"])
+                return _json_response(200, self.describe())
+            if path.startswith("/admin/deployments/") and method == "DELETE":
+                self.remove_deployment(path[len("/admin/deployments/") :])
+                return _json_response(200, self.describe())
+        except CauceError as error:
+            return _json_response(400, {"error": str(error)})
+        return _json_response(404, {"error": f"no admin route {method} {path}"})
+
+    @staticmethod
+    def _admin_request(body: bytes, fields: tuple[str, ...]) -> dict:
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise CauceError(f"admin request body is not valid JSON: {error}") from None
+        missing = [field for field in fields if not isinstance(request, dict) or field not in request]
+        if missing:
+            raise CauceError(f"admin request must be a JSON object with {', '.join(fields)}; missing {', '.join(missing)}")
+        return request
+
+    # ---- ASGI ----------------------------------------------------------------------
+
+    async def _flush_log_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_INTERVAL_S)
+            self.request_log.flush()
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.request_log is not None:
+                    self._flusher = asyncio.get_running_loop().create_task(self._flush_log_periodically())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._flusher is not None:
+                    self._flusher.cancel()
+                if self.request_log is not None:
+                    self.request_log.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    if self.request_log is not None:
-                        self.request_log.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
             return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= MAX_BODY_BYTES:  # past the limit, stop buffering: the answer is 413 anyway
-                chunks.append(chunk)
-            more = message.get("more_body", False)
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks, size, more = [body], len(body), True
+            while more:
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size <= MAX_BODY_BYTES:  # past the limit, stop buffering: the answer is 413 anyway
+                    chunks.append(chunk)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+        else:
+            size = len(body)
+        path, method = scope["path"], scope["method"]
         if size > MAX_BODY_BYTES:
             status, payload = _json_response(413, {"error": f"request body is {size} bytes; the limit is {MAX_BODY_BYTES}"})
+        elif path.startswith(ADMIN_PREFIX):
+            status, payload = await self.admin(scope, method, path, body)
         else:
-            status, payload = self.handle(scope["method"], scope["path"], b"".join(chunks))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-            }
-        )
+            status, payload = self.handle(method, path, body)
+        await send({"type": "http.response.start", "status": status, "headers": _JSON + [(b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})

@@ -15,6 +15,10 @@ from cauce.serving.app import PredictionApp, RequestLog
 
 log = logging.getLogger(__name__)
 
+# The admin token travels in the environment, not on the command line, where any
+# local user could read it from the process list.
+ADMIN_TOKEN_ENV = "CAUCE_SERVING_ADMIN_TOKEN"
+
 
 def build_app(
     model_dir: str,
@@ -22,16 +26,18 @@ def build_app(
     request_log_dir: str = "",
     endpoint: str = "local",
     deployed_model_id: str = "",
+    admin_token: str = "",
 ) -> PredictionApp:
-    loaded = model_bundle.load(model_bundle.fetch_model_dir(model_dir))
-    request_log = RequestLog(request_log_dir, endpoint, deployed_model_id) if request_log_dir else None
+    deployed_model_id = deployed_model_id or os.environ.get("AIP_DEPLOYED_MODEL_ID", "")
     return PredictionApp(
-        loaded,
+        model_bundle.load(model_bundle.fetch_model_dir(model_dir)),
         model_name=model_name,
         health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
         predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"),
-        request_log=request_log,
-        deployed_model_id=deployed_model_id or os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
+        request_log=RequestLog(request_log_dir, endpoint) if request_log_dir else None,
+        deployed_model_id=deployed_model_id,
+        model_dir=model_dir,
+        admin_token=admin_token,
     )
 
 
@@ -43,7 +49,10 @@ def serve(
     request_log_dir: str = "",
     endpoint: str = "local",
     deployed_model_id: str = "",
+    admin: bool = False,
 ) -> None:
+    """Serve until stopped. With ``admin``, the admin routes (local canary roll-outs)
+    are enabled for loopback clients holding the token in $CAUCE_SERVING_ADMIN_TOKEN."""
     import socket
 
     import uvicorn
@@ -51,10 +60,13 @@ def serve(
     model_dir = model_dir or os.environ.get("AIP_STORAGE_URI", "")
     if not model_dir:
         raise SystemExit("no model: pass --model-dir or set AIP_STORAGE_URI")
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV, "") if admin else ""
+    if admin and len(admin_token) < 16:
+        raise SystemExit(f"--admin needs a token of at least 16 characters in ${ADMIN_TOKEN_ENV}")
     host = host or os.environ.get("CAUCE_SERVE_HOST", "127.0.0.1")
     port = port or int(os.environ.get("AIP_HTTP_PORT", "8080"))
     request_log_dir = request_log_dir or os.environ.get("CAUCE_REQUEST_LOG_DIR", "")
-    app = build_app(model_dir, model_name, request_log_dir, endpoint, deployed_model_id)
+    app = build_app(model_dir, model_name, request_log_dir, endpoint, deployed_model_id, admin_token)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     # Set TCP_NODELAY ourselves: without it keep-alive responses can wait ~40 ms
