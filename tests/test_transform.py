@@ -87,3 +87,33 @@ def test_multiclass_and_regression_labels_pass_through_by_task(tmp_path):
         run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "bin"), str(tmp_path / "bin-fn"))
     with pytest.raises(CauceError, match="task 'ranking' is not supported"):
         run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "r"), str(tmp_path / "r-fn"), task="ranking")
+
+
+def test_recipe_errors_come_before_any_beam_job(tmp_path):
+    raw = _write(tmp_path / "raw", {"train": _small()})
+    out = tmp_path / "outputs"
+    out.mkdir()
+    recipe = {"steps": [{"type": "derive", "name": "x2", "expression": "x * ghost"}, {"type": "zscore", "columns": ["x2"]}]}
+    with pytest.raises(CauceError, match=r"feature column\(s\) \['ghost'\] not found in split 'train'"):
+        run_transform(raw, "y", [], [], str(out / "t"), str(out / "fn"), recipe=recipe)
+    with pytest.raises(CauceError, match="pass either a recipe or numeric_features/categorical_features, not both"):
+        run_transform(raw, "y", ["x"], [], str(out / "t"), str(out / "fn"), recipe={"steps": [{"type": "zscore", "columns": ["x"]}]})
+    with pytest.raises(CauceError, match=r"recipe step 1 \(cast\): column 'c' row 0 holds 'a', which is not a valid float"):
+        run_transform(raw, "y", [], [], str(out / "t"), str(out / "fn"),
+                      recipe="steps: [{type: cast, columns: [c], to: float}, {type: zscore, columns: [c]}]")
+    assert list(out.iterdir()) == []
+
+
+def test_fill_with_a_fitted_median_then_zscore_takes_two_passes(tmp_path):
+    x = pa.array([1.0, None, 3.0, 10.0, None, 2.0] * 5)
+    raw = _write(tmp_path / "raw", {"train": _small(30, x=x)})
+    recipe = {"steps": [
+        {"type": "fill_missing", "columns": ["x"], "statistic": "median"},
+        {"type": "zscore", "columns": ["x"]},
+        {"type": "vocabulary", "columns": ["c"]},
+    ]}
+    run_transform(raw, "y", [], [], str(tmp_path / "t"), str(tmp_path / "fn"), recipe=recipe)
+    fitted = FittedTransform.load(tmp_path / "fn")
+    assert fitted.states[1]["x"]["value"] == 2.0  # median of 1, 2, 3, 10 (the lower middle value)
+    filled = [1.0, 2.0, 3.0, 10.0, 2.0, 2.0]
+    assert fitted.numeric[0]["mean"] == pytest.approx(sum(filled) / 6)  # fitted on the filled column

@@ -547,7 +547,7 @@ def _sort_key(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
-_SKETCH_BITS = 12  # mantissa bits of a bucket key: values within ~0.012 % of each other share a bucket
+_SKETCH_BITS = 12  # mantissa bits of a bucket key: a bucket spans at most 2**-11 (0.05 %) relative
 
 
 @dataclass
@@ -555,7 +555,7 @@ class QuantileSketch:
     """Mergeable quantiles. ``exact`` keeps every value. Otherwise values are grouped
     by their value rounded to 12 mantissa bits (a relative-error sketch in the
     manner of DDSketch), keeping per group the count and the smallest actual
-    value: bounded size, quantiles within ~0.012 % and always a value that occurs
+    value: bounded size, quantiles within 0.05 % (relative) and always a value that occurs
     in the data. Counts add and minimums take the minimum, so merging in any order
     gives the same sketch."""
 
@@ -780,15 +780,19 @@ class Recipe:
         document = _check(document, RECIPE_SCHEMA, "recipe")
         self.document = document
         self.steps: list[Step] = []
+        normalized: list[dict] = []
         for i, raw in enumerate(document["steps"], start=1):
+            if not isinstance(raw, dict):
+                raise CauceError(f"recipe step {i} must be a mapping with a 'type', got {raw!r}")
             raw = dict(raw)
             if raw.get("on_invalid", "") is None:  # YAML reads `on_invalid: null` as None
                 raw["on_invalid"] = "null"
-            kind = raw.get("type") if isinstance(raw, dict) else None
-            where = f"recipe step {i}" + (f" ({kind})" if isinstance(kind, str) else "")
+            kind = raw.get("type")
             if kind not in STEP_SCHEMAS:
-                raise CauceError(f"{where}: unknown step type {kind!r}; expected one of {sorted(STEP_SCHEMAS)}")
+                raise CauceError(f"recipe step {i}: unknown step type {kind!r}; expected one of {sorted(STEP_SCHEMAS)}")
+            where = f"recipe step {i} ({kind})"
             spec = _check(raw, _step_schema(kind, STEP_SCHEMAS[kind]), where)
+            normalized.append(spec)
             spec = {**DEFAULTS.get(kind, {}), **spec}
             step = Step(i, kind, spec)
             if kind == "derive":
@@ -805,6 +809,7 @@ class Recipe:
                 if not all(isinstance(v, str) or v is None for v in spec["mapping"].values()):
                     raise CauceError(f"{where}: without a 'default', unmapped values are kept, so the mapping values must be strings")
             self.steps.append(step)
+        self.document = {**document, "steps": normalized}
         self.input_columns = self._trace(label)
         if not any(step.analyzer for step in self.steps):
             raise CauceError(f"recipe has no analyzer step: add one of {list(ANALYZERS)} to emit model features")
