@@ -234,6 +234,17 @@ def _rewrite_date_trunc(node: exp.DateTrunc) -> exp.Expression:
     )
 
 
+def _rewrite_date_add(node: exp.DateAdd | exp.DateSub) -> exp.Expression:
+    # DuckDB's DATE + INTERVAL is a TIMESTAMP; BigQuery's DATE_ADD/DATE_SUB give a DATE.
+    name = "DATE_ADD" if isinstance(node, exp.DateAdd) else "DATE_SUB"
+    return _duckdb(
+        f"CASE WHEN TYPEOF(_x_) = 'DATE' THEN CAST(_r_ AS DATE) ELSE ERROR('the local engine runs {name} on "
+        "DATE values only, not ' || TYPEOF(_x_) || ': use TIMESTAMP_ADD or DATETIME_ADD') END",
+        _x_=node.this,
+        _r_=node,
+    )
+
+
 def _rewrite_timestamp_trunc(node: exp.TimestampTrunc | exp.DatetimeTrunc) -> exp.Expression:
     name = "TIMESTAMP_TRUNC" if isinstance(node, exp.TimestampTrunc) else "DATETIME_TRUNC"
     unit = _unit_name(node.args.get("unit"))
@@ -290,6 +301,37 @@ def _rewrite_regexp_extract(node: exp.RegexpExtract) -> exp.Expression:
     )
 
 
+def _aggregated_value(node: exp.ArrayAgg) -> exp.Expression:
+    value = node.this
+    while isinstance(value, (exp.Limit, exp.Order)):
+        value = value.this
+    if isinstance(value, exp.Distinct):
+        value = value.expressions[0]
+    return value
+
+
+def _rewrite_array_agg(node: exp.ArrayAgg) -> exp.Expression:
+    if isinstance(node.parent, (exp.IgnoreNulls, exp.Window)):
+        return node
+    # BigQuery fails a query whose ARRAY_AGG meets a NULL; DuckDB puts the NULL in the array.
+    return _duckdb(
+        "CASE WHEN BOOL_OR(_v_ IS NULL) THEN ERROR('ARRAY_AGG: an array cannot have a NULL element "
+        "(BigQuery fails the query too); add IGNORE NULLS') ELSE _a_ END",
+        _v_=_aggregated_value(node),
+        _a_=node,
+    )
+
+
+def _rewrite_ignore_nulls(node: exp.IgnoreNulls) -> exp.Expression:
+    if not isinstance(node.this, exp.ArrayAgg) or isinstance(node.parent, exp.Window):
+        return node
+    value = _aggregated_value(node.this)
+    return exp.Filter(
+        this=node.this.copy(),
+        expression=exp.Where(this=exp.not_(exp.Is(this=value.copy(), expression=exp.Null()))),
+    )
+
+
 def _rewrite_literal(node: exp.Literal) -> exp.Expression:
     if node.is_string:
         return node
@@ -308,6 +350,8 @@ def apply_bigquery_semantics(statement: exp.Expression) -> exp.Expression:
             new = _rewrite_extract(node)
         elif isinstance(node, exp.DateTrunc):
             new = _rewrite_date_trunc(node)
+        elif isinstance(node, (exp.DateAdd, exp.DateSub)):
+            new = _rewrite_date_add(node)
         elif isinstance(node, (exp.TimestampTrunc, exp.DatetimeTrunc)):
             new = _rewrite_timestamp_trunc(node)
         elif isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.BIGINT):
@@ -318,6 +362,10 @@ def apply_bigquery_semantics(statement: exp.Expression) -> exp.Expression:
             new = _rewrite_regexp_extract(node)
         elif isinstance(node, exp.Literal):
             new = _rewrite_literal(node)
+        elif isinstance(node, exp.ArrayAgg):
+            new = _rewrite_array_agg(node)
+        elif isinstance(node, exp.IgnoreNulls):
+            new = _rewrite_ignore_nulls(node)
         else:
             continue
         if new is not node:
