@@ -1,4 +1,4 @@
-"""The `training` pipeline: extract -> transform -> train -> evaluate (against
+"""The `training` pipeline: extract -> validate -> transform -> train -> evaluate (against
 the current champion) -> if promoted: register as champion -> deploy; otherwise
 register as challenger and leave the deployed champion serving.
 
@@ -19,6 +19,7 @@ from cauce.components.extract.component import extract
 from cauce.components.register.component import register
 from cauce.components.train.component import train
 from cauce.components.transform.component import transform
+from cauce.components.validate.component import validate
 from cauce.demo import DEMO_CATEGORICAL, DEMO_KEY, DEMO_LABEL, DEMO_NUMERIC, DEMO_TABLE
 from cauce.images import SERVING_IMAGE
 
@@ -33,7 +34,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
 
     @dsl.pipeline(
         name=name,
-        description="Extract from BigQuery, transform with Beam, train, evaluate with TFMA, register and deploy if blessed.",
+        description="Extract from BigQuery, validate (TFDV statistics, schema, anomalies), transform with Beam, train, evaluate with TFMA, register and deploy if blessed.",
     )
     def training(
         source: str = DEMO_TABLE,
@@ -62,6 +63,13 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         serving_image: str = SERVING_IMAGE,
         machine_type: str = "n1-standard-2",
         port: int = 8080,
+        # "fail": anomalies stop the run before transform (outputs kept for inspection);
+        # "warn": they are reported and the run goes on.
+        validation_policy: str = "fail",
+        baseline_schema_uri: str = "",  # empty: infer the schema from the train split
+        # Categories unseen in training are normal in a long tail: up to 1 % of an eval
+        # split's values may fall outside a domain before it counts as an anomaly.
+        max_out_of_domain_fraction: float = 0.01,
     ):
         extracted = extract(
             source=source,
@@ -73,6 +81,14 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             location=bigquery_location,
             query_parameters=query_parameters,
         ).set_display_name("extract")
+        validated = validate(
+            dataset=extracted.outputs["dataset"],
+            baseline_schema_uri=baseline_schema_uri,
+            on_anomaly=validation_policy,
+            max_out_of_domain_fraction=max_out_of_domain_fraction,
+        ).set_display_name("validate")
+        # transform reads extract's dataset itself; validate gates it: with the "fail"
+        # policy anomalies stop the run here, before any Beam or training work.
         transformed = transform(
             dataset=extracted.outputs["dataset"],
             label=label,
@@ -81,7 +97,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             runner=runner,
             pipeline_options=pipeline_options,
             task=task,
-        ).set_display_name("transform")
+        ).set_display_name("transform").after(validated)
         trained = train_op(
             transformed=transformed.outputs["transformed"],
             transform_fn=transformed.outputs["transform_fn"],

@@ -52,6 +52,9 @@ def test_every_phase_ran_and_produced_real_outputs(training_run):
     assert sum(split_rows.values()) == 3000
     assert 0.75 < split_rows["train"] / 3000 < 0.85  # an 80/20 hash split
 
+    validate = training_run.task("validate")  # the demo data passes the gate
+    assert validate.parameters["Output"] == 0
+    assert validate.artifacts["statistics"]["metadata"]["split_rows"] == split_rows
     assert training_run.task("transform").parameters["features_out"] > 8
     assert training_run.task("train").parameters["eval_auc"] > 0.7  # well above chance (0.5)
 
@@ -150,7 +153,9 @@ def test_bad_input_fails_the_pipeline_with_a_clear_message(specs, tmp_path):
     with pytest.raises(PipelineFailed, match="label column 'no_such_label' not found"):
         run_spec(
             specs["training"],
-            {"local_database": str(database), "label": "no_such_label", "endpoint_name": "e2e-bad"},
+            # 200 rows: the eval split cannot cover training's 77 community areas, so validate
+            # would (rightly) stop the run first; "warn" lets it reach transform's label check.
+            {"local_database": str(database), "label": "no_such_label", "endpoint_name": "e2e-bad", "validation_policy": "warn"},
             pipeline_root=tmp_path / "runs",
         )
     # The failed step left no artifact that a later step could take for good.
