@@ -302,3 +302,20 @@ def test_direct_runner_leaves_signal_handling_alone():
 
     run_pipeline(build, "DirectRunner", {})
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_one_options_dict_serves_consecutive_pipelines_of_a_step(dataflow_server):
+    """transform runs analyze, then encode, with the same options (and job name):
+    Dataflow takes a job name again once the job that had it has ended."""
+    options = options_for(dataflow_server, job_name="cauce-transform-run")
+    run_pipeline(double, "DataflowRunner", options, poll_seconds=0.01)
+    run_pipeline(double, "DataflowRunner", options, poll_seconds=0.01)
+    assert [job["name"] for job in dataflow_server.jobs.values()] == ["cauce-transform-run"] * 2
+    assert all(job["currentState"] == "JOB_STATE_DONE" for job in dataflow_server.jobs.values())
+
+
+def test_a_job_name_taken_by_a_running_job_is_an_error_naming_it(dataflow_server):
+    dataflow_server.add_running_job(PROJECT, REGION, "cauce-transform-run")  # another step's job
+    with pytest.raises(CauceError, match="job_name 'cauce-transform-run' is taken"):
+        run_pipeline(double, "DataflowRunner", options_for(dataflow_server, job_name="cauce-transform-run"))
+    assert len(dataflow_server.jobs) == 1

@@ -308,8 +308,14 @@ def _submit_and_wait(build, runner: str, options: dict | None, poll_seconds: flo
     options = dict(options or {})
     options["no_wait_until_finish"] = True  # the `with` block submits; we wait below
     with _CancelOnTermination() as termination:
-        with make_pipeline(runner, options) as pipeline:
-            build(pipeline)
+        try:
+            with make_pipeline(runner, options) as pipeline:
+                build(pipeline)
+        except Exception as error:
+            # Dataflow keeps a job name unique among the project's running jobs.
+            if type(error).__name__ == "DataflowJobAlreadyExistsError":
+                raise CauceError(f"job_name {options.get('job_name')!r} is taken: {error}") from error
+            raise
         result = pipeline.result
         if getattr(result, "has_job", True) is False:  # e.g. template_location: a template was written, no job runs
             log.info("%s submitted no job (template only)", runner)
