@@ -166,6 +166,25 @@ def test_compressed_quantile_summary_stays_within_half_a_percent_in_rank():
     assert exact.values.tolist() == [1, 2, 3] and exact.rank_max.tolist() == [1, 2, 4]
 
 
+def test_high_cardinality_strings_stay_bounded_with_exact_heavy_hitters(monkeypatch):
+    from cauce.components.validate import accumulators
+
+    monkeypatch.setattr(accumulators, "MAX_TRACKED_VALUES", 200)  # tiny bounds, same code path
+    monkeypatch.setattr(accumulators, "KMV_SIZE", 256)
+    rng = np.random.default_rng(1)
+    heavy = accumulators.StringAccumulator()
+    ids = [f"id-{i}" for i in range(5000)]
+    for start in range(0, 5000, 500):  # 10 batches of unique ids plus one frequent value
+        heavy.add(pa.array(ids[start : start + 500] + ["common"] * 100 + [None] * 3))
+    assert not heavy.exact and len(heavy.values) <= 400  # memory bounded
+    assert heavy.top(1) == [("common", 1000)]  # the frequent value is counted exactly
+    assert heavy.unique == pytest.approx(5001, rel=0.2)  # K-minimum-values estimate
+    assert (heavy.count, heavy.num_missing) == (6000, 30)
+    small = accumulators.StringAccumulator()
+    small.add(pa.array(rng.choice(["a", "b", "c"], 1000)))
+    assert small.exact and small.unique == 3
+
+
 # ------------------------------------------------------------------------------ schema
 
 

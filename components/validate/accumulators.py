@@ -26,9 +26,10 @@ import pyarrow.compute as pc
 # so 1 M rows in 16 batches stay within ~0.1 % of n in rank (TFDV's sketch allows eps = 1 %).
 SUMMARY_SIZE = 4096
 
-# Distinct string values counted exactly per feature. Beyond it only the most frequent
-# values are kept (top values become approximate) and uniques come from the KMV sketch.
-MAX_TRACKED_VALUES = 100_000
+# Distinct string values counted exactly per feature (10x the 1000 values of TFDV's rank
+# histogram). Beyond it only the most frequent values are kept (their counts may then miss
+# occurrences seen while they were dropped) and uniques come from the KMV sketch.
+MAX_TRACKED_VALUES = 10_000
 KMV_SIZE = 2048
 _HASH_SPACE = float(2**64)
 
@@ -217,12 +218,17 @@ class NumericAccumulator:
 
 @dataclass
 class StringAccumulator:
+    """Per-value frequencies kept as Arrow arrays (merged with Arrow's hash group-by, no
+    per-value Python), bounded to the most frequent values; uniques exact while nothing
+    was dropped, then estimated from a K-minimum-values sketch started at the first drop."""
+
     num_missing: int = 0
     count: int = 0
     total_bytes: int = 0
-    counts: dict = field(default_factory=dict)  # value -> frequency
+    values: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    frequencies: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     exact: bool = True  # False once rare values were dropped to bound memory
-    kmv: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    kmv: np.ndarray | None = None  # smallest fingerprints of every value seen, once needed
 
     def add(self, column: pa.Array | pa.ChunkedArray) -> None:
         strings = pc.cast(column, pa.string())
@@ -233,44 +239,60 @@ class StringAccumulator:
         self.count += len(present)
         self.total_bytes += int(pc.sum(pc.binary_length(present)).as_py() or 0)
         counted = pc.value_counts(present)
-        values = counted.field("values").to_pylist()
-        frequencies = counted.field("counts").to_pylist()
-        self._absorb(dict(zip(values, frequencies)), _smallest_hashes(values), exact=True)
+        self._absorb(counted.field("values"), counted.field("counts").to_numpy(), None, exact=True)
 
     def merge(self, other: StringAccumulator) -> None:
         self.num_missing += other.num_missing
         self.count += other.count
         self.total_bytes += other.total_bytes
-        self._absorb(other.counts, other.kmv, exact=other.exact)
+        self._absorb(other.values, other.frequencies, other.kmv, exact=other.exact)
 
-    def _absorb(self, counts: dict, hashes: np.ndarray, exact: bool) -> None:
-        for value, frequency in counts.items():
-            self.counts[value] = self.counts.get(value, 0) + frequency
-        self.kmv = np.unique(np.concatenate([self.kmv, hashes]))[:KMV_SIZE]
+    def _absorb(self, values: pa.Array, frequencies: np.ndarray, kmv: np.ndarray | None, exact: bool) -> None:
+        if self.kmv is not None or kmv is not None:
+            # Sketching already: every value seen from now on must reach the sketch.
+            own = self.kmv if self.kmv is not None else _smallest_hashes(self.values)
+            theirs = kmv if kmv is not None else _smallest_hashes(values)
+            self.kmv = np.unique(np.concatenate([own, theirs]))[:KMV_SIZE]
+        merged = (
+            pa.table({"value": pa.concat_arrays([self.values, values.cast(pa.string())]),
+                      "frequency": np.concatenate([self.frequencies, frequencies]).astype(np.int64)})
+            .group_by("value")
+            .aggregate([("frequency", "sum")])
+        )
+        self.values = merged.column("value").combine_chunks()
+        self.frequencies = merged.column("frequency_sum").to_numpy()
         self.exact = self.exact and exact
-        if len(self.counts) > 2 * MAX_TRACKED_VALUES:
-            # Keep the most frequent values: a value dropped here had at most the
+        if len(self.values) > 2 * MAX_TRACKED_VALUES:
+            if self.kmv is None:  # the first drop: sketch everything seen so far
+                self.kmv = _smallest_hashes(self.values)
+            # Keep the most frequent values: a dropped value had at most the
             # MAX_TRACKED_VALUES-th largest count, which bounds the error on the ones kept.
-            kept = sorted(self.counts.items(), key=lambda item: item[1], reverse=True)[:MAX_TRACKED_VALUES]
-            self.counts = dict(kept)
+            keep = np.argpartition(-self.frequencies, MAX_TRACKED_VALUES)[:MAX_TRACKED_VALUES]
+            self.values = self.values.take(pa.array(keep))
+            self.frequencies = self.frequencies[keep]
             self.exact = False
 
     @property
     def unique(self) -> int:
         """Exact while every value is tracked; otherwise the K-minimum-values estimate."""
-        if self.exact or self.kmv.size < KMV_SIZE:
-            return len(self.counts)
+        if self.exact or self.kmv is None or self.kmv.size < KMV_SIZE:
+            return len(self.values)
         return int(round((KMV_SIZE - 1) / (float(self.kmv[-1]) / _HASH_SPACE)))
 
     def top(self, k: int) -> list[tuple[str, int]]:
         """The ``k`` most frequent values; ties go to the larger value, as in TFDV."""
-        return sorted(self.counts.items(), key=lambda item: (item[1], item[0]), reverse=True)[:k]
+        table = pa.table({"value": self.values, "frequency": self.frequencies})
+        order = pc.sort_indices(table, sort_keys=[("frequency", "descending"), ("value", "descending")])
+        top = table.take(order[:k])
+        return list(zip(top.column("value").to_pylist(), top.column("frequency").to_pylist()))
 
 
-def _smallest_hashes(values: list[str]) -> np.ndarray:
-    """The KMV_SIZE smallest 64-bit fingerprints of the (distinct) ``values``: stable across
+def _smallest_hashes(values: pa.Array) -> np.ndarray:
+    """The KMV_SIZE smallest 64-bit fingerprints of the distinct ``values``: stable across
     processes (FarmHash fingerprint, not Python's salted hash)."""
-    hashes = np.fromiter((farmhash.fingerprint64(value) for value in values), dtype=np.uint64, count=len(values))
+    hashes = np.fromiter(
+        (farmhash.fingerprint64(value) for value in values.to_pylist()), dtype=np.uint64, count=len(values)
+    )
     if hashes.size > KMV_SIZE:
         hashes = np.partition(hashes, KMV_SIZE - 1)[:KMV_SIZE]
-    return np.sort(hashes)
+    return np.unique(hashes)

@@ -25,6 +25,7 @@ import os
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from cauce.components.monitor.executor import (
@@ -35,7 +36,7 @@ from cauce.components.monitor.executor import (
     _strip_infinities,
 )
 from cauce.components.validate.accumulators import NumericAccumulator, StringAccumulator
-from cauce.data import iter_split_batches, split_names, split_path
+from cauce.data import split_names, split_path
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def accumulate_split(dataset_dir: str | os.PathLike, split: str, columns: dict[s
         for name, kind in columns.items()
     }
     num_examples = 0
-    for batch in iter_split_batches(dataset_dir, split, batch_size=BATCH_ROWS):
+    for batch in _split_batches(dataset_dir, split):
         num_examples += batch.num_rows
         for name, accumulator in accumulators.items():
             index = batch.schema.get_field_index(name)
@@ -90,6 +91,17 @@ def accumulate_split(dataset_dir: str | os.PathLike, split: str, columns: dict[s
             column = batch.column(index)
             accumulator.add(column if columns[name] == FeatureType.STRING else _numeric_column(column))
     return num_examples, accumulators
+
+
+def _split_batches(dataset_dir: str | os.PathLike, split: str):
+    """The split's record batches, one Parquet file at a time: ``ParquetFile.iter_batches``
+    decodes about one batch at a time, where a dataset scan decodes whole row groups (1 M
+    rows in our layout) with several files read ahead: about 3x less Arrow memory."""
+    files = sorted(
+        path for path in split_path(dataset_dir, split).glob("*.parquet") if not path.name.startswith((".", "_"))
+    )
+    for path in files:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
 
 
 def split_columns(dataset_dir: str | os.PathLike, split: str) -> tuple[dict[str, int], dict[str, str]]:
