@@ -35,11 +35,15 @@ def validate(
             ``dsl.importer``); when given, every split is validated against it.
         baseline_schema_uri: the same as a path or ``gs://`` URI (a schema.pbtxt or a
             folder holding one); used when ``baseline_schema`` is not connected.
+        schema_split: the split the schema is inferred from (ignored with a baseline schema).
         on_anomaly: "fail" (raise after writing every output) or "warn" (log and go on).
         max_string_domain_size: string features with at most this many distinct training
             values get a domain (TFDV's default 100).
         max_out_of_domain_fraction: share of present values allowed outside a domain
             (0: any unseen category is an anomaly, as in TFDV).
+
+    Returns:
+        The number of anomalies found (0: every validated split matches the schema).
     """
     from cauce.components.validate.executor import run_validate
 
