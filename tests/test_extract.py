@@ -575,3 +575,25 @@ def test_bad_read_options_are_rejected(options, message, extract, tmp_path):
     with pytest.raises(CauceError, match=message):
         extract("bigquery", DEMO_TABLE, **options)
     assert_nothing_written(tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_storage_read_api_reads_batches_over_grpc_default_message_limit(bigquery_emulator, tmp_path):  # noqa: F811
+    # One Arrow batch of these rows is ~6 MiB, over gRPC's default 4 MiB receive
+    # limit, past which the Storage client would retry the stream forever.
+    wide = pa.table({"id": [f"row-{i}" for i in range(2000)], "text": ["x" * 3000] * 2000})
+    bigquery_emulator.load_table("wide.rows", wide)
+    bigquery_emulator.client().create_dataset("staging", exists_ok=True, timeout=10)
+    result = run_extract(
+        source="wide.rows",
+        key_column="id",
+        output_dir=tmp_path / "outputs" / "dataset",
+        backend="bigquery",
+        project=bigquery_emulator.project,
+        api_endpoint=bigquery_emulator.endpoint,
+        storage_api_endpoint=bigquery_emulator.grpc_endpoint,
+        read_api="storage",
+        staging_dataset="staging",
+        api_retry_timeout_s=5.0,
+    )
+    assert result.metadata["read_api"] == "storage" and result.metadata["rows"] == 2000

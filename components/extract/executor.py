@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -523,9 +524,11 @@ class _BigQueryBackend:
                         staging_table, retry=self._retry, timeout=self._api_retry_timeout_s
                     ),
                 )
+            read_started = time.perf_counter()
             table, read_path = self._read(
                 sql, rows, staging_table or job.destination, anonymous_table=staging_table is None
             )
+            read_seconds = time.perf_counter() - read_started
         finally:
             if staging_table is not None:
                 self._delete_staging_table(staging_table)
@@ -534,6 +537,7 @@ class _BigQueryBackend:
             "bytes_processed": job.total_bytes_processed,
             "bytes_billed": job.total_bytes_billed,
             "read_api": read_path,
+            "read_seconds": round(read_seconds, 3),
         }
         bigquery_types = {schema_field.name: _standard_sql_type(schema_field) for schema_field in rows.schema}
         return _QueryOutput(table, bigquery_types=bigquery_types, details=details)
@@ -633,9 +637,11 @@ class _BigQueryBackend:
                 BigQueryReadGrpcTransport,
             )
 
-            return BigQueryReadClient(
-                transport=BigQueryReadGrpcTransport(channel=grpc.insecure_channel(endpoint))
-            )
+            # gRPC's default 4 MiB receive limit is below one Arrow batch of a wide result, and
+            # the client retries such a stream forever; Google's own transport lifts it the same way.
+            unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+            channel = grpc.insecure_channel(endpoint, options=unlimited)
+            return BigQueryReadClient(transport=BigQueryReadGrpcTransport(channel=channel))
         from google.api_core.client_options import ClientOptions
         from google.auth.credentials import AnonymousCredentials
 
