@@ -298,7 +298,8 @@ def test_v1_transform_json_still_loads(tmp_path):
     assert transform.feature_names == v1["feature_names"] and transform.input_features == ["x", "c"]
     table = pa.table({"x": [6.0, None], "c": ["b", "zzz"]})
     assert transform.transform_table(table).tolist() == [[1.0, 0, 1, 0], [0.0, 0, 0, 1]]
-    transform.save(tmp_path / "v2") if (tmp_path / "v2").mkdir() is None else None
+    (tmp_path / "v2").mkdir()
+    transform.save(tmp_path / "v2")
     saved = json.loads((tmp_path / "v2" / "transform.json").read_text())
     assert saved["format"] == "cauce.transform/v2" and saved["input_features"] == ["x", "c"]
     assert FittedTransform.load(tmp_path / "v2").transform_table(table).tolist() == [[1.0, 0, 1, 0], [0.0, 0, 0, 1]]
