@@ -7,6 +7,7 @@ CAUCE_SERVE_HOST=0.0.0.0 because inside a container that is the only way in.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -67,6 +68,11 @@ def serve(
     port = port or int(os.environ.get("AIP_HTTP_PORT", "8080"))
     request_log_dir = request_log_dir or os.environ.get("CAUCE_REQUEST_LOG_DIR", "")
     app = build_app(model_dir, model_name, request_log_dir, endpoint, deployed_model_id, admin_token)
+    # Everything loaded so far (libraries, the model: ~130 k objects) lives as long
+    # as the process; out of the collector's reach, a full collection no longer
+    # walks it (~40 ms each on the development machine, a p99 stall).
+    gc.collect()
+    gc.freeze()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     # Set TCP_NODELAY ourselves: without it keep-alive responses can wait ~40 ms
