@@ -1,0 +1,86 @@
+"""The transform component on Dataflow: its parameters become a checked Dataflow job.
+
+Dataflow cannot run here. The component runs under kfp.local with
+``runner="DataflowRunner"`` and Beam's real DataflowRunner submits the analyze
+pass to the local Dataflow + Cloud Storage stand-in
+(tests/fixtures/dataflow_server.py), which reports the job FAILED: the step
+must fail naming the job, after the job carried the worker settings given as
+component parameters.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kfp import dsl
+
+from cauce.components.transform.component import transform
+from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC
+from tests.fixtures.dataflow_server import TEST_BUCKET, dataflow_server_fixture  # noqa: F401
+
+IMAGE = "us-docker.pkg.dev/cauce-test/cauce/cauce-beam@sha256:" + "cd" * 32
+SERVICE_ACCOUNT = "dataflow-worker@cauce-test.iam.gserviceaccount.com"
+
+
+def test_transform_launches_a_dataflow_job_with_its_parameters(kfp_local, raw_dataset, dataflow_server, capfd):
+    dataflow_server.job_states = ["JOB_STATE_FAILED"]
+    dataflow_server.job_messages = [("JOB_MESSAGE_ERROR", "Workflow failed: quota exceeded")]
+
+    @dsl.pipeline
+    def on_dataflow():
+        raw = dsl.importer(artifact_uri=str(raw_dataset), artifact_class=dsl.Dataset, reimport=False)
+        transform(
+            dataset=raw.output,
+            label=DEMO_LABEL,
+            numeric_features=DEMO_NUMERIC,
+            categorical_features=DEMO_CATEGORICAL,
+            runner="DataflowRunner",
+            project="cauce-test",
+            location="europe-west4",
+            dataflow_temp_location=f"gs://{TEST_BUCKET}/tmp",
+            dataflow_service_account=SERVICE_ACCOUNT,
+            dataflow_machine_type="n2-standard-8",
+            dataflow_max_workers=12,
+            dataflow_use_public_ips=False,
+            dataflow_sdk_container_image=IMAGE,
+            # Only what the stand-in needs: its endpoint, and no Google credentials.
+            pipeline_options={"dataflow_endpoint": dataflow_server.endpoint, "no_auth": True},
+        )
+
+    with pytest.raises(RuntimeError):
+        on_dataflow()
+    step_log = capfd.readouterr().out
+
+    (job,) = dataflow_server.jobs.values()
+    assert job["name"].startswith("cauce-transform-")
+    assert job["location"] == "europe-west4"
+    environment = job["environment"]
+    assert environment["serviceAccountEmail"] == SERVICE_ACCOUNT
+    (pool,) = environment["workerPools"]
+    assert pool["machineType"] == "n2-standard-8"
+    assert pool["autoscalingSettings"]["maxNumWorkers"] == 12
+    assert pool["ipConfiguration"] == "WORKER_IP_PRIVATE"
+    assert IMAGE in str(environment)
+    assert all("authorization" not in {k.lower() for k in r.headers} for r in dataflow_server.requests)
+    # The step's error names the job and its final state (kfp.local streams the step's log).
+    assert job["id"] in step_log and "FAILED" in step_log
+
+
+def test_dataflow_parameters_are_checked_before_any_job(kfp_local, raw_dataset, dataflow_server, capfd):
+    @dsl.pipeline
+    def bad_location():
+        raw = dsl.importer(artifact_uri=str(raw_dataset), artifact_class=dsl.Dataset, reimport=False)
+        transform(
+            dataset=raw.output,
+            label=DEMO_LABEL,
+            numeric_features=DEMO_NUMERIC,
+            categorical_features=DEMO_CATEGORICAL,
+            runner="DataflowRunner",
+            project="cauce-test",
+            dataflow_temp_location="/tmp/not-cloud-storage",
+            pipeline_options={"dataflow_endpoint": dataflow_server.endpoint, "no_auth": True},
+        )
+
+    with pytest.raises(RuntimeError):
+        bad_location()
+    assert dataflow_server.jobs == {}
+    assert "temp_location" in capfd.readouterr().out
