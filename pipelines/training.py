@@ -21,7 +21,7 @@ from cauce.components.train.component import train
 from cauce.components.transform.component import transform
 from cauce.components.validate.component import validate
 from cauce.demo import DEMO_CATEGORICAL, DEMO_KEY, DEMO_LABEL, DEMO_NUMERIC, DEMO_TABLE
-from cauce.images import SERVING_IMAGE
+from cauce.images import BEAM_IMAGE, SERVING_IMAGE
 
 
 def build_training_pipeline(train_op=train, name: str = "cauce-training"):
@@ -48,8 +48,18 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         local_database: str = "",
         bigquery_location: str = "US",
         query_parameters: dict = {},
-        runner: str = "DirectRunner",
+        maximum_bytes_billed: int = 0,  # BigQuery: refuse a query that would bill more; 0 = no limit
+        # The full declarative transform (docs/recipes.md); give it with
+        # numeric_features=[] and categorical_features=[], which are its shorthand.
+        transform_recipe: dict = {},
+        runner: str = "DirectRunner",  # "DataflowRunner" on Google Cloud, with the dataflow_* values
         pipeline_options: dict = {},
+        dataflow_temp_location: str = "",
+        dataflow_service_account: str = "",
+        dataflow_machine_type: str = "",
+        dataflow_max_workers: int = 0,
+        dataflow_subnetwork: str = "",
+        dataflow_sdk_container_image: str = BEAM_IMAGE,
         task: str = "binary",
         hyperparameters: dict = {},  # empty: the trainer's defaults for its framework
         thresholds: dict = {"auc": 0.7},
@@ -80,6 +90,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             project=project,
             location=bigquery_location,
             query_parameters=query_parameters,
+            maximum_bytes_billed=maximum_bytes_billed,
         ).set_display_name("extract")
         validated = validate(
             dataset=extracted.outputs["dataset"],
@@ -94,8 +105,17 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             label=label,
             numeric_features=numeric_features,
             categorical_features=categorical_features,
+            recipe=transform_recipe,
             runner=runner,
             pipeline_options=pipeline_options,
+            project=project,
+            location=location,
+            dataflow_temp_location=dataflow_temp_location,
+            dataflow_service_account=dataflow_service_account,
+            dataflow_machine_type=dataflow_machine_type,
+            dataflow_max_workers=dataflow_max_workers,
+            dataflow_subnetwork=dataflow_subnetwork,
+            dataflow_sdk_container_image=dataflow_sdk_container_image,
             task=task,
         ).set_display_name("transform").after(validated)
         trained = train_op(

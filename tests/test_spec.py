@@ -39,6 +39,17 @@ def test_training_spec_shape(compiled):
         assert secret_like not in text
 
 
+def test_dataflow_workers_run_the_beam_image_the_spec_was_compiled_with(compiled):
+    from cauce.images import BEAM_IMAGE
+
+    document = yaml.safe_load(compiled["training"].read_text())
+    parameters = document["root"]["inputDefinitions"]["parameters"]
+    # Fixed at compile time: the running step does not know which release compiled it.
+    assert parameters["dataflow_sdk_container_image"]["defaultValue"] == BEAM_IMAGE
+    for name in ("dataflow_temp_location", "dataflow_service_account", "dataflow_max_workers", "transform_recipe"):
+        assert name in parameters
+
+
 def test_vertex_pipeline_job_builds_offline_with_real_parameters(compiled):
     job = spec._build_vertex_job(compiled["training"], {"project": "p", "backend": "bigquery", "port": 9000})
     values = job._gca_resource.runtime_config.parameter_values
