@@ -72,7 +72,7 @@ FAMILIES: dict[str, Family] = {
     for family in (
         Family(
             "base",
-            "extract, train (scikit-learn), register, deploy, monitor, champion",
+            "extract, validate, train (scikit-learn), register, deploy, monitor, champion",
             extras=("sklearn", "mlflow"),
             libraries=(
                 "kfp",
@@ -83,6 +83,8 @@ FAMILIES: dict[str, Family] = {
                 "sklearn",
                 "joblib",
                 "mlflow",
+                "tensorflow_metadata.proto.v0.statistics_pb2",
+                "cauce.components.validate.executor",
             ),
         ),
         Family(
