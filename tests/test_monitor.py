@@ -16,11 +16,11 @@ from cauce.components.monitor.executor import (
     REPORT_HTML,
     REPORT_JSON,
     compute_drift,
-    jensen_shannon_numeric,
     linf_categorical,
     read_request_log,
     run_monitor,
 )
+from cauce.tfdv_histograms import jensen_shannon_numeric
 
 # ----------------------------------------------------------------- helpers
 

@@ -18,13 +18,13 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_p
 
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
-from cauce.components.monitor.executor import _present_sorted, _standard_histogram
 from cauce.components.validate import executor as validate_executor
 from cauce.components.validate import statistics as stats_module
 from cauce.components.validate.accumulators import QuantileStream, QuantileSummary
 from cauce.components.validate.executor import run_validate
 from cauce.components.validate.schema import infer_schema, validate_statistics
 from cauce.components.validate.statistics import compute_statistics, feature_stats_by_name
+from cauce.tfdv_histograms import present_sorted, standard_histogram
 
 ROWS = 600
 
@@ -95,7 +95,7 @@ def test_numeric_statistics_match_numpy(clean_dataset):
     assert standard.type == statistics_pb2.Histogram.STANDARD and len(standard.buckets) == 10
     assert standard.buckets[0].low_value == present[0] and standard.buckets[-1].high_value == present[-1]
     # The same TFDV construction as the monitor's (exact quantiles below 4096 distinct values).
-    expected = _standard_histogram(_present_sorted(present))
+    expected = standard_histogram(present_sorted(present))
     np.testing.assert_allclose([b.sample_count for b in standard.buckets], expected.count, rtol=1e-9)
     assert sum(b.sample_count for b in standard.buckets) == pytest.approx(present.size)
     assert quantiles.type == statistics_pb2.Histogram.QUANTILES and len(quantiles.buckets) == 10

@@ -28,15 +28,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from cauce.components.monitor.executor import (
-    NUM_BUCKETS,
-    NUM_QUANTILES,
-    _quantile_buckets,
-    _spread_over_intervals,
-    _strip_infinities,
-)
 from cauce.components.validate.accumulators import NumericAccumulator, StringAccumulator
 from cauce.data import split_names, split_path
+from cauce.tfdv_histograms import (
+    NUM_BUCKETS,
+    NUM_QUANTILES,
+    quantile_buckets,
+    spread_over_intervals,
+    strip_infinities,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +149,15 @@ def standard_histogram(
     if not np.isfinite(finite_min):  # only infinite values: one bucket holding them all
         result.buckets.add(low_value=accumulator.min, high_value=accumulator.max, sample_count=float(cumulative[-1]))
         return result
-    quantiles, cumulative, num_neg_inf = _strip_infinities(quantiles, cumulative, finite_max, accumulator.num_pos_inf)
-    low, high, weight = _quantile_buckets(quantiles, cumulative)
+    quantiles, cumulative, num_neg_inf = strip_infinities(quantiles, cumulative, finite_max, accumulator.num_pos_inf)
+    low, high, weight = quantile_buckets(quantiles, cumulative)
     if finite_min == finite_max:
         edges = np.array([finite_min, finite_max])
     else:
         edges = np.linspace(finite_min, finite_max, NUM_BUCKETS + 1)
         if not np.isfinite(edges).all():
             return result  # the range overflows float64: TFDV leaves the histogram empty too
-    counts = _spread_over_intervals(low, high, weight, edges)
+    counts = spread_over_intervals(low, high, weight, edges)
     if num_neg_inf:
         result.buckets.add(low_value=-np.inf, high_value=-np.inf, sample_count=num_neg_inf)
     for lo, hi, count in zip(edges[:-1], edges[1:], counts):
@@ -170,7 +170,7 @@ def standard_histogram(
 def quantiles_histogram(quantiles: np.ndarray, cumulative: np.ndarray) -> statistics_pb2.Histogram:
     """TFDV's QUANTILES histogram: the 1000 quantiles rebinned to 10 buckets of equal mass."""
     factor = NUM_QUANTILES // NUM_BUCKETS
-    low, high, weight = _quantile_buckets(
+    low, high, weight = quantile_buckets(
         np.r_[quantiles[0], quantiles[factor::factor]], np.r_[cumulative[0], cumulative[factor::factor]]
     )
     result = Histogram(type=Histogram.QUANTILES)

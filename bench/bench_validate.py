@@ -1,6 +1,6 @@
 """Validate speed, memory and accuracy on a large dataset, against the whole-table baseline.
 
-    python -m cauce.components.validate.benchmark --rows 250000 1000000 2000000
+    python bench/bench_validate.py --rows 250000 1000000 2000000
 
 The data: ``rows`` generated taxi trips written as a cauce Dataset (80 % train, 20 % eval,
 extract's layout: shards of up to 1 M rows). Measured in the same run, each in a fresh forked process:
@@ -66,9 +66,9 @@ def _whole_table(dataset_dir):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from cauce.components.monitor.executor import _standard_histogram
     from cauce.components.validate.statistics import feature_type
     from cauce.data import read_split, split_names
+    from cauce.tfdv_histograms import standard_histogram
 
     summary = {}
     for split in split_names(dataset_dir):
@@ -83,7 +83,7 @@ def _whole_table(dataset_dir):
                 column = column.cast(pa.int64())
             values = np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
             present = np.sort(values[~np.isnan(values)])
-            histogram = _standard_histogram(present)
+            histogram = standard_histogram(present)
             summary[split, name] = (present[present.size // 2], list(histogram.count), present.size, present)
     return summary
 
