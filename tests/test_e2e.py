@@ -159,6 +159,7 @@ def test_bad_input_fails_the_pipeline_with_a_clear_message(specs, tmp_path):
             pipeline_root=tmp_path / "runs",
         )
     # The failed step left no artifact that a later step could take for good.
-    run_dir = next((tmp_path / "runs").glob("cauce-training-*"))
+    # The run folder, not the run's .log file beside it.
+    run_dir = next(path for path in (tmp_path / "runs").glob("cauce-training-*") if path.is_dir())
     assert not (run_dir / "transform" / "transformed").exists()
     assert not list((run_dir / "transform").glob(".*partial*"))
