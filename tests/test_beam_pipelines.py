@@ -319,3 +319,22 @@ def test_a_job_name_taken_by_a_running_job_is_an_error_naming_it(dataflow_server
     with pytest.raises(CauceError, match="job_name 'cauce-transform-run' is taken"):
         run_pipeline(double, "DataflowRunner", options_for(dataflow_server, job_name="cauce-transform-run"))
     assert len(dataflow_server.jobs) == 1
+
+
+def test_runner_options_pass_direct_runner_options_through_and_check_dataflow_ones():
+    from cauce.beam_pipelines import runner_options
+
+    direct = {"direct_num_workers": 2}
+    assert runner_options("DirectRunner", direct, job_name_prefix="cauce-x", project="", region="") == direct
+    options = runner_options(
+        "DataflowRunner",
+        {"number_of_worker_harness_threads": 4},
+        job_name_prefix="cauce-predict",
+        project=PROJECT,
+        region=REGION,
+        temp_location=f"gs://{TEST_BUCKET}/tmp",
+    )
+    assert options["job_name"].startswith("cauce-predict-") and options["project"] == PROJECT
+    assert options["number_of_worker_harness_threads"] == 4
+    with pytest.raises(CauceError, match="temp_location"):
+        runner_options("DataflowRunner", {}, job_name_prefix="cauce-x", project=PROJECT, region=REGION, temp_location="")

@@ -33,6 +33,15 @@ def predict(
     runner: str = "DirectRunner",
     pipeline_options: dict = {},  # noqa: B006
     batch_size: int = 65536,
+    dataflow_temp_location: str = "",
+    dataflow_staging_location: str = "",
+    dataflow_service_account: str = "",
+    dataflow_machine_type: str = "",
+    dataflow_max_workers: int = 0,
+    dataflow_network: str = "",
+    dataflow_subnetwork: str = "",
+    dataflow_use_public_ips: bool = True,
+    dataflow_sdk_container_image: str = "",
 ) -> NamedTuple("BatchPredictOutputs", [("rows", int), ("model_uri", str)]):
     """Apply a registered model (by alias) to a Parquet Dataset or a BigQuery table/query, in batches with Beam.
 
@@ -59,13 +68,42 @@ def predict(
         query_parameters: @name -> scalar or list, sent as typed query parameters.
         region: Vertex AI region of the model registry (with project).
         mlflow_tracking_uri: MLflow registry without a project; empty = cauce's local default.
-        runner: Beam runner: DirectRunner or DataflowRunner.
-        pipeline_options: Beam pipeline options (project, region, temp_location, sdk_container_image ...).
+        runner: Beam runner: DirectRunner or DataflowRunner (the job runs in project and
+            region, and is cancelled if the step is cancelled).
+        pipeline_options: any other Beam option; names that look like credentials are refused.
         batch_size: rows per model call.
+        dataflow_temp_location: gs://bucket/path for Dataflow's temporary files (required on Dataflow).
+        dataflow_staging_location: gs://bucket/path for staged files; empty = the temp location.
+        dataflow_service_account: the workers' service account e-mail; empty = the project's default.
+        dataflow_machine_type: worker machine type; empty = Dataflow's default.
+        dataflow_max_workers: autoscaling ceiling; 0 = Dataflow's default.
+        dataflow_network: VPC network of the workers; empty = default.
+        dataflow_subnetwork: subnetwork of the workers.
+        dataflow_use_public_ips: False keeps workers on private IPs (needs Private Google Access).
+        dataflow_sdk_container_image: the workers' image; pass the beam image your pipeline was
+            compiled with (cauce.images.BEAM_IMAGE); empty = the release tag.
     """
     from collections import namedtuple
 
+    from cauce.beam_pipelines import runner_options
     from cauce.components.batch_predict.executor import run_batch_predict_from_registry
+
+    options = runner_options(
+        runner,
+        pipeline_options,
+        job_name_prefix="cauce-predict",
+        project=project,
+        region=region,
+        temp_location=dataflow_temp_location,
+        staging_location=dataflow_staging_location,
+        service_account_email=dataflow_service_account,
+        machine_type=dataflow_machine_type,
+        max_num_workers=dataflow_max_workers,
+        sdk_container_image=dataflow_sdk_container_image,
+        network=dataflow_network,
+        subnetwork=dataflow_subnetwork,
+        use_public_ips=dataflow_use_public_ips,
+    )
 
     result = run_batch_predict_from_registry(
         model_name=model_name,
@@ -87,7 +125,7 @@ def predict(
         api_endpoint=api_endpoint,
         query_parameters=query_parameters,
         runner=runner,
-        pipeline_options=pipeline_options,
+        pipeline_options=options,
         batch_size=batch_size,
     )
     predictions.metadata.update(result)

@@ -65,27 +65,25 @@ def transform(
     """
     from collections import namedtuple
 
+    from cauce.beam_pipelines import runner_options
     from cauce.components.transform.executor import run_transform
 
-    options = pipeline_options
-    if runner == "DataflowRunner":
-        from cauce.beam_pipelines import dataflow_options
-
-        options = dataflow_options(
-            project=project,
-            region=location,
-            temp_location=dataflow_temp_location,
-            staging_location=dataflow_staging_location,
-            service_account_email=dataflow_service_account,
-            machine_type=dataflow_machine_type,
-            max_num_workers=dataflow_max_workers,
-            sdk_container_image=dataflow_sdk_container_image,
-            job_name_prefix="cauce-transform",
-            network=dataflow_network,
-            subnetwork=dataflow_subnetwork,
-            use_public_ips=dataflow_use_public_ips,
-            extra=pipeline_options,
-        )
+    options = runner_options(
+        runner,
+        pipeline_options,
+        job_name_prefix="cauce-transform",
+        project=project,
+        region=location,
+        temp_location=dataflow_temp_location,
+        staging_location=dataflow_staging_location,
+        service_account_email=dataflow_service_account,
+        machine_type=dataflow_machine_type,
+        max_num_workers=dataflow_max_workers,
+        sdk_container_image=dataflow_sdk_container_image,
+        network=dataflow_network,
+        subnetwork=dataflow_subnetwork,
+        use_public_ips=dataflow_use_public_ips,
+    )
 
     result = run_transform(
         dataset_dir=dataset.path,

@@ -249,6 +249,15 @@ def dataflow_options(
     return options
 
 
+def runner_options(runner: str, pipeline_options: dict | None, *, job_name_prefix: str, **dataflow) -> dict:
+    """The Beam options of a component's step: ``pipeline_options`` as they are for the
+    DirectRunner; for Dataflow, ``dataflow_options(**dataflow)`` with ``pipeline_options``
+    as its extra options. The one mapping every Beam component's parameters go through."""
+    if runner != DATAFLOW_RUNNER:
+        return dict(pipeline_options or {})
+    return dataflow_options(**dataflow, job_name_prefix=job_name_prefix, extra=pipeline_options)
+
+
 # -- Submitting and waiting ---------------------------------------------------------------
 
 
