@@ -133,7 +133,7 @@ FAMILIES: dict[str, Family] = {
             "Vertex AI endpoints: the prediction server",
             requirements_file="containers/serving.requirements.txt",
             # every framework's bundles: Keras runs on the torch backend (KERAS_BACKEND=torch)
-            libraries=("uvicorn", "httptools", "uvloop", "sklearn", "joblib", "torch", "keras", "google.cloud.storage", "cauce.serving.server"),
+            libraries=("uvicorn", "httptools", "uvloop", "orjson", "sklearn", "joblib", "torch", "keras", "google.cloud.storage", "cauce.serving.server"),
         ),
     )
 }

@@ -112,13 +112,16 @@ class LoadedModel:
         task = self.task
         if task == "binary":
             threshold = float(self.metadata.get("decision_threshold", 0.5))
-            return [{"label": int(score >= threshold), "score": round(float(score), 6)} for score in outputs]
+            # tolist() converts once to Python floats; per-element float() on numpy
+            # scalars costs more than the model at serving's batch sizes.
+            return [{"label": int(score >= threshold), "score": round(score, 6)} for score in outputs.tolist()]
         if task == "multiclass":
             classes = self.classes
             return [
-                {"label": classes[int(np.argmax(row))], "scores": [round(float(p), 6) for p in row]} for row in outputs
+                {"label": classes[max(range(len(row)), key=row.__getitem__)], "scores": [round(p, 6) for p in row]}
+                for row in outputs.tolist()
             ]
-        return [{"value": float(value)} for value in outputs]
+        return [{"value": value} for value in np.asarray(outputs, dtype=np.float64).ravel().tolist()]
 
 
 class SklearnModel(LoadedModel):
