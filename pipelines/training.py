@@ -72,6 +72,9 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         mlflow_tracking_uri: str = "",
         serving_image: str = SERVING_IMAGE,
         machine_type: str = "n1-standard-2",
+        # < 100: a promoted model replacing a serving one first takes this share of traffic,
+        # is smoke-tested, then promoted or rolled back (the old version keeps serving).
+        canary_traffic_percentage: int = 100,
         port: int = 8080,
         # "fail": anomalies stop the run before transform (outputs kept for inspection);
         # "warn": they are reported and the run goes on.
@@ -166,6 +169,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
                 location=location,
                 api_endpoint=vertex_api_endpoint,
                 machine_type=machine_type,
+                canary_traffic_percentage=canary_traffic_percentage,
                 port=port,
             ).set_display_name("deploy")
         with dsl.Else(name="keep-champion"):

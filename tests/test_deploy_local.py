@@ -183,3 +183,14 @@ def test_a_canary_needs_a_running_endpoint(versions, free_port):
     with pytest.raises(CauceError, match="first deployment must take 100 %"):
         deploy_local(versions["v1"], "test-canary-first", port=free_port, traffic_percentage=10)
     assert local_endpoint("test-canary-first") is None
+
+
+def test_a_promoted_canary_with_nothing_serving_starts_at_100_percent(versions, free_port):
+    # What a pipeline configured for canaries does on its first run: nothing to protect.
+    try:
+        result = deploy_local(versions["v1"], "test-canary-promote-first", port=free_port, traffic_percentage=10, promote=True)
+        assert list(result["traffic_split"].values()) == [100]
+        status, body = post_json(result["predict_url"], {"instances": versions["instances"][:1]})
+        assert status == 200 and len(body["predictions"]) == 1
+    finally:
+        stop_local("test-canary-promote-first")

@@ -198,6 +198,12 @@ def test_partial_traffic_on_an_empty_endpoint_raises(vertex_server):  # noqa: F8
     assert vertex_server.requests_to("POST", ":deployModel") == []
 
 
+def test_a_promoted_canary_on_an_empty_endpoint_deploys_at_100_percent(vertex_server):  # noqa: F811
+    deploy(vertex_server, register_version(vertex_server, "gs://bucket/churn/v1"), traffic_percentage=10, promote=True)
+    (request,) = vertex_server.requests_to("POST", ":deployModel")
+    assert list(request.body["trafficSplit"].values()) == [100]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -166,12 +166,14 @@ def deploy_local(
     running = _reusable_server(local_endpoint(endpoint_name), host, port, request_log_dir)
     if running is not None:
         return _roll_out(endpoint_name, running, model_dir, traffic_percentage, promote, smoke_instances, startup_timeout)
-    if traffic_percentage < 100:
+    if traffic_percentage < 100 and not promote:
         raise CauceError(
             f"traffic_percentage={traffic_percentage} but endpoint {endpoint_name!r} has no healthy serving process "
             f"on {host}:{port} (logging to {request_log_dir}) to put the canary next to: the first deployment "
             "must take 100 % of the traffic"
         )
+    # With promote, a canary that has no serving version to protect simply starts at 100 %
+    # (as on Vertex): a pipeline configured for canaries can make its first deployment.
     return _start_server(model_dir, endpoint_name, host, port, request_log_dir, smoke_instances, startup_timeout)
 
 

@@ -7,10 +7,13 @@ function: it costs about 1.5 s). The SDK is initialised by the register executor
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from cauce.artifacts import CauceError
 from cauce.components.register.executor import check_display_name, init_vertex, newest_resource
+
+log = logging.getLogger(__name__)
 
 # A smoke test answers in well under a minute; without a timeout the SDK would wait forever.
 SMOKE_TIMEOUT_S = 120.0
@@ -101,10 +104,16 @@ def deploy_vertex(
     if newly_deployed:
         before = {deployed.id for deployed in endpoint.list_models()}
         if traffic_percentage < 100 and not before:
-            raise CauceError(
-                f"traffic_percentage={traffic_percentage} but endpoint {endpoint_display_name!r} serves no "
-                "model yet: the first deployment must take 100 % of the traffic"
-            )
+            if not promote:
+                raise CauceError(
+                    f"traffic_percentage={traffic_percentage} but endpoint {endpoint_display_name!r} serves no "
+                    "model yet: the first deployment must take 100 % of the traffic"
+                )
+            # A canary protects a serving version; with none there is nothing to protect, and a
+            # pipeline configured for canaries must still be able to make its first deployment.
+            log.info("endpoint %s serves no model yet: deploying at 100 %% instead of a %d %% canary",
+                     endpoint_display_name, traffic_percentage)
+            traffic_percentage = 100
         endpoint.deploy(
             model=model,
             deployed_model_display_name=f"{model.display_name}-v{model.version_id}",
