@@ -9,11 +9,12 @@ What is fitted and encoded is a recipe (:mod:`cauce.recipe`): either the one
 given as ``recipe`` or the shorthand ``numeric_features`` (z-score) +
 ``categorical_features`` (one-hot over ``top_k``).
 
-Beam pipelines run one after the other: *analyze* (CombineGlobally of the
-recipe's mergeable accumulators over the analyze split; one pass per recipe
-phase, usually one) and *encode* (map every batch of every split through the
-fitted transform, the same code serving runs). The encode pass needs the fitted
-vocabularies to know its output schema before it starts writing Parquet.
+One Beam pipeline does both halves: *analyze* (the recipe's mergeable
+accumulators over the analyze split, combined globally; one pass per recipe phase,
+usually one) and *encode* (every file of every split through the fitted transform,
+the same code serving runs), the fitted state reaching the encode as a side input.
+The encode's Parquet writer takes its schema (the fitted vocabularies) from that
+side input at run time, which is why the DoFns read and write Parquet themselves.
 """
 
 from __future__ import annotations
@@ -85,39 +86,6 @@ def validate_source(dataset_dir: str, label: str, recipe: Recipe, analyze_split:
     return splits
 
 
-def _make_combine_fn(recipe_document: dict, label: str, states: dict, phase: int):
-    import apache_beam as beam
-
-    class RecipeCombineFn(beam.CombineFn):
-        """The phase's accumulators; merging is order-independent (see cauce.recipe)."""
-
-        def setup(self):
-            self._recipe = Recipe(recipe_document, label)
-
-        def _recipe_object(self):
-            if not hasattr(self, "_recipe"):  # combiner lifting may call before setup
-                self._recipe = Recipe(recipe_document, label)
-            return self._recipe
-
-        def create_accumulator(self):
-            return PhaseAccumulator(self._recipe_object(), states, phase)
-
-        def add_input(self, accumulator, batch):
-            return accumulator.add_batch(batch)
-
-        def merge_accumulators(self, accumulators):
-            accumulators = iter(accumulators)
-            merged = next(accumulators)
-            for other in accumulators:
-                merged.merge(other)
-            return merged
-
-        def extract_output(self, accumulator):
-            return {"rows": accumulator.rows, "states": accumulator.fit()}
-
-    return RecipeCombineFn()
-
-
 TASKS = ("binary", "multiclass", "regression")
 
 
@@ -127,9 +95,14 @@ def _check_task(task: str) -> None:
 
 
 def encode_batch(
-    batch: pa.RecordBatch | pa.Table, fitted: FittedTransform, passthrough: list[str], task: str = "binary"
+    batch: pa.RecordBatch | pa.Table,
+    fitted: FittedTransform,
+    passthrough: list[str],
+    task: str = "binary",
+    schema: pa.Schema | None = None,
 ) -> pa.Table:
-    """Raw batch -> encoded float32 feature columns + label + passthrough columns.
+    """Raw batch -> encoded float32 feature columns + label + passthrough columns
+    (typed as ``schema`` when given: the writer's schema).
 
     The label by task: binary -> int64 0/1; regression -> float64; multiclass ->
     the class values as they are (the trainer numbers the classes). Rows without
@@ -137,8 +110,10 @@ def encode_batch(
     """
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     if task == "multiclass":
-        table = table.filter(pc.is_valid(table.column(fitted.label)))
         label_column = table.column(fitted.label)
+        if label_column.null_count:
+            table = table.filter(pc.is_valid(label_column))
+            label_column = table.column(fitted.label)
     else:
         label = _label_array(table, fitted.label)
         keep = ~np.isnan(label)
@@ -146,8 +121,8 @@ def encode_batch(
             table = table.filter(pa.array(keep))
             label = label[keep]
         if task == "binary":
-            unique = np.unique(label)
-            if not np.isin(unique, (0.0, 1.0)).all():
+            if not ((label == 0.0) | (label == 1.0)).all():  # np.unique sorts: only for the message
+                unique = np.unique(label)
                 raise CauceError(
                     f"label column {fitted.label!r} must be binary 0/1 (or boolean) for task 'binary'; found values "
                     f"{unique[:10].tolist()} (use task 'multiclass' or 'regression' for other labels)"
@@ -156,21 +131,179 @@ def encode_batch(
         else:
             label_column = pa.array(label, pa.float64())
     features = fitted.transform_columns(table)  # feature-major: each row is one output column, no copy
-    columns = {name: pa.array(features[j]) for j, name in enumerate(fitted.feature_names)}
-    columns[fitted.label] = label_column
-    for name in passthrough:
-        columns[name] = table.column(name)
-    return pa.table(columns)
+    arrays = [pa.array(row) for row in features]
+    arrays.append(label_column)
+    arrays += [table.column(name) for name in passthrough]
+    if schema is None:
+        return pa.table(dict(zip([*fitted.feature_names, fitted.label, *passthrough], arrays)))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _output_schema(
     fitted: FittedTransform, source_schema: pa.Schema, passthrough: list[str], task: str = "binary"
 ) -> pa.Schema:
-    fields = [pa.field(name, pa.float32()) for name in fitted.feature_names]
+    # Features are never null (a missing input encodes to a value): a required
+    # Parquet column has no definition levels to write or read, which cut the
+    # writer's time by a third in bench/bench_transform.py.
+    fields = [pa.field(name, pa.float32(), nullable=False) for name in fitted.feature_names]
     label_type = {"binary": pa.int64(), "regression": pa.float64()}.get(task, source_schema.field(fitted.label).type)
     fields.append(pa.field(fitted.label, label_type))
     fields += [source_schema.field(name) for name in passthrough]
     return pa.schema(fields)
+
+
+
+# Rows per record batch read, encoded and written as one Parquet row group. Measured
+# in bench/bench_transform.py: 32 k-row row groups made the writer ~40 % slower than
+# 128 k; much larger batches gain nothing and hold a bigger (features x rows)
+# float32 matrix (104 features x 128 k rows: 55 MB).
+BATCH_ROWS = 131_072
+
+
+def _parquet_write_options(label: str, passthrough: list[str]) -> dict:
+    """Writer settings for the encoded splits, chosen in bench/bench_transform.py.
+
+    The float32 feature columns are nearly all the bytes (a one-hot column is 4 bytes
+    of mostly zeros per row). Dictionary-encoding them hashes every value for nothing
+    (z-scores hardly repeat; the codec squeezes one-hot zeros as well), and min/max
+    statistics cost a pass over each column that no reader uses (training reads every
+    row): both off for features, on for the label and passthrough columns. LZ4 wrote
+    1 M rows x 104 features in about 0.6 of zstd's CPU time for files ~40 % larger
+    (30 MB against 21 MB), and reads back as fast.
+    """
+    described = [label, *passthrough]
+    return {"compression": "lz4", "use_dictionary": described, "write_statistics": described}
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _parquet_batches(path: str, columns: list[str], batch_rows: int = BATCH_ROWS):
+    """Record batches of one Parquet file: local files through Arrow's own I/O,
+    ``gs://`` (Dataflow workers) through Beam's FileSystems."""
+    import pyarrow.parquet as pq
+
+    if not _is_remote(path):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as handle:
+        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def _split_files(dataset_dir: str, source_root: str, split: str) -> list[str]:
+    """The split's Parquet files, listed here (the local or Cloud Storage FUSE path)
+    and named as the workers will open them (``source_root``: the same place, or its
+    ``gs://`` URI on Dataflow)."""
+    names = sorted(p.name for p in data.split_path(dataset_dir, split).glob("*.parquet"))
+    return [f"{source_root.rstrip('/')}/{split}/{name}" for name in names]
+
+
+def _fitted_from_payload(recipe: Recipe, label: str, payload: dict, schema: pa.Schema) -> FittedTransform:
+    states = {int(k): v for k, v in payload["states"].items()}
+    return FittedTransform.from_recipe(recipe, label, states, payload["rows"], schema)
+
+
+def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_files: list[str], work: list[tuple],
+                              source_schema: pa.Schema, passthrough: list[str], task: str, staging_uri: str) -> None:
+    """One Beam pipeline: analyze (one pass over the analyze split per recipe phase)
+    feeding, as a side input, the encode of every split.
+
+    Files are the unit of work, read and written by the DoFns themselves with pyarrow:
+    only file names and small accumulators travel between Beam stages (a record batch
+    as a Beam element costs a pickle per element, at least for the size estimate of
+    Beam's counters), and the encode's writer learns its schema (the fitted
+    vocabularies) from the side input at run time.
+    """
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+
+    recipe_document = plan.to_dict()
+    needed = list(dict.fromkeys([*plan.input_columns, label, *passthrough]))
+
+    class AccumulateFile(beam.DoFn):
+        """The phase's accumulators over one file (the fitted states of earlier phases
+        come in as ``prior``)."""
+
+        def __init__(self, phase: int):
+            self.phase = phase
+
+        def process(self, path, prior=None):
+            states = {int(k): v for k, v in (prior or {"states": {}})["states"].items()}
+            accumulator = PhaseAccumulator(Recipe(recipe_document, label), states, self.phase)
+            for batch in _parquet_batches(path, plan.input_columns):
+                accumulator.add_batch(batch)
+            yield accumulator
+
+    class MergeAccumulators(beam.CombineFn):
+        """Merging is order-independent (see cauce.recipe), so the fit is too."""
+
+        def create_accumulator(self):
+            return None
+
+        def add_input(self, merged, accumulator):
+            return accumulator if merged is None else merged.merge(accumulator)
+
+        def merge_accumulators(self, accumulators):
+            merged = None
+            for accumulator in accumulators:
+                if accumulator is not None:
+                    merged = accumulator if merged is None else merged.merge(accumulator)
+            return merged
+
+        def extract_output(self, merged):
+            if merged is None:  # validate_source refuses an empty analyze split before this
+                return {"rows": 0, "states": {}}
+            return {"rows": merged.rows, "states": merged.fit()}
+
+    def add_prior(fitted: dict, prior: dict) -> dict:
+        return {"rows": prior["rows"], "states": {**prior["states"], **fitted["states"]}}
+
+    class EncodeFile(beam.DoFn):
+        """Encode one file of a split into one output file of the same split."""
+
+        def process(self, item, fitted_payload):
+            split, source, target = item
+            fitted = _fitted_from_payload(Recipe(recipe_document, label), label, fitted_payload, source_schema)
+            schema = _output_schema(fitted, source_schema, passthrough, task)
+            options = _parquet_write_options(label, passthrough)
+            handle = FileSystems.create(target) if _is_remote(target) else None
+            rows = 0
+            try:
+                with pq.ParquetWriter(handle or target, schema, **options) as writer:
+                    for batch in _parquet_batches(source, needed):
+                        encoded = encode_batch(batch, fitted, passthrough, task, schema)
+                        writer.write_table(encoded)
+                        rows += encoded.num_rows
+            finally:
+                if handle is not None:
+                    handle.close()
+            yield split, rows
+
+    def save_fitted(payload: dict) -> None:
+        with FileSystems.create(staging_uri) as handle:
+            handle.write(json.dumps(payload).encode())
+
+    import pyarrow.parquet as pq
+
+    fitted = None
+    for phase in range(plan.phases):
+        prior = {} if fitted is None else {"prior": beam.pvalue.AsSingleton(fitted)}
+        combined = (
+            pipeline
+            | f"AnalyzeFiles[{phase}]" >> beam.Create(analyze_files)
+            | f"Accumulate[{phase}]" >> beam.ParDo(AccumulateFile(phase), **prior)
+            | f"Fit[{phase}]" >> beam.CombineGlobally(MergeAccumulators())
+        )
+        fitted = combined if not prior else combined | f"WithPrior[{phase}]" >> beam.Map(add_prior, **prior)
+    _ = fitted | "SaveFitted" >> beam.Map(save_fitted)
+    _ = (
+        pipeline
+        | "Files" >> beam.Create(work)
+        | "Encode" >> beam.ParDo(EncodeFile(), beam.pvalue.AsSingleton(fitted))
+    )
 
 
 def run_transform(
@@ -190,7 +323,7 @@ def run_transform(
     task: str = "binary",
     recipe: dict | str | None = None,
 ) -> TransformResult:
-    """Fit the transform on ``analyze_split`` and encode every split.
+    """Fit the transform on ``analyze_split`` and encode every split, in one Beam job.
 
     ``recipe`` (a dict, YAML/JSON text or a file path; see docs/recipes.md) is the
     full transform; without it ``numeric_features``/``categorical_features``/``top_k``
@@ -202,13 +335,13 @@ def run_transform(
 
     Outputs: ``transformed_dir`` (a cauce Dataset with the same splits, encoded
     features + label) and ``transform_dir`` (``transform.json``). On the
-    DirectRunner both are written atomically; on Dataflow the encoded shards
-    go straight to ``transformed_uri`` (Beam finalizes each write atomically)
-    and ``_schema.json`` is written last, so a failed job leaves no dataset
-    that reads as complete.
+    DirectRunner both are written atomically. On Dataflow each encoded file goes
+    straight to ``transformed_uri`` under a name fixed by its input file (a retried
+    bundle rewrites the same object, and a Cloud Storage object appears only once
+    complete) and ``_schema.json`` is written last, so a failed job leaves no
+    dataset that reads as complete.
     """
-    import apache_beam as beam
-    from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
+    from apache_beam.io.filesystems import FileSystems
 
     _check_task(task)
     passthrough = list(passthrough_columns or [])
@@ -221,54 +354,49 @@ def run_transform(
 
     local = runner == "DirectRunner"
     source_root = dataset_dir if local or not dataset_uri else dataset_uri
+    files = {split: _split_files(dataset_dir, source_root, split) for split in splits}
 
-    def glob(split: str) -> str:
-        return f"{source_root.rstrip('/')}/{split}/*.parquet"
-
-    # Pass 1: analyze. Statistics merge across batches and workers; the fitted
-    # transform comes back through a staging file because on Dataflow (and in
-    # Beam's in-process runner, which pickles every function) a worker cannot
-    # hand a Python object back to this process.
-    staging_root = str(Path(transform_dir).parent) if local else (transformed_uri or dataset_uri).rstrip("/")
-    staging_uri = f"{staging_root}/.analyze-{uuid.uuid4().hex}.json"
-    fitted = _analyze(glob(analyze_split), plan, label, source_schema, staging_uri, runner, pipeline_options)
-    needed = list(dict.fromkeys([*plan.input_columns, label, *passthrough]))
-
-    # Pass 2: encode every split with the fitted transform.
-    schema = _output_schema(fitted, source_schema, passthrough, task)
-
-    def encode_into(root: str):
-        def build(pipeline):
-            for split in splits:
-                _ = (
-                    pipeline
-                    | f"Read[{split}]" >> ReadFromParquetBatched(glob(split), columns=needed)
-                    | f"Encode[{split}]" >> beam.Map(encode_batch, fitted=fitted, passthrough=passthrough, task=task)
-                    | f"Write[{split}]"
-                    >> WriteToParquetBatched(
-                        f"{root.rstrip('/')}/{split}/part", schema=schema, file_name_suffix=".parquet", codec="zstd"
-                    )
-                )
-
-        run_pipeline(build, runner, pipeline_options)
-
-    def count_and_describe(out: str) -> tuple[dict, dict]:
+    def transform_into(out_dir: str, out_uri: str) -> tuple[FittedTransform, dict, dict]:
+        """Run the job writing under ``out_uri``; describe the result from ``out_dir``."""
+        work = []
+        for split in splits:
+            if local:
+                (Path(out_dir) / split).mkdir(parents=True, exist_ok=True)
+            work += [(split, source, f"{out_uri.rstrip('/')}/{split}/part-{i:05d}.parquet")
+                     for i, source in enumerate(files[split])]
+        # The fitted state comes back through a staging file: on Dataflow (and in
+        # Beam's in-process runner, which pickles every function) a worker cannot
+        # hand a Python object back to this process.
+        staging_uri = f"{out_uri.rstrip('/')}/.fitted-{uuid.uuid4().hex}.json"
+        try:
+            run_pipeline(
+                lambda pipeline: _build_transform_pipeline(
+                    pipeline, plan=plan, label=label, analyze_files=files[analyze_split], work=work,
+                    source_schema=source_schema, passthrough=passthrough, task=task, staging_uri=staging_uri,
+                ),
+                runner,
+                pipeline_options,
+            )
+            with FileSystems.open(staging_uri) as handle:
+                fitted = _fitted_from_payload(plan, label, json.loads(handle.read()), source_schema)
+        finally:
+            if FileSystems.exists(staging_uri):
+                FileSystems.delete([staging_uri])
+        schema = _output_schema(fitted, source_schema, passthrough, task)
         rows, dropped = {}, {}
         for split in splits:
-            rows[split] = ds.dataset(Path(out) / split, format="parquet").count_rows()
+            rows[split] = ds.dataset(Path(out_dir) / split, format="parquet").count_rows()
             dropped[split] = ds.dataset(data.split_path(dataset_dir, split), format="parquet").count_rows() - rows[split]
             if dropped[split]:
                 log.warning("split %s: dropped %d rows with a missing label %r", split, dropped[split], label)
-        data.write_schema(out, schema, rows, label=label, feature_names=fitted.feature_names)
-        return rows, dropped
+        data.write_schema(out_dir, schema, rows, label=label, feature_names=fitted.feature_names)
+        return fitted, rows, dropped
 
     if local:
         with atomic_dir(transformed_dir) as out:
-            encode_into(str(out))
-            split_rows, dropped = count_and_describe(str(out))
+            fitted, split_rows, dropped = transform_into(str(out), str(out))
     else:
-        encode_into(transformed_uri)
-        split_rows, dropped = count_and_describe(transformed_dir)
+        fitted, split_rows, dropped = transform_into(transformed_dir, transformed_uri)
 
     with atomic_dir(transform_dir) as out:
         fitted.save(out)
@@ -284,37 +412,3 @@ def run_transform(
         "runner": runner,
     }
     return TransformResult(split_rows, dropped, fitted.feature_names, metadata)
-
-
-def _analyze(glob: str, recipe: Recipe, label: str, schema, staging_uri, runner, pipeline_options) -> FittedTransform:
-    """One Beam full pass per recipe phase; each pass's fitted states feed the next."""
-    import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.io.parquetio import ReadFromParquetBatched
-
-    def write(result: dict) -> None:
-        with FileSystems.create(staging_uri) as handle:
-            handle.write(json.dumps(result).encode())
-
-    states: dict = {}
-    rows = 0
-    for phase in range(recipe.phases):
-        combine = _make_combine_fn(recipe.to_dict(), label, dict(states), phase)
-
-        def analyze(pipeline, combine=combine):
-            _ = (
-                pipeline
-                | "ReadAnalyzeSplit" >> ReadFromParquetBatched(glob, columns=recipe.input_columns)
-                | "Statistics" >> beam.CombineGlobally(combine)
-                | "Write" >> beam.Map(write)
-            )
-
-        run_pipeline(analyze, runner, pipeline_options)
-        try:
-            with FileSystems.open(staging_uri) as handle:
-                payload = json.loads(handle.read())
-        finally:
-            FileSystems.delete([staging_uri])
-        states.update({int(k): v for k, v in payload["states"].items()})
-        rows = rows or payload["rows"]
-    return FittedTransform.from_recipe(recipe, label, states, rows, schema)

@@ -79,7 +79,7 @@ class FeatureStatistics:
             if x.size:
                 self.count[name] = self.count.get(name, 0) + int(x.size)
                 self.total[name] = self.total.get(name, 0.0) + float(x.sum())
-                self.total_sq[name] = self.total_sq.get(name, 0.0) + float(np.dot(x, x))
+                self.total_sq[name] = self.total_sq.get(name, 0.0) + float(np.sum(x * x))  # not np.dot: see cauce.recipe.Moments
                 self.minimum[name] = min(self.minimum.get(name, math.inf), float(x.min()))
                 self.maximum[name] = max(self.maximum.get(name, -math.inf), float(x.max()))
         for name in self.categorical:
