@@ -117,3 +117,26 @@ def test_fill_with_a_fitted_median_then_zscore_takes_two_passes(tmp_path):
     assert fitted.states[1]["x"]["value"] == 2.0  # median of 1, 2, 3, 10 (the lower middle value)
     filled = [1.0, 2.0, 3.0, 10.0, 2.0, 2.0]
     assert fitted.numeric[0]["mean"] == pytest.approx(sum(filled) / 6)  # fitted on the filled column
+
+
+def test_encode_in_small_batches_matches_the_in_process_transform(tmp_path):
+    """Files are read, encoded and written batch by batch (one row group each): with
+    16-row batches over two files the output is still exactly what transform_table
+    gives on the whole table, in the same order, with required feature columns."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = _small(100, x=pa.array([float(i) if i % 7 else None for i in range(100)]))
+    raw = tmp_path / "raw"
+    with atomic_dir(raw) as out:
+        rows = {"train": data.write_split(out, "train", table, rows_per_shard=60)}  # two files: 60 + 40 rows
+        data.write_schema(out, table.schema, rows)
+    run_transform(str(raw), "y", ["x"], ["c"], str(tmp_path / "out"), str(tmp_path / "fn"), batch_rows=16)
+    fitted = FittedTransform.load(tmp_path / "fn")
+    files = sorted((tmp_path / "out" / "train").glob("*.parquet"))
+    assert [pq.ParquetFile(f).metadata.num_row_groups for f in files] == [4, 3]  # ceil(60/16), ceil(40/16)
+    encoded = data.read_split(tmp_path / "out", "train")
+    got = np.column_stack([encoded.column(n).to_numpy() for n in fitted.feature_names])
+    np.testing.assert_array_equal(got, fitted.transform_table(table))
+    assert encoded.column("y").to_pylist() == table.column("y").to_pylist()
+    assert not any(encoded.schema.field(n).nullable for n in fitted.feature_names)  # required Parquet columns

@@ -207,7 +207,8 @@ def _fitted_from_payload(recipe: Recipe, label: str, payload: dict, schema: pa.S
 
 
 def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_files: list[str], work: list[tuple],
-                              source_schema: pa.Schema, passthrough: list[str], task: str, staging_uri: str) -> None:
+                              source_schema: pa.Schema, passthrough: list[str], task: str, staging_uri: str,
+                              batch_rows: int) -> None:
     """One Beam pipeline: analyze (one pass over the analyze split per recipe phase)
     feeding, as a side input, the encode of every split.
 
@@ -233,7 +234,7 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
         def process(self, path, prior=None):
             states = {int(k): v for k, v in (prior or {"states": {}})["states"].items()}
             accumulator = PhaseAccumulator(Recipe(recipe_document, label), states, self.phase)
-            for batch in _parquet_batches(path, plan.input_columns):
+            for batch in _parquet_batches(path, plan.input_columns, batch_rows):
                 accumulator.add_batch(batch)
             yield accumulator
 
@@ -273,7 +274,7 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
             rows = 0
             try:
                 with pq.ParquetWriter(handle or target, schema, **options) as writer:
-                    for batch in _parquet_batches(source, needed):
+                    for batch in _parquet_batches(source, needed, batch_rows):
                         encoded = encode_batch(batch, fitted, passthrough, task, schema)
                         writer.write_table(encoded)
                         rows += encoded.num_rows
@@ -322,6 +323,7 @@ def run_transform(
     transformed_uri: str = "",
     task: str = "binary",
     recipe: dict | str | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> TransformResult:
     """Fit the transform on ``analyze_split`` and encode every split, in one Beam job.
 
@@ -334,7 +336,8 @@ def run_transform(
     Beam workers on Dataflow must see them (``gs://``). Locally they coincide.
 
     Outputs: ``transformed_dir`` (a cauce Dataset with the same splits, encoded
-    features + label) and ``transform_dir`` (``transform.json``). On the
+    features + label; one Parquet file per input file, one row group per
+    ``batch_rows`` rows) and ``transform_dir`` (``transform.json``). On the
     DirectRunner both are written atomically. On Dataflow each encoded file goes
     straight to ``transformed_uri`` under a name fixed by its input file (a retried
     bundle rewrites the same object, and a Cloud Storage object appears only once
@@ -373,6 +376,7 @@ def run_transform(
                 lambda pipeline: _build_transform_pipeline(
                     pipeline, plan=plan, label=label, analyze_files=files[analyze_split], work=work,
                     source_schema=source_schema, passthrough=passthrough, task=task, staging_uri=staging_uri,
+                    batch_rows=batch_rows,
                 ),
                 runner,
                 pipeline_options,
