@@ -48,6 +48,8 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         local_database: str = "",
         bigquery_location: str = "US",
         query_parameters: dict = {},
+        # ${name} placeholders of source -> project/dataset/table ids, e.g. {"source_dataset": "taxi"}
+        source_identifiers: dict = {},
         maximum_bytes_billed: int = 0,  # BigQuery: refuse a query that would bill more; 0 = no limit
         # The full declarative transform (docs/recipes.md); give it with
         # numeric_features=[] and categorical_features=[], which are its shorthand.
@@ -93,6 +95,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             project=project,
             location=bigquery_location,
             query_parameters=query_parameters,
+            identifiers=source_identifiers,
             maximum_bytes_billed=maximum_bytes_billed,
         ).set_display_name("extract")
         validated = validate(

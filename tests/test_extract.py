@@ -296,6 +296,38 @@ def test_an_undefined_query_parameter_is_named(extract, tmp_path):
     assert_nothing_written(tmp_path)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identifiers_fill_table_placeholders_on_both_backends(backend, extract, demo_trips):
+    # The same query text against another dataset is a parameter value, not a new query.
+    result = extract(
+        backend,
+        "SELECT * FROM `${source_dataset}.${trips_table}` WHERE fare > @min_fare",
+        identifiers={"source_dataset": "demo", "trips_table": "taxi_trips"},
+        query_parameters={"min_fare": 20.0},
+    )
+    expected = pc.sum(pc.greater(demo_trips.column("fare"), 20.0)).as_py()
+    assert result.metadata["rows"] == expected
+    assert "`demo.taxi_trips`" in result.metadata["query"]
+
+
+@pytest.mark.parametrize(
+    ("source", "identifiers", "message"),
+    [
+        ("SELECT * FROM `${source_dataset}.t`", {"source_dataset": "demo`; DROP TABLE x; --"}, "not a valid BigQuery dataset id"),
+        ("SELECT * FROM `${p_project}.demo.t`", {"p_project": "Acme"}, "not a valid BigQuery project id"),
+        ("SELECT * FROM ${t_table}", {"t_table": "a--b"}, "not a valid BigQuery table id"),
+        ("SELECT * FROM ${where}", {"where": "demo"}, "must be a placeholder name ending in"),
+        ("SELECT * FROM `${source_dataset}.t`", {}, "that identifiers does not define"),
+        ("SELECT * FROM demo.taxi_trips", {"source_dataset": "demo"}, "are not used by source"),
+    ],
+)
+def test_identifiers_are_checked_before_they_reach_sql(source, identifiers, message, extract, tmp_path):
+    with pytest.raises(CauceError, match="identifiers") as error:
+        extract("local", source, identifiers=identifiers)
+    assert message in str(error.value)
+    assert_nothing_written(tmp_path)
+
+
 class FailingBigQueryHandler(BaseHTTPRequestHandler):
     """Answers 500 to every call, or (``accept_inserts``) accepts a job and fails the reads of its results."""
 

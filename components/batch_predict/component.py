@@ -28,6 +28,7 @@ def predict(
     location: str = "US",
     api_endpoint: str = "",
     query_parameters: dict = {},  # noqa: B006
+    identifiers: dict = {},  # noqa: B006
     region: str = "us-central1",
     mlflow_tracking_uri: str = "",
     runner: str = "DirectRunner",
@@ -66,6 +67,7 @@ def predict(
         location: BigQuery location of the query job.
         api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
         query_parameters: @name -> scalar or list, sent as typed query parameters.
+        identifiers: ${name} placeholders of source -> project/dataset/table ids (as extract's).
         region: Vertex AI region of the model registry (with project).
         mlflow_tracking_uri: MLflow registry without a project; empty = cauce's local default.
         runner: Beam runner: DirectRunner or DataflowRunner (the job runs in project and
@@ -124,6 +126,7 @@ def predict(
         location=location,
         api_endpoint=api_endpoint,
         query_parameters=query_parameters,
+        identifiers=identifiers,
         runner=runner,
         pipeline_options=options,
         batch_size=batch_size,

@@ -142,7 +142,7 @@ def _check_input_columns(schema: pa.Schema, key_column: str, signature: dict, wh
 
 
 def _stage_bigquery(source, key_column, staging_dir, backend, local_database, project, location, api_endpoint,
-                    query_parameters, timeouts):
+                    query_parameters, timeouts, identifiers=None):
     from cauce.components.extract.executor import run_extract
 
     result = run_extract(
@@ -157,6 +157,7 @@ def _stage_bigquery(source, key_column, staging_dir, backend, local_database, pr
         location=location,
         api_endpoint=api_endpoint,
         query_parameters=query_parameters,
+        identifiers=identifiers,
     )
     return result.metadata
 
@@ -182,6 +183,7 @@ def run_batch_predict(
     output_uri: str = "",
     api_retry_timeout_s: float = 120.0,
     query_timeout_s: float | None = None,
+    identifiers: dict | None = None,
 ) -> dict:
     """Predict every row of the input with the bundle at ``model_dir``; write a Dataset.
 
@@ -192,7 +194,7 @@ def run_batch_predict(
         input_dataset_dir: a cauce Dataset to score (with ``input_split``) ...
         input_split: ... the split of it to score; empty = its only split.
         source: ... or a BigQuery table (``dataset.table``) or query (SELECT/WITH).
-        backend, local_database, project, location, api_endpoint, query_parameters:
+        backend, local_database, project, location, api_endpoint, query_parameters, identifiers:
             how ``source`` is read, exactly as the extract step reads it.
         runner, pipeline_options: the Beam runner (``cauce.beam_pipelines.make_pipeline``).
         batch_size: rows per model call.
@@ -243,6 +245,7 @@ def run_batch_predict(
                     source, key_column, staging_dir, backend, local_database, project, location, api_endpoint,
                     query_parameters or {},
                     {"api_retry_timeout_s": api_retry_timeout_s, "query_timeout_s": query_timeout_s},
+                    identifiers or {},
                 ).items() if k in ("job_id", "bytes_processed")}
             )
             dataset_dir, split, read_root = staging_dir, SPLIT, staging_uri

@@ -25,6 +25,7 @@ def extract(
     read_api: str = "auto",
     storage_api_endpoint: str = "",
     staging_dataset: str = "",
+    identifiers: dict = {},  # noqa: B006
 ) -> NamedTuple("ExtractOutputs", [("rows", int)]):
     """Run a BigQuery query (or read a table) and split its rows into a Dataset by a hashed key.
 
@@ -46,6 +47,9 @@ def extract(
         storage_api_endpoint: Storage Read API host:port other than Google's (emulator: insecure on loopback).
         staging_dataset: dataset (or project.dataset) where the result is staged as a table, read and deleted;
             empty = BigQuery's anonymous result table.
+        identifiers: ${name} placeholders of source -> project/dataset/table ids, checked by the kind
+            the name ends with (e.g. {"source_dataset": "taxi"} for `${source_dataset}.trips`):
+            what query parameters cannot carry.
     """
     from collections import namedtuple
 
@@ -66,6 +70,7 @@ def extract(
         read_api=read_api,
         storage_api_endpoint=storage_api_endpoint,
         staging_dataset=staging_dataset,
+        identifiers=identifiers,
     )
     dataset.metadata.update(result.metadata)
     return namedtuple("ExtractOutputs", ["rows"])(result.metadata["rows"])

@@ -95,6 +95,7 @@ def run_extract(
     read_api: str = "auto",
     storage_api_endpoint: str = "",
     staging_dataset: str = "",
+    identifiers: Mapping[str, str] | None = None,
 ) -> ExtractResult:
     """Run ``source``, split its rows by a hash of ``key_column``, write a cauce Dataset.
 
@@ -132,6 +133,11 @@ def run_extract(
             anyway) instead of BigQuery's anonymous result table. Needed for
             results over BigQuery's 10 GB response limit, and for Storage Read
             on bqemulator, which keeps no anonymous result tables.
+        identifiers: values of ``${name}`` placeholders in ``source`` for the
+            identifiers query parameters cannot carry (BigQuery parameters are
+            values, never table names): names end in ``project``, ``dataset`` or
+            ``table`` and each value is checked against that kind of identifier,
+            so the same query text runs against the local engine and production.
     """
     if backend not in BACKENDS:
         raise CauceError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -139,7 +145,7 @@ def run_extract(
         raise CauceError(f"read_api must be one of {READ_APIS}, got {read_api!r}")
     split_ratios = validate_splits(DEFAULT_SPLITS if splits is None else splits)
     column = validate_key_column(key_column)
-    query = source_query(source)
+    query = source_query(render_identifiers(source, identifiers or {}))
     parameters = infer_query_parameters(query_parameters or {})
     split_sql = split_query(query, column, split_ratios)
 
@@ -308,6 +314,49 @@ def source_query(source: str) -> str:
         # A trailing ';' would end the statement inside the split query's parentheses.
         return source.strip().rstrip(";").rstrip()
     return f"SELECT * FROM `{_validate_table_reference(source.strip())}`"  # noqa: S608 - validated identifiers
+
+
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+# An identifier is checked by the kind its name ends with. Stricter than BigQuery (no
+# '--', no trailing '-'), so a value can never start a comment or leave its backticks.
+_IDENTIFIER_KINDS = {
+    "project": (re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*"), "lowercase letters, digits and single '-', starting with a letter"),
+    "dataset": (_DATASET_ID, "letters, digits and '_'"),
+    "table": (re.compile(r"[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*"), "letters, digits, '_' and single '-'"),
+}
+
+
+def render_identifiers(source: str, identifiers: Mapping[str, str]) -> str:
+    """Fill ``${name}`` placeholders of ``source`` with checked identifiers.
+
+    Query parameters carry values only: a project, dataset or table name cannot
+    be one. These placeholders can, and only those: a name must end in
+    ``project``, ``dataset`` or ``table`` and its value must be that kind of
+    identifier; a placeholder without a value, or a value without a
+    placeholder, is an error (a typo would otherwise query the wrong table).
+    """
+    if not isinstance(identifiers, Mapping):
+        raise CauceError(f"identifiers must be a mapping of placeholder name to identifier, got {identifiers!r}")
+    for name, value in identifiers.items():
+        kind = next((k for k in _IDENTIFIER_KINDS if isinstance(name, str) and name.lower().endswith(k)), None)
+        if kind is None or not _IDENTIFIER.fullmatch(name):
+            raise CauceError(
+                f"identifiers: name {name!r} must be a placeholder name ending in 'project', 'dataset' or 'table' "
+                "(e.g. source_dataset), which says how its value is checked"
+            )
+        pattern, expected = _IDENTIFIER_KINDS[kind]
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise CauceError(f"identifiers: {name} = {value!r} is not a valid BigQuery {kind} id (expected {expected})")
+    used = set(_PLACEHOLDER.findall(source)) if isinstance(source, str) else set()
+    missing = sorted(used - set(identifiers))
+    if missing:
+        raise CauceError(f"source uses placeholder(s) {['${' + n + '}' for n in missing]} that identifiers does not define")
+    unused = sorted(set(identifiers) - used)
+    if unused:
+        raise CauceError(f"identifiers {unused} are not used by source (write them as ${{name}} in the query)")
+    if not used:
+        return source
+    return _PLACEHOLDER.sub(lambda match: identifiers[match.group(1)], source)
 
 
 def _validate_table_reference(reference: str) -> str:
