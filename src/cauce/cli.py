@@ -127,6 +127,12 @@ def _print_training_summary(result) -> None:
         splits = extract.artifacts.get("dataset", {}).get("metadata", {}).get("split_rows") or {}
         detail = ", ".join(f"{k} {int(v):,}" for k, v in splits.items()) or f"{int(extract.parameters.get('rows', 0)):,} rows"
         table.add_row("extract", f"rows: {detail}", f"{seconds.get(extract.name, 0):.1f} s")
+    validate = result.task("validate")
+    if validate:
+        found = int(validate.parameters.get("Output") or 0)
+        report = validate.artifacts.get("html", {}).get("uri", "")
+        verdict = "no anomalies" if found == 0 else f"{found} anomalies (see {report})"
+        table.add_row("validate", verdict, f"{seconds.get(validate.name, 0):.1f} s")
     transform = result.task("transform")
     if transform:
         table.add_row("transform", f"{int(transform.parameters.get('features_out', 0))} encoded features", f"{seconds.get(transform.name, 0):.1f} s")
