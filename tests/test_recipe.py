@@ -286,6 +286,26 @@ def test_accumulators_do_not_depend_on_batch_order():
 
 
 # ----------------------------------------------------------------------------- artifacts
+def test_vocabulary_only_columns_fit_and_encode_the_same_as_dictionaries():
+    """The Beam transform reads columns that only a vocabulary uses as Arrow dictionary
+    arrays: counting and one-hot/index encoding them must give what strings give."""
+    recipe = {"steps": [
+        {"type": "map_values", "column": "payment", "mapping": {"Credit": "card"}},
+        {"type": "derive", "name": "tag", "expression": "concat(company, '-')"},
+        {"type": "vocabulary", "columns": ["payment", "company", "area", "tag"], "top_k": 3},
+        {"type": "vocabulary", "columns": ["payment_mode"], "encoding": "index", "min_frequency": 30},
+    ]}
+    assert Recipe.parse(recipe).vocabulary_only_columns() == ["area", "payment_mode"]
+    table = raw_rows(300).set_column(8, "area", pa.array([None if i % 13 == 0 else f"a{i % 7}" for i in range(300)]))
+    as_dictionaries = table
+    for name in ("area", "payment_mode"):
+        index = as_dictionaries.schema.get_field_index(name)
+        as_dictionaries = as_dictionaries.set_column(index, name, as_dictionaries.column(name).dictionary_encode())
+    plain, encoded = fitted(recipe, table), fitted(recipe, as_dictionaries, batch_rows=64)
+    assert encoded.states == plain.states
+    np.testing.assert_array_equal(plain.transform_table(as_dictionaries), plain.transform_table(table))
+
+
 def test_v1_transform_json_still_loads(tmp_path):
     v1 = {
         "format": "cauce.transform/v1", "label": "y", "rows_analyzed": 10,

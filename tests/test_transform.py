@@ -120,9 +120,10 @@ def test_fill_with_a_fitted_median_then_zscore_takes_two_passes(tmp_path):
 
 
 def test_encode_in_small_batches_matches_the_in_process_transform(tmp_path):
-    """Files are read, encoded and written batch by batch (one row group each): with
-    16-row batches over two files the output is still exactly what transform_table
-    gives on the whole table, in the same order, with required feature columns."""
+    """Files are read, encoded and written batch by batch (one row group each), every
+    batch encoded into the same reused buffer: with 16-row batches over two files the
+    output is still exactly what transform_table gives on the whole table, in the same
+    order, with required feature columns."""
     import numpy as np
     import pyarrow.parquet as pq
 

@@ -100,9 +100,12 @@ def encode_batch(
     passthrough: list[str],
     task: str = "binary",
     schema: pa.Schema | None = None,
+    buffer: np.ndarray | None = None,
 ) -> pa.Table:
     """Raw batch -> encoded float32 feature columns + label + passthrough columns
-    (typed as ``schema`` when given: the writer's schema).
+    (typed as ``schema`` when given: the writer's schema). With ``buffer`` the feature
+    columns are views of it (see ``FittedTransform.transform_columns``): the table is
+    valid until the buffer takes the next batch.
 
     The label by task: binary -> int64 0/1; regression -> float64; multiclass ->
     the class values as they are (the trainer numbers the classes). Rows without
@@ -130,7 +133,7 @@ def encode_batch(
             label_column = pa.array(label.astype(np.int64))
         else:
             label_column = pa.array(label, pa.float64())
-    features = fitted.transform_columns(table)  # feature-major: each row is one output column, no copy
+    features = fitted.transform_columns(table, buffer)  # feature-major: each row is one output column, no copy
     arrays = [pa.array(row) for row in features]
     arrays.append(label_column)
     arrays += [table.column(name) for name in passthrough]
@@ -179,18 +182,29 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
-def _parquet_batches(path: str, columns: list[str], batch_rows: int = BATCH_ROWS):
+def _parquet_batches(path: str, columns: list[str], batch_rows: int = BATCH_ROWS, dictionary: list[str] = ()):
     """Record batches of one Parquet file: local files through Arrow's own I/O,
-    ``gs://`` (Dataflow workers) through Beam's FileSystems."""
+    ``gs://`` (Dataflow workers) through Beam's FileSystems. ``dictionary`` columns
+    come as Arrow dictionary arrays (not decoded into one string per row)."""
     import pyarrow.parquet as pq
 
     if not _is_remote(path):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+        yield from pq.ParquetFile(path, read_dictionary=dictionary).iter_batches(batch_size=batch_rows, columns=columns)
         return
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path) as handle:
-        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+        yield from pq.ParquetFile(handle, read_dictionary=dictionary).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def _dictionary_columns(recipe: Recipe, schema: pa.Schema, label: str, passthrough: list[str]) -> list[str]:
+    """String columns only a vocabulary reads: read them as dictionaries (see
+    ``Recipe.vocabulary_only_columns``). Label and passthrough columns are written
+    out as they are, so they stay plain."""
+    return [
+        c for c in recipe.vocabulary_only_columns()
+        if c not in (label, *passthrough) and (pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type))
+    ]
 
 
 def _split_files(dataset_dir: str, source_root: str, split: str) -> list[str]:
@@ -223,6 +237,7 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
 
     recipe_document = plan.to_dict()
     needed = list(dict.fromkeys([*plan.input_columns, label, *passthrough]))
+    dictionary = _dictionary_columns(plan, source_schema, label, passthrough)
 
     class AccumulateFile(beam.DoFn):
         """The phase's accumulators over one file (the fitted states of earlier phases
@@ -234,7 +249,7 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
         def process(self, path, prior=None):
             states = {int(k): v for k, v in (prior or {"states": {}})["states"].items()}
             accumulator = PhaseAccumulator(Recipe(recipe_document, label), states, self.phase)
-            for batch in _parquet_batches(path, plan.input_columns, batch_rows):
+            for batch in _parquet_batches(path, plan.input_columns, batch_rows, dictionary):
                 accumulator.add_batch(batch)
             yield accumulator
 
@@ -265,6 +280,9 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
     class EncodeFile(beam.DoFn):
         """Encode one file of a split into one output file of the same split."""
 
+        def setup(self):
+            self.buffer = None  # the feature matrix, reused by every batch of every file
+
         def process(self, item, fitted_payload):
             split, source, target = item
             fitted = _fitted_from_payload(Recipe(recipe_document, label), label, fitted_payload, source_schema)
@@ -274,8 +292,13 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
             rows = 0
             try:
                 with pq.ParquetWriter(handle or target, schema, **options) as writer:
-                    for batch in _parquet_batches(source, needed, batch_rows):
-                        encoded = encode_batch(batch, fitted, passthrough, task, schema)
+                    for batch in _parquet_batches(source, needed, batch_rows, dictionary):
+                        size = fitted.width * batch.num_rows
+                        if self.buffer is None or self.buffer.size < size:
+                            self.buffer = np.empty(size, dtype=np.float32)
+                        encoded = encode_batch(batch, fitted, passthrough, task, schema, self.buffer)
+                        # write_table has copied the values into Parquet pages when it
+                        # returns, so the buffer can take the next batch.
                         writer.write_table(encoded)
                         rows += encoded.num_rows
             finally:

@@ -532,6 +532,13 @@ class ValueCounts:
     counts: Counter = field(default_factory=Counter)
 
     def add(self, column) -> None:
+        if pa.types.is_dictionary(column.type):  # count the codes; strings only per distinct value
+            codes = column.indices.filter(column.is_valid()) if column.null_count else column.indices
+            counts = np.bincount(codes.to_numpy(), minlength=len(column.dictionary))
+            for value, count in zip(column.dictionary.to_pylist(), counts.tolist()):
+                if count and value is not None:
+                    self.counts[value] += count
+            return
         for item in pc.value_counts(column).to_pylist():
             value = item["values"]
             if value is not None and value == value:  # NaN is missing, not a value
@@ -677,7 +684,8 @@ class Step:
         for name, target in accumulator.items():
             column = columns[name]
             if isinstance(target, ValueCounts):
-                target.add(_as_string(column) if self.type == "vocabulary" else column)
+                vocabulary = self.type == "vocabulary" and not pa.types.is_dictionary(column.type)
+                target.add(_as_string(column) if vocabulary else column)
             else:
                 target.add(numeric_values(column, name))
 
@@ -902,6 +910,20 @@ class Recipe:
                 for c in step.columns:
                     created[c] = created.get(c, 0)
         return inputs
+
+    def vocabulary_only_columns(self) -> list[str]:
+        """Raw columns that no step but a vocabulary analyzer reads or writes: the Beam
+        transform reads these as Arrow dictionary arrays (their Parquet dictionary
+        pages), so a vocabulary is counted and looked up once per distinct value
+        instead of per row."""
+        touched = set()
+        for step in self.steps:
+            if step.type != "vocabulary":
+                touched.update(step.columns)
+                touched.update(step.spec.get("mapping", {}).values() if step.type == "rename_columns" else ())
+                touched.update([step.spec["name"]] if step.type == "derive" else ())
+        vocabulary = [c for s in self.steps if s.type == "vocabulary" for c in s.spec["columns"]]
+        return [c for c in self.input_columns if c in vocabulary and c not in touched]
 
     def check_schema(self, schema: pa.Schema, where: str) -> None:
         """Every column each step reads exists at that step (before any Beam job starts)."""
