@@ -33,9 +33,8 @@ from cauce.data import split_names, split_path
 from cauce.tfdv_histograms import (
     NUM_BUCKETS,
     NUM_QUANTILES,
+    equal_width_buckets,
     quantile_buckets,
-    spread_over_intervals,
-    strip_infinities,
 )
 
 logger = logging.getLogger(__name__)
@@ -149,15 +148,10 @@ def standard_histogram(
     if not np.isfinite(finite_min):  # only infinite values: one bucket holding them all
         result.buckets.add(low_value=accumulator.min, high_value=accumulator.max, sample_count=float(cumulative[-1]))
         return result
-    quantiles, cumulative, num_neg_inf = strip_infinities(quantiles, cumulative, finite_max, accumulator.num_pos_inf)
-    low, high, weight = quantile_buckets(quantiles, cumulative)
-    if finite_min == finite_max:
-        edges = np.array([finite_min, finite_max])
-    else:
-        edges = np.linspace(finite_min, finite_max, NUM_BUCKETS + 1)
-        if not np.isfinite(edges).all():
-            return result  # the range overflows float64: TFDV leaves the histogram empty too
-    counts = spread_over_intervals(low, high, weight, edges)
+    buckets = equal_width_buckets(quantiles, cumulative, finite_min, finite_max, accumulator.num_pos_inf)
+    if buckets is None:
+        return result  # the range overflows float64: TFDV leaves the histogram empty too
+    edges, counts, num_neg_inf = buckets
     if num_neg_inf:
         result.buckets.add(low_value=-np.inf, high_value=-np.inf, sample_count=num_neg_inf)
     for lo, hi, count in zip(edges[:-1], edges[1:], counts):

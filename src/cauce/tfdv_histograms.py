@@ -130,6 +130,25 @@ def spread_over_intervals(
     return counts
 
 
+def equal_width_buckets(
+    quantiles: np.ndarray, cumulative: np.ndarray, finite_min: float, finite_max: float, num_pos_inf: float
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """TFDV's ``generate_equi_width_histogram`` over the finite values: the edges of
+    NUM_BUCKETS equal-width buckets from ``finite_min`` to ``finite_max`` (one zero-width
+    bucket for a constant), the counts spread into them from the quantile intervals by
+    overlap, and the number of -inf values. None when the range overflows float64 (TFDV
+    then leaves the histogram empty)."""
+    quantiles, cumulative, num_neg_inf = strip_infinities(quantiles, cumulative, finite_max, num_pos_inf)
+    low, high, weight = quantile_buckets(quantiles, cumulative)
+    if finite_min == finite_max:
+        edges = np.array([finite_min, finite_max])
+    else:
+        edges = np.linspace(finite_min, finite_max, NUM_BUCKETS + 1)
+        if not np.isfinite(edges).all():
+            return None
+    return edges, spread_over_intervals(low, high, weight, edges), num_neg_inf
+
+
 def standard_histogram(sorted_values: np.ndarray) -> StandardHistogram | None:
     """TFDV's STANDARD histogram of present values, or None when it has none (or cannot have one)."""
     empty = np.empty(0)
@@ -145,17 +164,10 @@ def standard_histogram(sorted_values: np.ndarray) -> StandardHistogram | None:
     num_pos_inf = n - end_finite
 
     quantiles, cumulative = quantiles_and_cumulative_counts(sorted_values)
-    quantiles, cumulative, num_neg_inf = strip_infinities(quantiles, cumulative, finite_max, num_pos_inf)
-    low, high, weight = quantile_buckets(quantiles, cumulative)
-
-    if finite_min == finite_max:
-        edges = np.array([finite_min, finite_max])
-    else:
-        edges = np.linspace(finite_min, finite_max, NUM_BUCKETS + 1)
-        if not np.isfinite(edges).all():
-            # The range overflows float64; TFDV gives up on the histogram too.
-            return None
-    counts = spread_over_intervals(low, high, weight, edges)
+    buckets = equal_width_buckets(quantiles, cumulative, finite_min, finite_max, num_pos_inf)
+    if buckets is None:
+        return None
+    edges, counts, num_neg_inf = buckets
     interval_low, interval_high = edges[:-1], edges[1:]
     has_width = interval_low < interval_high
     return StandardHistogram(
