@@ -147,7 +147,7 @@ def _output_schema(
 ) -> pa.Schema:
     # Features are never null (a missing input encodes to a value): a required
     # Parquet column has no definition levels to write or read, which cut the
-    # writer's time by a third in bench/bench_transform.py.
+    # writer's time by a third (zstd) to a half (LZ4) in bench/bench_transform.py.
     fields = [pa.field(name, pa.float32(), nullable=False) for name in fitted.feature_names]
     label_type = {"binary": pa.int64(), "regression": pa.float64()}.get(task, source_schema.field(fitted.label).type)
     fields.append(pa.field(fitted.label, label_type))
@@ -155,11 +155,9 @@ def _output_schema(
     return pa.schema(fields)
 
 
-
-# Rows per record batch read, encoded and written as one Parquet row group. Measured
-# in bench/bench_transform.py: 32 k-row row groups made the writer ~40 % slower than
-# 128 k; much larger batches gain nothing and hold a bigger (features x rows)
-# float32 matrix (104 features x 128 k rows: 55 MB).
+# Rows per record batch read, encoded and written as one Parquet row group: the whole
+# job ran 5-15 % slower with 64 k or 256 k (1 M rows, 104 features; the reused
+# features x rows float32 buffer is 55 MB at 128 k).
 BATCH_ROWS = 131_072
 
 
@@ -233,6 +231,7 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
     vocabularies) from the side input at run time.
     """
     import apache_beam as beam
+    import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
     recipe_document = plan.to_dict()
@@ -278,18 +277,17 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
         return {"rows": prior["rows"], "states": {**prior["states"], **fitted["states"]}}
 
     class EncodeFile(beam.DoFn):
-        """Encode one file of a split into one output file of the same split."""
+        """Encode one file of a split into one output file (``item``: their paths)."""
 
         def setup(self):
             self.buffer = None  # the feature matrix, reused by every batch of every file
 
         def process(self, item, fitted_payload):
-            split, source, target = item
+            source, target = item
             fitted = _fitted_from_payload(Recipe(recipe_document, label), label, fitted_payload, source_schema)
             schema = _output_schema(fitted, source_schema, passthrough, task)
             options = _parquet_write_options(label, passthrough)
             handle = FileSystems.create(target) if _is_remote(target) else None
-            rows = 0
             try:
                 with pq.ParquetWriter(handle or target, schema, **options) as writer:
                     for batch in _parquet_batches(source, needed, batch_rows, dictionary):
@@ -300,17 +298,13 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
                         # write_table has copied the values into Parquet pages when it
                         # returns, so the buffer can take the next batch.
                         writer.write_table(encoded)
-                        rows += encoded.num_rows
             finally:
                 if handle is not None:
                     handle.close()
-            yield split, rows
 
     def save_fitted(payload: dict) -> None:
         with FileSystems.create(staging_uri) as handle:
             handle.write(json.dumps(payload).encode())
-
-    import pyarrow.parquet as pq
 
     fitted = None
     for phase in range(plan.phases):
@@ -390,7 +384,7 @@ def run_transform(
         for split in splits:
             if local:
                 (Path(out_dir) / split).mkdir(parents=True, exist_ok=True)
-            work += [(split, source, f"{out_uri.rstrip('/')}/{split}/part-{i:05d}.parquet")
+            work += [(source, f"{out_uri.rstrip('/')}/{split}/part-{i:05d}.parquet")
                      for i, source in enumerate(files[split])]
         # The fitted state comes back through a staging file: on Dataflow (and in
         # Beam's in-process runner, which pickles every function) a worker cannot
