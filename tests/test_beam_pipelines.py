@@ -305,8 +305,8 @@ def test_direct_runner_leaves_signal_handling_alone():
 
 
 def test_one_options_dict_serves_consecutive_pipelines_of_a_step(dataflow_server):
-    """transform runs analyze, then encode, with the same options (and job name):
-    Dataflow takes a job name again once the job that had it has ended."""
+    """A step may run several pipelines with one options dict (and job name), e.g. a retried
+    step: Dataflow takes a job name again once the job that had it has ended."""
     options = options_for(dataflow_server, job_name="cauce-transform-run")
     run_pipeline(double, "DataflowRunner", options, poll_seconds=0.01)
     run_pipeline(double, "DataflowRunner", options, poll_seconds=0.01)
