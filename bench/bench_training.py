@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PHASES = ["extract", "transform", "train", "evaluate", "register", "deploy"]
+PHASES = ["extract", "validate", "transform", "train", "champion", "evaluate", "register", "deploy"]
 
 
 def free_port() -> int:
