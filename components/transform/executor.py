@@ -191,6 +191,11 @@ def _parquet_batches(path: str, columns: list[str], batch_rows: int = BATCH_ROWS
         return
     from apache_beam.io.filesystems import FileSystems
 
+    # Files are listed in the launching process (through its FUSE path), so one can be
+    # gone by the time a worker opens it; Cloud Storage's bare 404 names no file and
+    # would surface wrapped in a Beam worker traceback.
+    if not FileSystems.exists(path):
+        raise CauceError(f"{path} not found: the input file was listed when the job started but is gone now")
     with FileSystems.open(path) as handle:
         yield from pq.ParquetFile(handle, read_dictionary=dictionary).iter_batches(batch_size=batch_rows, columns=columns)
 

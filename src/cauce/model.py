@@ -254,18 +254,37 @@ def fetch_model_dir(uri: str) -> str:
     champion for evaluate, batch prediction workers)."""
     if not uri.startswith("gs://"):
         return uri
+    import shutil
     import tempfile
 
+    from google.api_core.exceptions import NotFound
     from google.cloud import storage
 
     bucket_name, _, prefix = uri[len("gs://") :].partition("/")
+    prefix = prefix.strip("/")
+    # A bundle at the bucket's root lists with no prefix at all ("/" would match nothing).
+    listed = prefix + "/" if prefix else ""
     target = Path(tempfile.mkdtemp(prefix="cauce-model-"))
     client = storage.Client()
-    for blob in client.list_blobs(bucket_name, prefix=prefix.rstrip("/") + "/"):
-        relative = blob.name[len(prefix.rstrip("/")) + 1 :]
-        if relative and not relative.endswith("/"):
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(target / relative))
+    downloaded = 0
+    try:
+        for blob in client.list_blobs(bucket_name, prefix=listed):
+            relative = blob.name[len(listed) :]
+            if relative and not relative.endswith("/"):
+                (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                blob.download_to_filename(str(target / relative))
+                downloaded += 1
+    except NotFound as error:  # the bucket itself is absent
+        shutil.rmtree(target, ignore_errors=True)
+        raise CauceError(f"no model bundle at {uri}: {error.message}") from error
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    if not downloaded:
+        # Without this the caller only learns that a temporary folder it never named
+        # lacks cauce_model.json, not which gs:// folder was empty or absent.
+        shutil.rmtree(target, ignore_errors=True)
+        raise CauceError(f"no model bundle at {uri}: no objects under that Cloud Storage folder")
     return str(target)
 
 
