@@ -85,3 +85,62 @@ def test_all_missing_numeric_feature_cannot_be_fitted():
     stats = FeatureStatistics(["fare"], []).add_batch(pa.table({"fare": pa.array([None, None], pa.float64())}))
     with pytest.raises(CauceError, match="'fare' has no values"):
         FittedTransform.fit(stats, "label")
+
+
+ANALYZERS_ONLY = """
+steps:
+  - {type: zscore, columns: [fare, miles]}
+  - {type: vocabulary, columns: [payment, area], top_k: 3}
+  - {type: min_max, columns: [seconds]}
+  - {type: vocabulary, columns: [company], encoding: index}
+  - {type: bucketize, columns: [fare], buckets: 4, method: exact, suffix: _bucket}
+  - {type: bucketize, columns: [miles], buckets: 3, encoding: one_hot}
+"""
+
+
+def _analyzer_rows(n: int) -> pa.Table:
+    rng = np.random.default_rng(11)
+    return pa.table({
+        "fare": pa.array([None if i % 7 == 0 else float(v) for i, v in enumerate(np.round(rng.gamma(2, 6, n), 2))]),
+        "miles": pa.array(np.round(rng.gamma(2, 2, n), 3)),
+        "seconds": pa.array([None if i % 5 == 0 else int(v) for i, v in enumerate(rng.integers(60, 3000, n))]),
+        "payment": pa.array([None if i % 6 == 0 else ["Cash", "Card", "Mobile", "Voucher", "Other"][i % 5] for i in range(n)]),
+        "area": pa.array(rng.integers(1, 9, n)),  # an integer column used as categorical
+        "company": pa.array([["Flash", "Sun", "City"][i % 3] for i in range(n)]),
+    })
+
+
+def test_request_sizes_encode_like_the_table_for_every_analyzer():
+    """Small requests take the scalar path, larger ones the gathered one (all fields of
+    all instances at once), and an odd value the per-column path: each must match the
+    Arrow table path bit for bit, with nulls, unseen values and integer categories."""
+    table = _analyzer_rows(300)
+    transform = FittedTransform.fit_table(ANALYZERS_ONLY, table.slice(0, 200))
+    rows = table.slice(200)
+    instances = rows.to_pylist()
+    instances[3]["payment"] = "never-seen"
+    instances[40]["miles"] = None
+    expected = transform.transform_table(pa.Table.from_pylist(instances, schema=rows.schema))
+    for size in (1, 2, 8, 9, 32, len(instances)):
+        np.testing.assert_array_equal(transform.transform_instances(instances[:size]), expected[:size])
+        np.testing.assert_array_equal(transform._transform_by_column(instances[:size]), expected[:size])
+    np.testing.assert_array_equal(transform._transform_many(instances), expected)  # no fallback taken
+    # numbers sent as strings take the per-column path and give the same features
+    as_strings = [dict(instance, fare=None if instance["fare"] is None else str(instance["fare"])) for instance in instances]
+    np.testing.assert_array_equal(transform.transform_instances(as_strings), expected)
+
+
+def test_request_errors_of_larger_requests_name_instance_and_field():
+    table = _analyzer_rows(200)
+    transform = FittedTransform.fit_table(ANALYZERS_ONLY, table)
+    instances = table.slice(0, 20).to_pylist()
+    with pytest.raises(CauceError, match="instance 12 is missing field 'seconds'"):
+        transform.transform_instances(instances[:12] + [{k: v for k, v in instances[12].items() if k != "seconds"}])
+    with pytest.raises(CauceError, match="instance 15 field 'miles' must be a number, got 'far'"):
+        transform.transform_instances([*instances[:15], dict(instances[15], miles="far"), *instances[16:]])
+    with pytest.raises(CauceError, match="instance 9 field 'area' must be a string, got True"):
+        transform.transform_instances([*instances[:9], dict(instances[9], area=True), *instances[10:]])
+    with pytest.raises(CauceError, match=r"instance 10 field 'company' must be a string, got \['Sun'\]"):
+        transform.transform_instances([*instances[:10], dict(instances[10], company=["Sun"]), *instances[11:]])
+    with pytest.raises(CauceError, match=r"instance 11 field 'fare' must be a number, got \[1.0\]"):
+        transform.transform_instances([*instances[:11], dict(instances[11], fare=[1.0]), *instances[12:]])

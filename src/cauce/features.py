@@ -25,6 +25,8 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import add, itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +105,9 @@ class FeatureStatistics:
         return self
 
 
-_SCALAR_ROWS = 2  # measured crossover of the scalar and vectorized serving paths
+_SCALAR_ROWS = 8  # measured crossover of the scalar and gathered serving paths (9 fields, 48 features)
+_CACHED_ROW_STARTS = 256  # request sizes whose one-hot row offsets are kept
+_STRING_TYPES = frozenset((str, type(None)))
 FORMAT_V1 = "cauce.transform/v1"
 FORMAT = "cauce.transform/v2"
 
@@ -265,6 +269,8 @@ class FittedTransform:
         }
         self._plan = [(step, step.spec["columns"]) for step in self._recipe.steps if step.analyzer]
         self._scalar_plan = self._compile_scalar_plan() if self._direct else []
+        self._gathered_plan = self._compile_gathered_plan() if self._direct else None
+        self._row_starts_cache: dict[int, np.ndarray] = {}
 
     @property
     def input_features(self) -> list[str]:
@@ -379,9 +385,19 @@ class FittedTransform:
                 raise CauceError(f"instance {i} must be a JSON object of feature values, got {type(instance).__name__}")
         if not self._direct:
             return self.transform_table(self.instances_to_table(instances))
-        rows = len(instances)
-        if rows <= _SCALAR_ROWS:
+        if len(instances) <= _SCALAR_ROWS:
             return self._transform_few(instances)
+        try:
+            return self._transform_many(instances)
+        except (KeyError, TypeError, ValueError, CauceError):
+            # A value the gathered path cannot take: the per-column path below meets the
+            # same values in plan order, so it raises the error naming the first bad
+            # instance and field (or encodes a shape the gathered path does not handle).
+            return self._transform_by_column(instances)
+
+    def _transform_by_column(self, instances: list[dict]) -> np.ndarray:
+        """Per column through :meth:`_encode_step`: the reference for the gathered path."""
+        rows = len(instances)
         out = np.zeros((self._width, rows), dtype=np.float32)
         columns: dict = {}
         for step, names in self._plan:
@@ -397,6 +413,93 @@ class FittedTransform:
                     columns[name] = _numbers(values, name)
             self._encode_step(step, columns, out, rows)
         return np.ascontiguousarray(out.T)
+
+    def _compile_gathered_plan(self) -> tuple:
+        """For :meth:`_transform_many`: one getter for the scale fields (z-score, min-max)
+        with where their features go (a slice when adjacent) and their constants, and
+        one getter for every other field with its scalar-plan entry."""
+        scale = [entry for entry in self._scalar_plan if entry[0] == "scale"]
+        others = [entry for entry in self._scalar_plan if entry[0] != "scale"]
+        offsets = [offset for _, _, offset, _ in scale]
+        adjacent = bool(offsets) and offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+        where = slice(offsets[0], offsets[0] + len(offsets)) if adjacent else offsets
+        constants = np.array([c for _, _, _, c in scale], dtype=np.float64).reshape(len(scale), 3)
+        return (
+            _getter([name for _, name, _, _ in scale]), len(scale), where,
+            constants[:, 0].copy(), constants[:, 1].copy(), constants[:, 2].copy(),
+            _getter([name for _, name, _, _ in others]), others,
+        )
+
+    def _transform_many(self, instances: list[dict]) -> np.ndarray:
+        """Several instances of an analyzer-only recipe, gathered column-wise: the scale
+        fields of all instances into one float64 array, scaled in one vectorized pass;
+        each vocabulary field looked up with C-level maps, and every one-hot feature set
+        by one fancy-index assignment. The same IEEE float64 operations as
+        :meth:`_encode_step`, so bit-identical to the table path. Raises
+        KeyError/TypeError/ValueError/CauceError on any value it cannot take (the caller
+        then goes through :meth:`_transform_by_column` for the error to report)."""
+        rows, width = len(instances), self._width
+        scale_fields, scaled, where, centers, scales, fills, other_fields, others = self._gathered_plan
+        out = np.zeros((rows, width), dtype=np.float32)
+        if scaled:
+            try:  # np.fromiter is the faster gather, but takes no None (a missing value)
+                x = np.fromiter(chain.from_iterable(map(scale_fields, instances)), np.float64, rows * scaled)
+            except TypeError:
+                x = np.array(list(map(scale_fields, instances)), dtype=np.float64)
+                if x.size != rows * scaled:  # every value a one-element list, say: not a number
+                    raise ValueError("nested values")
+            x = x.reshape(rows, scaled)
+            z = x - centers
+            z /= scales
+            missing = np.isnan(x)
+            if missing.any():
+                z = np.where(missing, fills, z)
+            out[:, where] = z
+        if not others:
+            return out
+        # Flat indices of the one-hot features set to 1: codes of one column after the
+        # other (offset included), plus each row's start, then one np.put.
+        hot: list[int] = []
+        for (kind, name, offset, constants), column in zip(others, zip(*map(other_fields, instances))):
+            if kind == "one_hot" or kind == "index":
+                oov = len(constants)
+                codes = list(map(constants.get, column, repeat(oov, rows)))
+                # A miss is an unseen value, a missing one, or a number that training saw as its string.
+                if oov in codes and not _STRING_TYPES.issuperset(map(type, column)):
+                    for i, value in enumerate(column):
+                        if value is not None and type(value) is not str:
+                            codes[i] = constants.get(_string_value(value, i, name), oov)
+                if kind == "index":
+                    out[:, offset] = codes
+                    continue
+                hot.extend(map(add, codes, repeat(offset, rows)))
+            else:
+                values = np.fromiter(map(_as_float, column), np.float64, rows)
+                bucket = np.searchsorted(np.asarray(constants, dtype=np.float64), values, side="right")
+                missing = np.isnan(values)
+                if kind == "bucket":
+                    out[:, offset] = bucket
+                    out[missing, offset] = -1.0
+                    continue
+                bucket[missing] = len(constants) + 1
+                hot.extend((bucket + offset).tolist())
+        if hot:
+            flat = np.array(hot, dtype=np.intp)
+            flat += self._row_starts(rows)
+            np.put(out, flat, 1.0)
+        return out
+
+    def _row_starts(self, rows: int) -> np.ndarray:
+        """Each row's first flat index in a (rows, width) matrix, once per one-hot column
+        (the order :meth:`_transform_many` lists its codes in); kept for small sizes."""
+        starts = self._row_starts_cache.get(rows)
+        if starts is None:
+            hot_columns = sum(1 for kind, *_ in self._gathered_plan[-1] if kind in ("one_hot", "bucket_one_hot"))
+            starts = np.tile(np.arange(0, rows * self._width, self._width, dtype=np.intp), hot_columns)
+            starts.flags.writeable = False  # shared by every request of this size
+            if rows <= _CACHED_ROW_STARTS:
+                self._row_starts_cache[rows] = starts
+        return starts
 
     def _compile_scalar_plan(self) -> list[tuple]:
         """Per feature column: (kind, column, offset, constants) for :meth:`_transform_few`."""
@@ -487,6 +590,20 @@ class FittedTransform:
 
     def _numeric_inputs(self) -> set[str]:
         return {c for s in self._recipe.steps if s.type in ("zscore", "min_max", "bucketize") for c in s.spec["columns"]}
+
+
+def _getter(names: list[str]):
+    """``instance -> tuple of its values for names`` in one C call per instance
+    (``itemgetter`` of one name returns the bare value, hence the wrapper)."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda instance: (instance[name],)
+    return itemgetter(*names) if names else (lambda instance: ())
+
+
+def _as_float(value) -> float:
+    """A request value as np.array(..., float64) takes it: None is NaN."""
+    return math.nan if value is None else float(value)
 
 
 def _field(instances: list[dict], name: str) -> list:
