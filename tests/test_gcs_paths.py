@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,7 @@ def test_fetch_model_dir_names_a_missing_gs_bundle(gcs_bucket):  # noqa: F811 - 
         model.fetch_model_dir(absent_bucket)
 
 
-def test_batch_predict_reads_model_and_rows_from_gs_and_writes_gs(tmp_path, trained_model, gcs_bucket):  # noqa: F811 - the imported fixture
+def test_batch_predict_reads_model_and_rows_from_gs(tmp_path, trained_model, gcs_bucket, monkeypatch):  # noqa: F811 - the imported fixture
     """Batch prediction's Dataflow branch: the workers' model is the ``gs://`` bundle
     (fetched in ``DoFn.setup`` by ``_make_predict_fn``) and rows are read from a ``gs://``
     glob, with the transforms of ``run_batch_predict``'s job on the in-process runner
@@ -205,7 +206,13 @@ def test_batch_predict_reads_model_and_rows_from_gs_and_writes_gs(tmp_path, trai
                                                file_name_suffix=".parquet", codec="zstd")
         )
 
+    # The workers' model copies go to a temporary folder of this test's own, to see
+    # that the DoFn removes its copy at teardown.
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(worker_tmp))
     run_pipeline(build, "DirectRunner")
+    assert list(worker_tmp.iterdir()) == []
     remote = ds.dataset(output_root / SPLIT, format="parquet").to_table()
     local = ds.dataset(local_out / SPLIT, format="parquet").to_table()
     assert remote.num_rows == local.num_rows == data.read_split(raw, "eval").num_rows

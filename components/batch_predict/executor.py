@@ -110,7 +110,14 @@ def _make_predict_fn(model_uri: str, key_column: str, signature: dict, batch_siz
         def setup(self):
             from cauce import model
 
-            self._model = model.load(model.fetch_model_dir(model_uri))
+            self._model_dir = model.fetch_model_dir(model_uri)
+            self._model = model.load(self._model_dir)
+
+        def teardown(self):
+            # A gs:// bundle is downloaded to a temporary folder per DoFn instance; a
+            # long-lived Dataflow worker would otherwise keep one copy per instance.
+            if getattr(self, "_model_dir", model_uri) != model_uri:
+                shutil.rmtree(self._model_dir, ignore_errors=True)
 
         def process(self, batch):
             for start in range(0, batch.num_rows, batch_size):
