@@ -26,7 +26,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import add, itemgetter
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -415,74 +415,79 @@ class FittedTransform:
         return np.ascontiguousarray(out.T)
 
     def _compile_gathered_plan(self) -> tuple:
-        """For :meth:`_transform_many`: one getter for the scale fields (z-score, min-max)
-        with where their features go (a slice when adjacent) and their constants, and
-        one getter for every other field with its scalar-plan entry."""
+        """For :meth:`_transform_many`: one getter of every field the plan reads (the scale
+        fields first), how many are scale fields (z-score, min-max), where their features
+        go (a slice when adjacent) and their constants as columns; then per other field
+        its scalar-plan entry, with one-hot lookups that return the feature's offset."""
         scale = [entry for entry in self._scalar_plan if entry[0] == "scale"]
-        others = [entry for entry in self._scalar_plan if entry[0] != "scale"]
+        others = []
+        for kind, name, offset, constants in self._scalar_plan:
+            if kind == "one_hot":
+                shifted = {value: offset + code for value, code in constants.items()}
+                others.append((kind, name, offset, constants, shifted, offset + len(constants)))
+            elif kind != "scale":
+                others.append((kind, name, offset, constants, constants, len(constants) if kind == "index" else 0))
         offsets = [offset for _, _, offset, _ in scale]
         adjacent = bool(offsets) and offsets == list(range(offsets[0], offsets[0] + len(offsets)))
         where = slice(offsets[0], offsets[0] + len(offsets)) if adjacent else offsets
         constants = np.array([c for _, _, _, c in scale], dtype=np.float64).reshape(len(scale), 3)
-        return (
-            _getter([name for _, name, _, _ in scale]), len(scale), where,
-            constants[:, 0].copy(), constants[:, 1].copy(), constants[:, 2].copy(),
-            _getter([name for _, name, _, _ in others]), others,
-        )
+        fields = _getter([name for _, name, _, _ in scale] + [entry[1] for entry in others])
+        centers, scales, fills = (np.ascontiguousarray(constants[:, i : i + 1]) for i in range(3))
+        return fields, len(scale), where, centers, scales, fills, others
 
     def _transform_many(self, instances: list[dict]) -> np.ndarray:
-        """Several instances of an analyzer-only recipe, gathered column-wise: the scale
-        fields of all instances into one float64 array, scaled in one vectorized pass;
-        each vocabulary field looked up with C-level maps, and every one-hot feature set
-        by one fancy-index assignment. The same IEEE float64 operations as
-        :meth:`_encode_step`, so bit-identical to the table path. Raises
-        KeyError/TypeError/ValueError/CauceError on any value it cannot take (the caller
-        then goes through :meth:`_transform_by_column` for the error to report)."""
+        """Several instances of an analyzer-only recipe, gathered column-wise: every field
+        of every instance with one C-level getter per instance, the scale fields into one
+        float64 array scaled in one vectorized pass, each vocabulary field looked up with
+        C-level maps, and every one-hot feature set by one ``np.put``. The same IEEE
+        float64 operations as :meth:`_encode_step`, so bit-identical to the table path.
+        Raises KeyError/TypeError/ValueError/CauceError on any value it cannot take (the
+        caller then goes through :meth:`_transform_by_column` for the error to report)."""
         rows, width = len(instances), self._width
-        scale_fields, scaled, where, centers, scales, fills, other_fields, others = self._gathered_plan
+        fields, scaled, where, centers, scales, fills, others = self._gathered_plan
+        columns = list(zip(*map(fields, instances)))
         out = np.zeros((rows, width), dtype=np.float32)
         if scaled:
             try:  # np.fromiter is the faster gather, but takes no None (a missing value)
-                x = np.fromiter(chain.from_iterable(map(scale_fields, instances)), np.float64, rows * scaled)
+                x = np.fromiter(chain.from_iterable(columns[:scaled]), np.float64, rows * scaled)
             except TypeError:
-                x = np.array(list(map(scale_fields, instances)), dtype=np.float64)
+                x = np.array(columns[:scaled], dtype=np.float64)
                 if x.size != rows * scaled:  # every value a one-element list, say: not a number
-                    raise ValueError("nested values")
-            x = x.reshape(rows, scaled)
+                    raise ValueError("nested values") from None
+            x = x.reshape(scaled, rows)  # one row per field
             z = x - centers
             z /= scales
             missing = np.isnan(x)
             if missing.any():
                 z = np.where(missing, fills, z)
-            out[:, where] = z
+            out[:, where] = z.T
         if not others:
             return out
-        # Flat indices of the one-hot features set to 1: codes of one column after the
-        # other (offset included), plus each row's start, then one np.put.
+        # Flat indices of the one-hot features set to 1: the feature index of each
+        # instance, one column after the other, plus each row's start; then one np.put.
         hot: list[int] = []
-        for (kind, name, offset, constants), column in zip(others, zip(*map(other_fields, instances))):
+        for (kind, name, offset, constants, lookup, oov), column in zip(others, columns[scaled:]):
             if kind == "one_hot" or kind == "index":
-                oov = len(constants)
-                codes = list(map(constants.get, column, repeat(oov, rows)))
+                codes = list(map(lookup.get, column, repeat(oov, rows)))
                 # A miss is an unseen value, a missing one, or a number that training saw as its string.
                 if oov in codes and not _STRING_TYPES.issuperset(map(type, column)):
                     for i, value in enumerate(column):
                         if value is not None and type(value) is not str:
-                            codes[i] = constants.get(_string_value(value, i, name), oov)
+                            codes[i] = lookup.get(_string_value(value, i, name), oov)
                 if kind == "index":
                     out[:, offset] = codes
-                    continue
-                hot.extend(map(add, codes, repeat(offset, rows)))
-            else:
-                values = np.fromiter(map(_as_float, column), np.float64, rows)
-                bucket = np.searchsorted(np.asarray(constants, dtype=np.float64), values, side="right")
-                missing = np.isnan(values)
-                if kind == "bucket":
-                    out[:, offset] = bucket
-                    out[missing, offset] = -1.0
-                    continue
-                bucket[missing] = len(constants) + 1
-                hot.extend((bucket + offset).tolist())
+                else:
+                    hot += codes
+                continue
+            values = np.fromiter(map(_as_float, column), np.float64, rows)
+            bucket = np.searchsorted(np.asarray(constants, dtype=np.float64), values, side="right")
+            missing = np.isnan(values)
+            if kind == "bucket":
+                out[:, offset] = bucket
+                out[missing, offset] = -1.0
+                continue
+            bucket[missing] = len(constants) + 1
+            hot += (bucket + offset).tolist()
         if hot:
             flat = np.array(hot, dtype=np.intp)
             flat += self._row_starts(rows)
@@ -494,7 +499,7 @@ class FittedTransform:
         (the order :meth:`_transform_many` lists its codes in); kept for small sizes."""
         starts = self._row_starts_cache.get(rows)
         if starts is None:
-            hot_columns = sum(1 for kind, *_ in self._gathered_plan[-1] if kind in ("one_hot", "bucket_one_hot"))
+            hot_columns = sum(1 for entry in self._gathered_plan[-1] if entry[0] in ("one_hot", "bucket_one_hot"))
             starts = np.tile(np.arange(0, rows * self._width, self._width, dtype=np.intp), hot_columns)
             starts.flags.writeable = False  # shared by every request of this size
             if rows <= _CACHED_ROW_STARTS:

@@ -113,8 +113,9 @@ class LoadedModel:
         if task == "binary":
             threshold = float(self.metadata.get("decision_threshold", 0.5))
             # tolist() converts once to Python floats; per-element float() on numpy
-            # scalars costs more than the model at serving's batch sizes.
-            return [{"label": int(score >= threshold), "score": round(score, 6)} for score in outputs.tolist()]
+            # scalars costs more than the model at serving's batch sizes (and a
+            # conditional expression less than int() of the comparison).
+            return [{"label": 1 if score >= threshold else 0, "score": round(score, 6)} for score in outputs.tolist()]
         if task == "multiclass":
             classes = self.classes
             return [

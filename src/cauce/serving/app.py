@@ -42,6 +42,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import time
 from pathlib import Path
 
 import orjson
@@ -85,13 +86,25 @@ class RequestLog:
         # torn at a buffer boundary is completed by the next write, and the monitor
         # skips a last line still being written.
         self._handle = open(self.path, "ab", buffering=LOG_BUFFER_BYTES)
+        self._second, self._second_text = -1, ""
+
+    def _logging_time(self) -> str:
+        """ISO 8601 UTC time with microseconds, as ``datetime.isoformat`` writes it; the
+        date-and-second part is formatted once per second (``isoformat`` per request
+        was a tenth of a one-instance request's own Python time)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second_text = dt.datetime.fromtimestamp(second, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int((now - second) * 1e6):06d}+00:00"
 
     def write(self, deployed_model_id: str, instances: list, predictions: list) -> None:
         dumps = orjson.dumps
         record = {
             "endpoint": self.endpoint,
             "deployed_model_id": deployed_model_id,
-            "logging_time": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "logging_time": self._logging_time(),
             "request_id": f"{self._request_id_prefix}{next(self._request_ids)}",
             "request_payload": [dumps(instance).decode() for instance in instances],
             "response_payload": [dumps(prediction).decode() for prediction in predictions],
