@@ -135,6 +135,37 @@ def test_smoke_instances_are_json_clean(trained_model):
     assert set(instances[0]) == set(data.read_schema(raw)["columns"]) - {"unique_key", "trip_start_timestamp", "tipped_well"}
 
 
+def test_response_and_log_line_are_cut_from_one_serialization(trained_model, tmp_path):
+    """In process: the body and the logged response strings of binary and regression
+    predictions come from one serialization of the list; they must be exactly what
+    serializing the response and each prediction on its own gives, for every size."""
+    import datetime as dt
+
+    import orjson
+
+    from cauce import model
+    from cauce.serving.app import PredictionApp, RequestLog
+
+    raw, _, _, model_dir = trained_model
+    instances = smoke_instances_from(raw, "eval", model_dir, rows=40)
+    app = PredictionApp(model.load(model_dir), request_log=RequestLog(tmp_path, "unit"), deployed_model_id='v"1')
+    deployment = app.deployments['v"1']
+    assert deployment.numeric_predictions
+    for rows in (1, 9, 40):
+        status, body = app.handle("POST", "/predict", orjson.dumps({"instances": instances[:rows]}))
+        predictions = deployment.model.predict_instances(instances[:rows])
+        assert status == 200 and body == orjson.dumps({"predictions": predictions, "deployed_model_id": 'v"1'})
+    regression = [{"value": 1.5}, {"value": -2e-9}, {"value": None}]
+    assert deployment.response(regression)[1] == [orjson.dumps(p).decode() for p in regression]
+    app.request_log.close()
+    lines = [json.loads(line) for line in next(tmp_path.glob("requests-*.jsonl")).read_text().splitlines()]
+    assert [len(line["response_payload"]) for line in lines] == [1, 9, 40]
+    assert [json.loads(x) for x in lines[-1]["response_payload"]] == json.loads(body)["predictions"]
+    assert [json.loads(x) for x in lines[-1]["request_payload"]] == instances
+    logged = dt.datetime.fromisoformat(lines[-1]["logging_time"])
+    assert logged.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - logged).total_seconds() < 60
+
+
 def test_linear_fast_path_reproduces_the_estimator(trained_model):
     """The serving shortcut for linear models gives the estimator's own predictions
     for every batch size, and is only taken when it matches the estimator."""

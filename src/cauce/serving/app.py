@@ -99,7 +99,9 @@ class RequestLog:
             self._second = second
         return f"{self._second_text}.{int((now - second) * 1e6):06d}+00:00"
 
-    def write(self, deployed_model_id: str, instances: list, predictions: list) -> None:
+    def write(self, deployed_model_id: str, instances: list, predictions: list, response_payload: list | None = None) -> None:
+        """Log one request. ``response_payload``, the predictions already serialized one
+        string each, saves serializing them a second time."""
         dumps = orjson.dumps
         record = {
             "endpoint": self.endpoint,
@@ -107,7 +109,9 @@ class RequestLog:
             "logging_time": self._logging_time(),
             "request_id": f"{self._request_id_prefix}{next(self._request_ids)}",
             "request_payload": [dumps(instance).decode() for instance in instances],
-            "response_payload": [dumps(prediction).decode() for prediction in predictions],
+            "response_payload": response_payload
+            if response_payload is not None
+            else [dumps(prediction).decode() for prediction in predictions],
         }
         self._handle.write(dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
@@ -121,12 +125,25 @@ class RequestLog:
 class Deployment:
     """One model version behind the endpoint (a Vertex DeployedModel)."""
 
-    __slots__ = ("deployed_model_id", "model", "model_dir")
+    __slots__ = ("deployed_model_id", "model", "model_dir", "numeric_predictions", "_id_json")
 
     def __init__(self, deployed_model_id: str, model: LoadedModel, model_dir: str = ""):
         self.deployed_model_id = deployed_model_id
         self.model = accelerate(model)
         self.model_dir = model_dir
+        # Binary and regression predictions hold numbers only ({"label": 0|1, "score": p},
+        # {"value": x}): their serialized list splits exactly at "},{".
+        self.numeric_predictions = self.model.task in ("binary", "regression")
+        self._id_json = orjson.dumps(deployed_model_id)
+
+    def response(self, predictions: list) -> tuple[bytes, list | None]:
+        """The response body, and for numeric predictions each one's JSON text for the
+        request log, cut from the same serialization (one orjson call, not one each)."""
+        if not self.numeric_predictions:
+            return orjson.dumps({"predictions": predictions, "deployed_model_id": self.deployed_model_id}), None
+        serialized = orjson.dumps(predictions)
+        body = b'{"predictions":' + serialized + b',"deployed_model_id":' + self._id_json + b"}"
+        return body, serialized[1:-1].decode().replace("},{", "}\0{").split("\0")
 
 
 def load_deployment(deployed_model_id: str, model_dir: str) -> Deployment:
@@ -269,7 +286,7 @@ class PredictionApp:
             return _json_response(400, {"error": "instances is empty: send at least one instance"})
         try:
             predictions = deployment.model.predict_instances(instances)
-            payload = orjson.dumps({"predictions": predictions, "deployed_model_id": deployment.deployed_model_id})
+            payload, response_payload = deployment.response(predictions)
         except CauceError as error:
             return _json_response(400, {"error": str(error)})
         except Exception as error:  # a broken model version: answer JSON, name the version, keep serving
@@ -277,7 +294,7 @@ class PredictionApp:
             message = f"deployment {deployment.deployed_model_id!r} failed to predict: {type(error).__name__}: {error}"
             return _json_response(500, {"error": message})
         if self.request_log is not None:
-            self.request_log.write(deployment.deployed_model_id, instances, predictions)
+            self.request_log.write(deployment.deployed_model_id, instances, predictions, response_payload)
         return 200, payload
 
     # ---- admin ---------------------------------------------------------------------
