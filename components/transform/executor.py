@@ -33,8 +33,8 @@ import pyarrow.dataset as ds
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
 from cauce.beam_pipelines import run_pipeline
-from cauce.features import FittedTransform, PhaseAccumulator, numeric_column
-from cauce.recipe import Recipe
+from cauce.features import FittedTransform, PhaseAccumulator
+from cauce.recipe import Recipe, numeric_values
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class TransformResult:
 
 def _label_array(batch: pa.RecordBatch | pa.Table, label: str) -> np.ndarray:
     """The label as float64 with NaN where missing; anything non-numeric is an error."""
-    return numeric_column(batch.column(label), label)
+    return numeric_values(batch.column(label), label)
 
 
 def resolve_recipe(

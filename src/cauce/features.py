@@ -54,14 +54,11 @@ def check_columns(schema: pa.Schema, label: str, numeric: list[str], categorical
         raise CauceError(f"label column {label!r} is also listed as a feature")
 
 
-def numeric_column(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
-    """Return ``column`` as float64 with NaN for missing, or raise naming the bad value."""
-    return numeric_values(column, name)
-
-
 @dataclass
 class FeatureStatistics:
-    """Mergeable full-pass statistics: the accumulator of the Beam analyzers."""
+    """Mergeable statistics for :meth:`FittedTransform.fit`, the in-process fit of the
+    z-score / one-hot shorthand (v1). The transform component fits every recipe, the
+    shorthand included, with :class:`PhaseAccumulator` in Beam instead."""
 
     numeric: list[str]
     categorical: list[str]
@@ -76,7 +73,7 @@ class FeatureStatistics:
     def add_batch(self, batch: pa.RecordBatch | pa.Table) -> FeatureStatistics:
         self.rows += batch.num_rows
         for name in self.numeric:
-            x = numeric_column(batch.column(name), name)
+            x = numeric_values(batch.column(name), name)
             x = x[~np.isnan(x)]
             if x.size:
                 self.count[name] = self.count.get(name, 0) + int(x.size)
@@ -693,4 +690,4 @@ class PhaseAccumulator:
         return {s.index: s.fit(self.accumulators[s.index]) for s in self.steps}
 
 
-__all__ = ["ANALYZERS", "MISSING", "OOV", "FeatureStatistics", "FittedTransform", "PhaseAccumulator", "Recipe", "check_columns", "numeric_column"]
+__all__ = ["ANALYZERS", "MISSING", "OOV", "FeatureStatistics", "FittedTransform", "PhaseAccumulator", "Recipe", "check_columns"]
