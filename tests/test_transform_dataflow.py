@@ -21,9 +21,9 @@ IMAGE = "us-docker.pkg.dev/cauce-test/cauce/cauce-beam@sha256:" + "cd" * 32
 SERVICE_ACCOUNT = "dataflow-worker@cauce-test.iam.gserviceaccount.com"
 
 
-def test_transform_launches_a_dataflow_job_with_its_parameters(kfp_local, raw_dataset, dataflow_server, capfd):
-    dataflow_server.job_states = ["JOB_STATE_FAILED"]
-    dataflow_server.job_messages = [("JOB_MESSAGE_ERROR", "Workflow failed: quota exceeded")]
+def run_on_dataflow(raw_dataset, dataflow_server, **dataflow) -> None:
+    """Run the transform component under kfp.local with ``runner="DataflowRunner"`` and
+    ``dataflow``'s settings, pointed at the stand-in; the step is expected to fail."""
 
     @dsl.pipeline
     def on_dataflow():
@@ -35,19 +35,30 @@ def test_transform_launches_a_dataflow_job_with_its_parameters(kfp_local, raw_da
             categorical_features=DEMO_CATEGORICAL,
             runner="DataflowRunner",
             project="cauce-test",
-            location="europe-west4",
-            dataflow_temp_location=f"gs://{TEST_BUCKET}/tmp",
-            dataflow_service_account=SERVICE_ACCOUNT,
-            dataflow_machine_type="n2-standard-8",
-            dataflow_max_workers=12,
-            dataflow_use_public_ips=False,
-            dataflow_sdk_container_image=IMAGE,
             # Only what the stand-in needs: its endpoint, and no Google credentials.
             pipeline_options={"dataflow_endpoint": dataflow_server.endpoint, "no_auth": True},
+            **dataflow,
         )
 
     with pytest.raises(RuntimeError):
         on_dataflow()
+
+
+def test_transform_launches_a_dataflow_job_with_its_parameters(kfp_local, raw_dataset, dataflow_server, capfd):
+    dataflow_server.job_states = ["JOB_STATE_FAILED"]
+    dataflow_server.job_messages = [("JOB_MESSAGE_ERROR", "Workflow failed: quota exceeded")]
+
+    run_on_dataflow(
+        raw_dataset,
+        dataflow_server,
+        location="europe-west4",
+        dataflow_temp_location=f"gs://{TEST_BUCKET}/tmp",
+        dataflow_service_account=SERVICE_ACCOUNT,
+        dataflow_machine_type="n2-standard-8",
+        dataflow_max_workers=12,
+        dataflow_use_public_ips=False,
+        dataflow_sdk_container_image=IMAGE,
+    )
     step_log = capfd.readouterr().out
 
     (job,) = dataflow_server.jobs.values()
@@ -66,21 +77,6 @@ def test_transform_launches_a_dataflow_job_with_its_parameters(kfp_local, raw_da
 
 
 def test_dataflow_parameters_are_checked_before_any_job(kfp_local, raw_dataset, dataflow_server, capfd):
-    @dsl.pipeline
-    def bad_location():
-        raw = dsl.importer(artifact_uri=str(raw_dataset), artifact_class=dsl.Dataset, reimport=False)
-        transform(
-            dataset=raw.output,
-            label=DEMO_LABEL,
-            numeric_features=DEMO_NUMERIC,
-            categorical_features=DEMO_CATEGORICAL,
-            runner="DataflowRunner",
-            project="cauce-test",
-            dataflow_temp_location="/tmp/not-cloud-storage",
-            pipeline_options={"dataflow_endpoint": dataflow_server.endpoint, "no_auth": True},
-        )
-
-    with pytest.raises(RuntimeError):
-        bad_location()
+    run_on_dataflow(raw_dataset, dataflow_server, dataflow_temp_location="/tmp/not-cloud-storage")
     assert dataflow_server.jobs == {}
     assert "temp_location" in capfd.readouterr().out
