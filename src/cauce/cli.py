@@ -287,35 +287,52 @@ def validate(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, 
 @app.command()
 def submit(
     pipeline: str = typer.Argument(..., help="pipeline to submit"),
-    project: str = typer.Option(..., help="Google Cloud project"),
-    region: str = typer.Option(..., help="Vertex AI region, e.g. us-central1"),
-    pipeline_root: str = typer.Option(..., help="gs:// folder for pipeline artifacts"),
+    project: str = typer.Option("", help="Google Cloud project (Vertex AI; with --kfp-host: sets the pipeline's project)"),
+    region: str = typer.Option("", help="Vertex AI region, e.g. us-central1 (with --kfp-host: sets the pipeline's location)"),
+    pipeline_root: str = typer.Option("", help="folder for pipeline artifacts: gs:// on Vertex; Kubeflow's default if empty"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter name=value (repeatable)"),
-    service_account: str = typer.Option("", help="service account the pipeline runs as"),
+    service_account: str = typer.Option("", help="service account the pipeline runs as (Kubernetes one with --kfp-host)"),
     api_endpoint: str = typer.Option("", help="Vertex API endpoint override (private endpoints, tests)"),
-    enable_caching: bool = typer.Option(True, help="let Vertex reuse outputs of unchanged steps"),
+    enable_caching: bool = typer.Option(True, help="let the backend reuse outputs of unchanged steps"),
     spec_file: Path = typer.Option(
         None, "--spec", exists=True, dir_okay=False, help="submit this compiled spec (from `cauce compile`) instead of compiling now"
     ),
     dry_run: bool = typer.Option(False, help="build the job and print it, submit nothing"),
+    kfp_host: str = typer.Option("", help="submit to this Kubeflow Pipelines API (e.g. http://localhost:8888) instead of Vertex AI"),
+    namespace: str = typer.Option("", help="Kubeflow: your profile's namespace on a multi-user deployment"),
+    experiment: str = typer.Option("", help="Kubeflow: experiment for the run, created if missing (default: Default)"),
+    wait: bool = typer.Option(False, help="Kubeflow: wait for the run to end; exit 1 unless it succeeded"),
+    timeout: float = typer.Option(0, help="with --wait: give up waiting after this many seconds (0: no limit)"),
+    poll_interval: float = typer.Option(10, help="with --wait: seconds between status checks"),
 ):
-    """Submit a pipeline to Vertex AI Pipelines (aiplatform.PipelineJob)."""
+    """Submit a pipeline to Vertex AI Pipelines (aiplatform.PipelineJob) or, with --kfp-host,
+    to Kubeflow Pipelines (kfp.Client): the same compiled spec either way."""
     import tempfile
-
-    from google.api_core.exceptions import GoogleAPICallError
 
     from cauce import spec
 
-    if not pipeline_root.startswith("gs://"):
-        _fail(f"--pipeline-root must be a gs:// URI, got {pipeline_root!r}")
+    if kfp_host:
+        if api_endpoint:
+            _fail("--api-endpoint is for Vertex AI; with --kfp-host give the Kubeflow address only")
+    else:
+        for name, given in (("--namespace", namespace), ("--experiment", experiment), ("--wait", wait)):
+            if given:
+                _fail(f"{name} is for Kubeflow Pipelines: add --kfp-host URL")
+        missing = [f"--{n}" for n, v in (("project", project), ("region", region), ("pipeline-root", pipeline_root)) if not v]
+        if missing:
+            _fail(f"Vertex AI needs {', '.join(missing)} (or submit to Kubeflow Pipelines with --kfp-host URL)")
+        if not pipeline_root.startswith("gs://"):
+            _fail(f"--pipeline-root must be a gs:// URI, got {pipeline_root!r}")
     try:
         values = spec.parse_params(pipeline, param)
-        # On Vertex the data comes from BigQuery and Google Cloud resources live in the
-        # job's project and region, unless --param says otherwise; only for pipelines
-        # that have these parameters (Vertex rejects unknown ones).
+        # On Google Cloud the data comes from BigQuery and Google Cloud resources live in
+        # the job's project and region, unless --param says otherwise; only for pipelines
+        # that have these parameters (Vertex rejects unknown ones). On Kubeflow only when
+        # --project says the cluster works with Google Cloud.
         declared = spec.get_pipeline(pipeline).component_spec.inputs or {}
-        for name, value in (("project", project), ("location", region), ("backend", "bigquery")):
-            if name in declared:
+        defaults = (("project", project), ("location", region), ("backend", "bigquery" if project else ""))
+        for name, value in defaults:
+            if name in declared and value:
                 values.setdefault(name, value)
         missing = [n for n, i in declared.items() if i.default is None and not i.optional and n not in values]
         if missing:
@@ -326,26 +343,87 @@ def submit(
             expected = spec.get_pipeline(pipeline).name
             if info["name"] != expected:
                 raise CauceError(f"{path} is the pipeline {info['name']!r}, not {expected!r} ({pipeline})")
-            job = _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run)
-            if dry_run:
-                from google.protobuf import json_format
-
-                if service_account:
-                    job._gca_resource.service_account = service_account
-                body = json_format.MessageToDict(job._gca_resource._pb)
-                body.pop("pipelineSpec", None)
-                console.print_json(json.dumps(body))
-                console.print("[yellow]dry run[/]: nothing submitted")
+            if kfp_host:
+                _submit_kubeflow(
+                    path, info["name"], values, tmp, kfp_host=kfp_host, namespace=namespace, experiment=experiment,
+                    pipeline_root=pipeline_root, service_account=service_account, enable_caching=enable_caching,
+                    dry_run=dry_run, wait=wait, timeout=timeout, poll_interval=poll_interval,
+                )  # fmt: skip
                 return
-            job.submit(service_account=service_account or None)
+            job = _submit_vertex(
+                path, project, region, pipeline_root, values, api_endpoint, enable_caching, service_account, dry_run
+            )
     except CauceError as error:
         _fail(str(error))
+    if job is not None:
+        # Plain print: the resource name is read by scripts and must not be wrapped.
+        print(f"submitted: {job.resource_name}")
+
+
+def _submit_vertex(path, project, region, pipeline_root, values, api_endpoint, enable_caching, service_account, dry_run):
+    """Create the Vertex PipelineJob (or print it for a dry run, returning None)."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    try:
+        job = _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run)
+        if dry_run:
+            from google.protobuf import json_format
+
+            if service_account:
+                job._gca_resource.service_account = service_account
+            body = json_format.MessageToDict(job._gca_resource._pb)
+            body.pop("pipelineSpec", None)
+            console.print_json(json.dumps(body))
+            console.print("[yellow]dry run[/]: nothing submitted")
+            return None
+        job.submit(service_account=service_account or None)
     except ValueError as error:  # the Vertex SDK's checks: region, parameter names and types
-        _fail(f"cannot build the Vertex job: {error}")
+        raise CauceError(f"cannot build the Vertex job: {error}") from None
     except GoogleAPICallError as error:
-        _fail(f"Vertex AI refused the job ({error.code}): {error.message}")
-    # Plain print: the resource name is read by scripts and must not be wrapped.
-    print(f"submitted: {job.resource_name}")
+        raise CauceError(f"Vertex AI refused the job ({error.code}): {error.message}") from None
+    return job
+
+
+def _submit_kubeflow(
+    path, pipeline_name, values, tmp, *, kfp_host, namespace, experiment, pipeline_root, service_account,
+    enable_caching, dry_run, wait, timeout, poll_interval,
+):  # fmt: skip
+    """Create the run on Kubeflow Pipelines; with ``wait``, follow it to its end."""
+    from datetime import datetime, timezone
+
+    from cauce import kubeflow
+
+    kubeflow.check_namespace(namespace)
+    run_name = f"{pipeline_name}-{datetime.now(timezone.utc).strftime('%Y%m%d%H%M%S')}"
+    if dry_run:
+        body = {
+            "display_name": run_name,
+            "experiment": experiment or "Default",
+            "namespace": namespace,
+            "runtime_config": {"parameters": values, "pipeline_root": pipeline_root},
+            "service_account": service_account,
+        }
+        console.print_json(json.dumps({k: v for k, v in body.items() if v}))
+        console.print("[yellow]dry run[/]: nothing submitted")
+        return
+    connection = kubeflow.connect(kfp_host, namespace)
+    run = kubeflow.submit(
+        connection, kubeflow.prepare_spec(path, enable_caching, tmp), values, run_name=run_name,
+        experiment=experiment, namespace=namespace, pipeline_root=pipeline_root, service_account=service_account,
+    )  # fmt: skip
+    # Plain print: read by scripts, must not be wrapped.
+    print(f"submitted: run {run.run_id} (experiment {run.experiment_id})")
+    print(f"  {run.url}")
+    if not wait:
+        return
+    final = kubeflow.wait(
+        connection, run.run_id, timeout=timeout, poll_interval=poll_interval,
+        on_state=lambda state: print(f"run {run.run_id}: {state}", flush=True),
+    )  # fmt: skip
+    state = final.state.upper()
+    if not kubeflow.TERMINAL_STATES[state]:
+        reason = kubeflow.run_error(final)
+        raise CauceError(f"run {run.run_id} ended {state}" + (f": {reason}" if reason else "") + f" ({run.url})")
 
 
 def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run=False):
