@@ -1,21 +1,26 @@
 # cauce-base: kfp + cauce core + scikit-learn + MLflow.
-# Steps: extract, train (scikit-learn), register, deploy, monitor, champion.
-# See containers/README.md for the families and their size budgets.
+# Steps: extract, validate, train (scikit-learn), register, deploy, monitor, champion, retrain.
+# See containers/README.md for the families, their size budgets and local builds.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
+# Dependencies first, in a layer code changes do not invalidate: exact pins, --no-deps
+# (nothing the lock does not name gets in), wheels only except kfp-server-api, which PyPI
+# ships only as source and which is built with the pinned setuptools (no compiler needed).
+COPY requirements/build.txt requirements/lock.txt requirements/image-base.txt requirements/
+RUN python -m venv /opt/cauce \
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --requirement requirements/build.txt \
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation --only-binary=:all: \
+        --no-binary=kfp-server-api --requirement requirements/image-base.txt
 COPY pyproject.toml README.md ./
-COPY requirements/lock.txt requirements/lock.txt
 COPY src src
 COPY components components
 COPY pipelines pipelines
-# Versions pinned by the lock file; wheels only, so no compiler is needed (or left behind).
-# The smoke check fails the build if a step of this family could not import what it runs.
-RUN python -m venv /opt/cauce \
-    && /opt/cauce/bin/pip install --no-cache-dir --only-binary=:all: \
-        --constraint requirements/lock.txt ".[sklearn,mlflow]" \
-    && /opt/cauce/bin/python -m cauce.families smoke base
+# cauce itself; then the smoke check fails the build if a step of this family could not
+# import what it runs, or if anything installed is not pinned by the lock.
+RUN /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/cauce/bin/python -m cauce.families smoke base --lock requirements/lock.txt
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="cauce-base" \

@@ -1,28 +1,37 @@
 # cauce-beam: kfp + cauce core + Apache Beam[gcp] + scikit-learn (batch prediction loads model bundles).
-# Steps: transform. Also the Dataflow worker image: pass it as the transform's
-# pipeline_options {"sdk_container_image": <this image>, "sdk_location": "container"},
-# so workers run the same cauce and Beam as the step that launched them.
-# See containers/README.md for the families and their size budgets.
+# Steps: transform, batch prediction. Also the Dataflow worker image: the transform's
+# Dataflow settings name it as the SDK container, so workers run the same cauce and Beam
+# as the step that launched them.
+# See containers/README.md for the families, their size budgets and local builds.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 # Must equal apache-beam's version in requirements/lock.txt (a test checks it).
 ARG BEAM_VERSION=2.77.0
+# Where Beam's worker boot program comes from. Local builds with no registry in reach pass
+# a stand-in holding no boot program (containers/local/): the image then runs pipeline
+# steps exactly the same, but cannot serve as a Dataflow worker.
+ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:${BEAM_VERSION}
 
 # Beam's worker boot program (Dataflow starts it as the container's entrypoint).
-FROM apache/beam_python3.11_sdk:${BEAM_VERSION} AS beam-sdk
+FROM ${BEAM_SDK_IMAGE} AS beam-sdk
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
+# Dependencies first, in a layer code changes do not invalidate: exact pins, --no-deps
+# (nothing the lock does not name gets in), wheels only except kfp-server-api, which PyPI
+# ships only as source and which is built with the pinned setuptools (no compiler needed).
+COPY requirements/build.txt requirements/lock.txt requirements/image-beam.txt requirements/
+RUN python -m venv /opt/cauce \
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --requirement requirements/build.txt \
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation --only-binary=:all: \
+        --no-binary=kfp-server-api --requirement requirements/image-beam.txt
 COPY pyproject.toml README.md ./
-COPY requirements/lock.txt requirements/lock.txt
 COPY src src
 COPY components components
 COPY pipelines pipelines
-# Versions pinned by the lock file; wheels only, so no compiler is needed (or left behind).
-# The smoke check fails the build if a step of this family could not import what it runs.
-RUN python -m venv /opt/cauce \
-    && /opt/cauce/bin/pip install --no-cache-dir --only-binary=:all: \
-        --constraint requirements/lock.txt ".[beam,sklearn]" \
-    && /opt/cauce/bin/python -m cauce.families smoke beam
+# cauce itself; then the smoke check fails the build if a step of this family could not
+# import what it runs, or if anything installed is not pinned by the lock.
+RUN /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/cauce/bin/python -m cauce.families smoke beam --lock requirements/lock.txt
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="cauce-beam" \

@@ -1,29 +1,32 @@
 # cauce-torch: kfp + cauce core + PyTorch (CPU build) + scikit-learn.
 # Steps: PyTorch training.
-# See containers/README.md for the families and their size budgets.
+# See containers/README.md for the families, their size budgets and local builds.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 # PyPI's Linux torch wheel is the CUDA build (several GB of nvidia-* wheels); PyTorch's
-# own CPU index serves the same version without them. torch comes from there alone
-# (--no-deps); everything else, torch's dependencies included, from PyPI.
+# own CPU index serves the same version without them.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
+# Dependencies first, in a layer code changes do not invalidate: exact pins, --no-deps
+# (nothing the lock does not name gets in), wheels only except kfp-server-api, which PyPI
+# ships only as source and which is built with the pinned setuptools (no compiler needed).
+COPY requirements/build.txt requirements/lock.txt requirements/image-torch.txt requirements/
+RUN python -m venv /opt/cauce \
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --requirement requirements/build.txt \
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --index-url "${TORCH_INDEX_URL}" \
+        "torch==$(sed -n 's/^torch==//p' requirements/lock.txt)" \
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation --only-binary=:all: \
+        --no-binary=kfp-server-api --requirement requirements/image-torch.txt
 COPY pyproject.toml README.md ./
-COPY requirements/lock.txt requirements/lock.txt
-COPY containers/torch.lock.txt containers/torch.lock.txt
 COPY src src
 COPY components components
 COPY pipelines pipelines
-# Versions pinned by the lock files; wheels only, so no compiler is needed (or left behind).
-# The smoke check fails the build if a step of this family could not import what it runs.
-RUN python -m venv /opt/cauce \
-    && /opt/cauce/bin/pip install --no-cache-dir --only-binary=:all: --no-deps \
-        --index-url "${TORCH_INDEX_URL}" \
-        --constraint requirements/lock.txt --constraint containers/torch.lock.txt torch \
-    && /opt/cauce/bin/pip install --no-cache-dir --only-binary=:all: \
-        --constraint requirements/lock.txt --constraint containers/torch.lock.txt ".[torch,sklearn]" \
-    && /opt/cauce/bin/python -m cauce.families smoke torch
+# cauce itself; then the smoke check fails the build if a step of this family could not
+# import what it runs, or if anything installed is not pinned by the lock.
+RUN /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/cauce/bin/python -m cauce.families smoke torch --lock requirements/lock.txt
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="cauce-torch" \

@@ -1,9 +1,9 @@
-"""The images (no Docker engine runs here): one Dockerfile per dependency family,
-lint-clean and correct by construction, each family's dependencies pinned and its
-size estimated against a recorded budget; the build script that checks the real
-image's size, run with a stand-in docker; the Makefile / CI contract."""
+"""The install paths and the images' definitions: one lock closing over every install
+path (the dev venv holds exactly it; each image family's pinned file is derived from
+it); one Dockerfile per dependency family, lint-clean and installing only pinned
+packages; size estimates against the budgets; the Makefile / CI contract. The images
+themselves are built and run in tests/test_containers.py."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,29 +13,10 @@ from pathlib import Path
 import pytest
 
 from cauce import families, images
-from tests.fixtures.cloudbuild import fake_docker
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted((ROOT / "containers").glob("*.Dockerfile"))
-BOOTSTRAP = {"pip", "setuptools", "wheel"}  # come with the venv, not from the lock file
-
-
-def _pins(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if "==" in line:
-            name, version = line.split("==", 1)
-            pins[families._normalize(name)] = version.split(";")[0].strip()
-    return pins
-
-
-def _public(version: str) -> str:
-    return version.split("+")[0]  # 2.13.0+cpu satisfies ==2.13.0
-
-
-LOCK = _pins(ROOT / "requirements/lock.txt")
-TORCH_LOCK = _pins(ROOT / "containers/torch.lock.txt")
+LOCK = families.read_pins(families.LOCK_FILE)
 
 
 def test_one_dockerfile_per_image_family():
@@ -63,17 +44,19 @@ def test_images_are_slim_non_root_pinned_and_checked_at_build_time(family):
     assert "COPY --from=build /opt/cauce /opt/cauce" in final
     users = re.findall(r"^USER\s+(\S+)", final, re.M)
     assert users == ["10001"] and "useradd --create-home --uid 10001" in final
-    # Every install: wheels only (no compiler needed), versions from the lock file.
+    # Every install: exact pins with --no-deps (nothing unpinned gets in), wheels only but
+    # for the one sdist PyPI has (kfp-server-api), built with the pinned build tools.
     installs = re.findall(r"pip install ([^&]*)", code.replace("\\\n", " "))
     assert installs
     for install in installs:
-        assert "--only-binary=:all:" in install and "--no-cache-dir" in install
-        assert "--constraint requirements/lock.txt" in install or install.rstrip().endswith("--no-deps .")
+        assert "--no-cache-dir" in install and "--no-deps" in install, install
+        assert "--only-binary=:all:" in install or install.rstrip().endswith(" ."), install
+        assert "--no-binary" not in install or "--no-binary=kfp-server-api" in install
+    assert "--requirement requirements/build.txt" in installs[0]
+    assert any(f"--requirement requirements/image-{family}.txt" in install for install in installs)
+    assert "--no-build-isolation ." in code  # cauce itself, with the pinned setuptools
     # The family's extras, and the smoke check of what its steps import.
-    family_def = families.FAMILIES[family]
-    if family_def.extras:
-        assert f'".[{",".join(family_def.extras)}]"' in code
-    assert f"python -m cauce.families smoke {family}" in stages[-2]
+    assert f"python -m cauce.families smoke {family} --lock requirements/lock.txt" in stages[-2]
     assert f'org.opencontainers.image.title="cauce-{family}"' in final
     for secret_like in ("PASSWORD", "SECRET", "TOKEN", "CREDENTIALS", "KEY.JSON"):
         assert secret_like not in code.upper()
@@ -85,7 +68,9 @@ def test_serving_image_honours_the_vertex_contract_and_skips_pipeline_dependenci
     for variable in ("AIP_HTTP_PORT=8080", "AIP_HEALTH_ROUTE=/health", "AIP_PREDICT_ROUTE=/predict", "CAUCE_SERVE_HOST=0.0.0.0"):
         assert variable in text
     assert 'ENTRYPOINT ["python", "-m", "cauce.serving"]' in text and "EXPOSE 8080" in text
-    assert "--no-deps ." in text and "--requirement containers/serving.requirements.txt" in text
+    assert "--requirement requirements/image-serving.txt" in text and "kfp" not in families.read_pins(
+        families.family_requirements_file("serving")
+    )
     closure = families.closure(families.get("serving").requirements())
     assert not {"kfp", "google-cloud-aiplatform", "google-cloud-bigquery", "tensorflow"} & set(closure)
 
@@ -93,32 +78,51 @@ def test_serving_image_honours_the_vertex_contract_and_skips_pipeline_dependenci
 def test_beam_image_carries_the_dataflow_worker_boot_of_the_locked_beam():
     text = (ROOT / "containers/beam.Dockerfile").read_text()
     assert f"ARG BEAM_VERSION={LOCK['apache-beam']}" in text
-    assert "FROM apache/beam_python3.11_sdk:${BEAM_VERSION} AS beam-sdk" in text
+    # A build argument names the SDK image, so local builds (no registry) can leave it out.
+    assert "ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:${BEAM_VERSION}" in text
+    assert "FROM ${BEAM_SDK_IMAGE} AS beam-sdk" in text
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
 
 
-def test_torch_image_takes_the_cpu_build_from_pytorchs_index():
-    text = (ROOT / "containers/torch.Dockerfile").read_text()
+@pytest.mark.parametrize("family", ["torch", "serving"])
+def test_torch_comes_alone_from_pytorchs_cpu_index_at_the_locked_version(family):
+    text = (ROOT / f"containers/{family}.Dockerfile").read_text()
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
-    assert re.search(r'--no-deps \\\s+--index-url "\$\{TORCH_INDEX_URL\}"', text)
-    assert "--constraint containers/torch.lock.txt" in text
+    assert re.search(r'--no-deps --only-binary=:all: --index-url "\$\{TORCH_INDEX_URL\}" \\\s+"torch==\$\(sed', text)
+    assert "torch" not in families.read_pins(families.family_requirements_file(family))
+
+
+# --------------------------------------------------------------------------- the lock
+def test_the_installed_environment_is_exactly_the_lock():
+    # `make setup` installs the lock with --no-deps: what is installed is what is pinned,
+    # nothing more (a transitive dependency the lock forgot would be missing, and
+    # `pip check` in make setup fails), nothing else (an upstream release changes nothing).
+    problems = families.lock_differences(families.installed_distributions(), LOCK)
+    assert not problems, "\n".join(problems) + "\n(make lock, after installing what you added)"
+
+
+def test_build_tools_are_pinned_the_same_in_both_files():
+    tools = families.read_pins(families.BUILD_TOOLS_FILE)
+    assert set(tools) == set(families.BUILD_TOOLS)
+    assert {name: LOCK[name] for name in tools} == tools
 
 
 @pytest.mark.parametrize("family", images.FAMILIES)
-def test_every_dependency_of_a_family_is_pinned_to_what_the_tests_ran(family):
-    try:
-        closure = families.closure(families.get(family).requirements())
-    except families.CauceError as error:
-        pytest.skip(str(error))
-    pins = {**LOCK, **TORCH_LOCK} if family in ("torch", "serving") else LOCK  # both install torch
-    unpinned = sorted(name for name in set(closure) - BOOTSTRAP if name not in pins)
-    assert not unpinned, f"{family}: not pinned by the lock file(s): {unpinned}"
-    differing = {n: (pins[n], d.version) for n, d in closure.items() if n in pins and pins[n] != _public(d.version)}
-    assert not differing, f"{family}: lock pins differ from the installed versions: {differing}"
+def test_each_image_file_is_the_familys_closure_pinned_by_the_lock(family):
+    written = families.family_requirements_file(family).read_text()
+    assert written == families.render_family_requirements(family), (
+        f"requirements/image-{family}.txt is stale: run `make lock`"
+    )
 
 
-def test_the_torch_lock_only_adds_to_the_main_lock():
-    assert TORCH_LOCK and not set(TORCH_LOCK) & set(LOCK)
+def test_a_lock_departure_is_named():
+    problems = families.lock_differences({"numpy": "2.0.0", "leftpad": "1.0", "torch": "2.13.0+cpu"}, {"numpy": "2.4.6", "torch": "2.13.0", "six": "1.17.0"})
+    assert problems == [
+        "numpy 2.0.0 is installed but the lock pins 2.4.6",
+        "leftpad 1.0 is installed but not in the lock",
+        "six==1.17.0 is pinned but not installed",
+    ]
+    assert families.lock_differences({"torch": "2.13.0+cpu"}, {"torch": "2.13.0", "six": "1"}, subset=True) == []
 
 
 # --------------------------------------------------------------------------- size budgets
@@ -182,60 +186,28 @@ def test_component_images_cover_every_component():
 
 
 # --------------------------------------------------------------------------- build-image.sh
-@pytest.fixture
-def build_image(tmp_path):
-    fake_docker(tmp_path / "bin")
-    log = tmp_path / "docker.log"
+def test_build_image_rejects_bad_arguments_before_building(tmp_path):
+    def run(*arguments):
+        return subprocess.run(["bash", str(ROOT / "containers/build-image.sh"), *arguments], capture_output=True, text=True)
 
-    def run(*arguments, size_mib=100, family="base"):
-        env = dict(
-            os.environ,
-            PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
-            FAKE_DOCKER_LOG=str(log),
-            **{f"FAKE_DOCKER_SIZE_{family.upper()}": str(size_mib * 1024 * 1024)},
-        )
-        result = subprocess.run(
-            ["bash", str(ROOT / "containers/build-image.sh"), *arguments], env=env, capture_output=True, text=True
-        )
-        return result, (log.read_text().splitlines() if log.exists() else [])
-
-    return run
-
-
-def test_build_image_checks_the_budget_then_pushes_and_records_the_digest(build_image, tmp_path):
-    result, calls = build_image("base", "eu-docker.pkg.dev/p/r", str(tmp_path / "out"), "abc1234", "v1.2.3", size_mib=BUDGETS["base"])
-    assert result.returncode == 0, result.stderr
-    assert calls[0].startswith(f"build --file {ROOT}/containers/base.Dockerfile --tag eu-docker.pkg.dev/p/r/cauce-base:abc1234")
-    assert "--tag eu-docker.pkg.dev/p/r/cauce-base:1.2.3" in calls[0]
-    assert calls[-3:-1] == ["push eu-docker.pkg.dev/p/r/cauce-base:abc1234", "push eu-docker.pkg.dev/p/r/cauce-base:1.2.3"]
-    recorded = (tmp_path / "out/base.env").read_text()
-    assert re.fullmatch(r"export CAUCE_IMAGE_BASE=eu-docker\.pkg\.dev/p/r/cauce-base@sha256:[0-9a-f]{64}\n", recorded)
-
-
-def test_build_image_refuses_to_push_an_image_over_budget(build_image, tmp_path):
-    result, calls = build_image("tf", "r", str(tmp_path / "out"), "abc1234", family="tf", size_mib=BUDGETS["tf"] + 1)
-    assert result.returncode == 1
-    assert f"cauce-tf is {BUDGETS['tf'] + 1} MiB, over its budget of {BUDGETS['tf']} MiB" in result.stderr
-    assert not any(call.startswith("push") for call in calls) and not (tmp_path / "out").exists()
-
-
-def test_build_image_rejects_bad_arguments(build_image, tmp_path):
-    assert build_image("gpu", "r", str(tmp_path), "abc1234")[0].returncode == 2  # no such family
-    result, _ = build_image("base", "r", str(tmp_path), "abc1234", "release-1")
+    result = run("gpu", "r", str(tmp_path), "abc1234")
+    assert result.returncode == 2 and "no Dockerfile for image family 'gpu'" in result.stderr
+    result = run("base", "r", str(tmp_path), "abc1234", "release-1")
     assert result.returncode == 2 and "not vMAJOR.MINOR.PATCH" in result.stderr
+    assert run("base", "r").returncode == 2
 
 
 # --------------------------------------------------------------------------- Makefile / CI
 def test_makefile_is_self_documenting_and_ci_calls_the_readme_test_command():
     makefile = (ROOT / "Makefile").read_text()
-    targets = re.findall(r"^([a-z]+):.*## ", makefile, re.M)
-    assert {"help", "setup", "run", "test", "lint", "compile", "export", "images", "bench"} <= set(targets)
+    targets = re.findall(r"^([a-z-]+):.*## ", makefile, re.M)
+    assert {"help", "setup", "run", "test", "lint", "compile", "export", "engine", "images", "bench", "lock"} <= set(targets)
     assert "$(BIN)/hadolint containers/*.Dockerfile" in makefile
     assert "--index-url $(TORCH_INDEX_URL)" in makefile  # CI gets torch's CPU build, not CUDA's
+    assert "--no-deps --no-build-isolation -r requirements/lock.txt" in makefile and "$(BIN)/pip check" in makefile
     assert "make test" in (ROOT / "README.md").read_text()
     assert "make test" in (ROOT / ".ci/run").read_text()
 
 
 def test_the_lock_pins_the_installed_torch():
-    installed = metadata.version("torch")
-    assert LOCK["torch"] == _public(installed)
+    assert LOCK["torch"] == families.public_version(metadata.version("torch"))
