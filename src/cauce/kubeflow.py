@@ -86,8 +86,8 @@ def _api_errors(host: str, doing: str) -> Iterator[None]:
         raise CauceError(f"Kubeflow Pipelines at {host} refused {doing} ({status} {name}): {_message(error)}") from None
     except urllib3.exceptions.HTTPError as error:
         reason = getattr(error, "reason", None) or error  # MaxRetryError wraps the cause
-        # urllib3 starts the message with the connection object's repr: keep the words.
-        reason = re.sub(r"^<[^>]*>: ", "", str(reason))
+        # urllib3 starts the message with the connection object: keep the words after it.
+        reason = re.sub(r"^(<[^>]*>|\w+\([^)]*\)): ", "", str(reason))
         raise CauceError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
     except (ValueError, TimeoutError) as error:  # kfp.Client's own checks (experiment lookup, health retries)
         raise CauceError(f"Kubeflow Pipelines at {host}: {doing} failed: {error}") from None
