@@ -4,10 +4,11 @@ goes into the same process as a canary (two versions side by side, traffic
 split, promotion or rollback), the way vertex.py does it on a Vertex endpoint.
 
 The serving process is the same program the serving image runs on Vertex
-(``python -m cauce.serving``), started in its own session so it outlives the
-pipeline step that launched it, with its admin routes enabled (loopback only,
-behind a random token). Its state (pid, port, log folder, deployments, traffic
-split, token) is kept in ``$CAUCE_HOME/serving/<endpoint>/state.json`` (mode
+(``python -m cauce.serving``), started as a process in its own session, or as the
+serving image in a container of the local Docker engine (runtimes.py), so that it
+outlives the pipeline step that launched it, with its admin routes enabled (loopback
+only, behind a random token). Its state (pid or container, port, log folder,
+deployments, traffic split, token) is kept in ``$CAUCE_HOME/serving/<endpoint>/state.json`` (mode
 0600) so a later deploy of the same endpoint finds it and ``cauce stop`` can end it.
 
 The Vertex side lives in vertex.py.
@@ -17,12 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +27,7 @@ from pathlib import Path
 
 from cauce import data
 from cauce.artifacts import CauceError, atomic_file
+from cauce.components.deploy import runtimes
 from cauce.model import METADATA_FILE
 from cauce.paths import cauce_home
 
@@ -74,34 +72,15 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def stop_local(endpoint_name: str, timeout: float = 10.0) -> bool:
-    """Stop the local server of ``endpoint_name``; True if one was running."""
+    """Stop the local server of ``endpoint_name``; True if one was running. Only a server
+    that is still the one the endpoint's state recorded is stopped (see runtimes.py)."""
     state_file = endpoint_dir(endpoint_name) / "state.json"
     if not state_file.exists():
         return False
     state = json.loads(state_file.read_text())
-    stopped = False
-    try:
-        os.killpg(state["pid"], signal.SIGTERM)
-        stopped = True
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _reap(state["pid"])
-            os.killpg(state["pid"], 0)
-            time.sleep(0.05)
-        os.killpg(state["pid"], signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    stopped = runtimes.of(state).stop(state, timeout)
     state_file.unlink(missing_ok=True)
     return stopped
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when the server is our own child (a zombie would
-    otherwise look alive); elsewhere it was re-parented and this is a no-op."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def local_endpoint(endpoint_name: str) -> dict | None:
@@ -195,32 +174,24 @@ def _start_server(
     server_log = endpoint_dir(endpoint_name) / "server.log"
     deployed_model_id = _new_deployed_model_id()
     admin_token = secrets.token_urlsafe(32)
-    command = [
-        sys.executable, "-m", "cauce.serving",
-        "--model-dir", model_dir, "--host", host, "--port", str(port),
-        "--request-log-dir", request_log_dir, "--endpoint", endpoint_name,
-        "--deployed-model-id", deployed_model_id, "--admin",
-    ]
-    with open(server_log, "ab") as log_handle:
-        process = subprocess.Popen(  # noqa: S603 - our own module, no shell
-            command,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=dict(os.environ, **{ADMIN_TOKEN_ENV: admin_token}),
-        )
+    runtime = runtimes.for_new_server()
+    started = runtime.start(
+        runtimes.serving_command(model_dir, host, port, request_log_dir, endpoint_name, deployed_model_id),
+        {ADMIN_TOKEN_ENV: admin_token},
+        server_log,
+        endpoint_name,
+    )
     base = f"http://{host}:{port}"
     state = {
-        "pid": process.pid, "port": port, "host": host, "model_dir": model_dir,
+        **started, "endpoint": endpoint_name, "port": port, "host": host, "model_dir": model_dir,
         "predict_url": f"{base}/predict", "health_url": f"{base}/health",
-        "request_log_dir": request_log_dir, "server_log": str(server_log), "started_at": time.time(),
+        "request_log_dir": request_log_dir, "started_at": time.time(),
         "deployed_model_id": deployed_model_id, "traffic_split": {deployed_model_id: 100},
         "deployments": {deployed_model_id: model_dir}, "rollout": "started", "admin_token": admin_token,
     }
     _write_state(endpoint_name, state)
     try:
-        _wait_healthy(process, state["health_url"], server_log, startup_timeout)
+        _wait_healthy(runtime, state, startup_timeout)
         if smoke_instances:
             smoke_test(state["predict_url"], smoke_instances)
     except BaseException:
@@ -347,12 +318,13 @@ def _smoke_test_through_endpoint(predict_url: str, instances: list[dict], deploy
     )
 
 
-def _wait_healthy(process: subprocess.Popen, health_url: str, server_log: Path, timeout: float) -> None:
+def _wait_healthy(runtime, state: dict, timeout: float) -> None:
+    health_url = state["health_url"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = server_log.read_text()[-2000:]
-            raise CauceError(f"the serving process exited with code {process.returncode} before it was healthy:\n{tail}")
+        gone = runtime.exited(state)
+        if gone is not None:
+            raise CauceError(f"the serving {runtime.kind} {gone} before it was healthy:\n{runtime.log_tail(state)}")
         try:
             with urllib.request.urlopen(health_url, timeout=2) as response:
                 if response.status == 200:
@@ -360,7 +332,7 @@ def _wait_healthy(process: subprocess.Popen, health_url: str, server_log: Path, 
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.1)
-    raise CauceError(f"the serving process did not answer {health_url} within {timeout:.0f} s (log: {server_log})")
+    raise CauceError(f"the serving {runtime.kind} did not answer {health_url} within {timeout:.0f} s (log: {state['server_log']})")
 
 
 def smoke_test(predict_url: str, instances: list[dict]) -> list[dict]:

@@ -43,7 +43,13 @@ def main(
 
 
 # --------------------------------------------------------------------------- run
-def _run_with_progress(pipeline: str, arguments: dict, verbose: bool):
+RUNNER_HELP = (
+    "subprocess: every step in this virtualenv; docker: every step in its component's image, "
+    "the model served by the serving image in a container (needs a Docker engine and `make images`)"
+)
+
+
+def _run_with_progress(pipeline: str, arguments: dict, verbose: bool, runner: str = "subprocess"):
     from cauce import spec
     from cauce.local import PipelineFailed, run_spec
     from cauce.paths import cauce_home
@@ -63,11 +69,11 @@ def _run_with_progress(pipeline: str, arguments: dict, verbose: bool):
             elapsed = time.monotonic() - started.get(task, time.monotonic())
             terminal.print(f"  {marks.get(status, status)} {task:<12} {elapsed:6.1f} s")
 
-    console.print(f"[bold]{pipeline}[/] — running [dim]{spec_path}[/] with kfp.local")
+    console.print(f"[bold]{pipeline}[/] — running [dim]{spec_path}[/] with kfp.local ({runner} runner)")
     try:
         with terminal.status(f"[bold]{pipeline}[/]: starting …") as status_line:
-            result = run_spec(spec_path, arguments, on_event=on_event, verbose=verbose)
-    except PipelineFailed as error:
+            result = run_spec(spec_path, arguments, on_event=on_event, verbose=verbose, runner=runner)
+    except (PipelineFailed, CauceError) as error:
         _fail(str(error))
     console.print(f"  [bold]done[/] in {result.seconds:.1f} s  [dim](log: {result.log_file})[/]")
     return result
@@ -92,6 +98,7 @@ def run(
     rows: int = typer.Option(100_000, help="rows of the generated demo table (training on the local default)"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter name=value (repeatable)"),
     verbose: bool = typer.Option(False, help="stream every task's log to the terminal"),
+    runner: str = typer.Option("subprocess", help=RUNNER_HELP),
 ):
     """Run a pipeline locally with kfp.local, from its compiled spec."""
     from cauce import spec
@@ -101,7 +108,7 @@ def run(
         _ensure_demo(pipeline, arguments, rows)
     except CauceError as error:
         _fail(str(error))
-    result = _run_with_progress(pipeline, arguments, verbose)
+    result = _run_with_progress(pipeline, arguments, verbose, runner)
     if pipeline == "training":
         _print_training_summary(result)
     else:
@@ -209,12 +216,13 @@ def demo(
     drift: bool = typer.Option(False, help="shift the traffic (longer trips, more cash) so monitoring flags drift"),
     port: int = typer.Option(8080, help="local port of the serving process"),
     verbose: bool = typer.Option(False, help="stream every task's log to the terminal"),
+    runner: str = typer.Option("subprocess", help=RUNNER_HELP),
 ):
     """The whole lifecycle on your laptop: train and deploy, send traffic, monitor."""
     from cauce.components.deploy.executor import smoke_instances_from
 
     _ensure_demo("training", {}, rows)
-    training = _run_with_progress("training", {"port": port}, verbose)
+    training = _run_with_progress("training", {"port": port}, verbose, runner)
     deploy_task, extract_task, train_task = training.task("deploy"), training.task("extract"), training.task("train")
     if deploy_task is None:
         _print_training_summary(training)
@@ -229,6 +237,7 @@ def demo(
         "monitoring",
         {"baseline_uri": dataset_uri, "request_log_dir": deploy_task.parameters["request_log_dir"]},
         verbose,
+        runner,
     )
     _print_training_summary(training)
     _print_monitoring_summary(monitoring)

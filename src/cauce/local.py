@@ -2,7 +2,17 @@
 task produced.
 
 The spec that runs is the YAML file the compiler wrote, loaded back from disk:
-the same file `cauce submit` sends to Vertex.
+the same file `cauce submit` sends to Vertex. Two runners:
+
+* ``subprocess`` (the default): every step's body runs in this virtualenv, which has
+  what the images have;
+* ``docker``: every step runs in the image its component names (kfp.local's
+  DockerRunner), as on Vertex. The local platform around the steps is shared through
+  ``$CAUCE_HOME``, mounted at the same path in every container (the local BigQuery
+  engine's file, the MLflow registry, endpoint state, the pipeline root), and through the
+  host's loopback network (steps run with host networking). The deploy step starts the
+  serving image in a container of the same engine, so steps also get the engine's socket:
+  locally the Docker engine plays the part Vertex endpoints play on Google Cloud.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -18,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cauce.artifacts import CauceError
 from cauce.paths import cauce_home
 
 # kfp.local colours task names: "Executing task \x1b[96m'extract'\x1b[0m".
@@ -83,18 +95,108 @@ class _LogTee(io.TextIOBase):
         self.log_handle.flush()
 
 
+RUNNERS = ("subprocess", "docker")
+IMAGE_UID = 10001  # the user every cauce image runs as (containers/*.Dockerfile)
+
+
+def spec_images(spec_path: str | Path) -> list[str]:
+    """The images a compiled spec's steps run in."""
+    import yaml
+
+    executors = yaml.safe_load(Path(spec_path).read_text())["deploymentSpec"]["executors"]
+    return sorted({e["container"]["image"] for e in executors.values() if "container" in e})
+
+
+def docker_runner(spec_path: str | Path, home: Path):
+    """kfp.local's DockerRunner set up for cauce's images (see the module docstring).
+
+    Raises CauceError, before anything runs, when no engine answers or an image the spec
+    names is not in the engine (and says how to get it)."""
+    from docker.types import Mount
+    from kfp import local
+
+    from cauce.components.deploy.runtimes import SERVING_IMAGE_ENV, SERVING_RUNTIME_ENV, _engine
+    from cauce.images import image_for
+
+    client = _engine()
+    needed = [*spec_images(spec_path), image_for("serving")]
+    present = {tag for image in client.images.list() for tag in image.tags + image.attrs.get("RepoDigests", [])}
+    missing = [image for image in needed if image not in present and f"{image}:latest" not in present]
+    for image in list(missing):  # by digest from a registry (the release rehearsal): pull it
+        if "@sha256:" in image:
+            try:
+                client.images.pull(image)
+                missing.remove(image)
+            except Exception:  # noqa: S110 - reported below with the others
+                pass
+    if missing:
+        raise CauceError(
+            f"the Docker engine has no image {', '.join(missing)}: build the images with `make images` "
+            "(or set CAUCE_IMAGE_<FAMILY> at compile time to images it has)"
+        )
+    home = home.resolve()
+    docker_host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    socket_path = docker_host.removeprefix("unix://")
+    if not docker_host.startswith("unix://") or not Path(socket_path).exists():
+        raise CauceError(f"--runner docker hands the engine's unix socket to the steps; DOCKER_HOST={docker_host} is not one")
+    environment = {
+        "CAUCE_HOME": str(home),
+        SERVING_RUNTIME_ENV: "container",
+        SERVING_IMAGE_ENV: image_for("serving"),
+    }
+    user = {}
+    if os.getuid() == 0:
+        # The images' own non-root user owns the state the steps write; root here can
+        # still read and change all of it.
+        _chown_tree(home, IMAGE_UID, IMAGE_UID)
+    else:  # run as the caller, so their files stay theirs (still not root)
+        user = {"user": f"{os.getuid()}:{os.getgid()}"}
+        environment["HOME"] = "/tmp"
+    return local.DockerRunner(
+        network_mode="host",
+        environment=environment,
+        mounts=[
+            Mount(target=str(home), source=str(home), type="bind"),
+            Mount(target="/var/run/docker.sock", source=socket_path, type="bind"),
+        ],
+        group_add=[str(Path(socket_path).stat().st_gid)],
+        **user,
+    )
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    for directory, folders, files in os.walk(root):
+        for name in [directory, *(os.path.join(directory, f) for f in folders + files)]:
+            try:
+                if os.lstat(name).st_uid != uid:
+                    os.lchown(name, uid, gid)
+            except FileNotFoundError:
+                pass
+
+
 def run_spec(
     spec_path: str | Path,
     arguments: dict,
     pipeline_root: str | Path | None = None,
     on_event: Callable[[str, str], None] | None = None,
     verbose: bool = False,
+    runner: str = "subprocess",
 ) -> LocalRun:
-    """Run the compiled spec at ``spec_path`` under kfp.local (SubprocessRunner in this venv)."""
+    """Run the compiled spec at ``spec_path`` under kfp.local with ``runner``
+    (``subprocess``: in this virtualenv; ``docker``: each step in its image)."""
     from kfp import components, local
 
+    if runner not in RUNNERS:
+        raise CauceError(f"runner must be one of {RUNNERS}, got {runner!r}")
     root = Path(pipeline_root or cauce_home() / "runs")
     root.mkdir(parents=True, exist_ok=True)
+    if runner == "docker":
+        home = cauce_home().resolve()
+        if not root.resolve().is_relative_to(home):
+            raise CauceError(f"with --runner docker the pipeline root must be inside CAUCE_HOME ({home}), got {root}")
+        kfp_runner = docker_runner(spec_path, home)
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
     pipeline = components.load_component_from_file(str(spec_path))
     name = pipeline.component_spec.name
     log_file = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -110,9 +212,9 @@ def run_spec(
         if on_event is not None:
             on_event(task, status)
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    # kfp.local warns that our base images are "non-Python": by design (GUIDE §2) the
-    # body runs in this virtualenv, which has what the image has.
+    local.init(runner=kfp_runner, pipeline_root=str(root.resolve()), raise_on_error=True)
+    # kfp.local warns that our base images are "non-Python": with the subprocess runner
+    # the body runs in this virtualenv by design, which has what the image has.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
     started = time.monotonic()
     with open(log_file, "w") as handle:
