@@ -4,7 +4,8 @@ measures; alert on drift, and start the training pipeline when a parameter says 
 
 from kfp import dsl
 
-from cauce.components.monitor.component import monitor
+from cauce.artifact_types import VertexEndpoint
+from cauce.components.monitor.component import monitor, vertex_monitoring
 from cauce.components.retrain.component import retrain
 from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
 
@@ -31,8 +32,11 @@ def monitoring(
     retrain_on_drift: bool = False,
     training_spec: str = "",
     training_parameters: dict = {},
+    # "local": retraining runs under kfp.local; "google-cloud": as a Vertex AI PipelineJob,
+    # and with endpoint_resource_name the endpoint's Vertex AI Model Monitoring job is set up.
+    target: str = "local",
     project: str = "",
-    location: str = "us-central1",
+    vertex_region: str = "us-central1",
     pipeline_root: str = "",
     service_account: str = "",
     vertex_api_endpoint: str = "",
@@ -56,21 +60,38 @@ def monitoring(
         previous_window_end=previous_window_end,
         alert_webhook=alert_webhook,
         alert_topic=alert_topic,
-        project=project,
-        location=location,
-        endpoint_resource_name=endpoint_resource_name,
-        training_data_source=training_data_source,
-        target_field=target_field,
-        api_endpoint=vertex_api_endpoint,
     ).set_display_name("monitor")
+    with dsl.If(target == "google-cloud", name="google-cloud-target"):
+        with dsl.If(endpoint_resource_name != "", name="vertex-endpoint-given"):
+            # The endpoint as GCPC ops see it: a google.VertexEndpoint naming the resource.
+            endpoint = dsl.importer(
+                artifact_uri=endpoint_resource_name,
+                artifact_class=VertexEndpoint,
+                reimport=False,
+                metadata={"resourceName": endpoint_resource_name},
+            ).set_display_name("vertex-endpoint")
+            vertex_monitoring(
+                vertex_endpoint=endpoint.output,
+                project=project,
+                training_data_source=training_data_source,
+                numeric_features=numeric_features,
+                categorical_features=categorical_features,
+                vertex_region=vertex_region,
+                vertex_api_endpoint=vertex_api_endpoint,
+                target_field=target_field,
+                thresholds=thresholds,
+                default_numeric_threshold=default_numeric_threshold,
+                default_categorical_threshold=default_categorical_threshold,
+            ).set_display_name("vertex-monitoring")
     retrain(
         drift_detected=monitored.outputs["drift_detected"],
         retrain_on_drift=retrain_on_drift,
         training_spec=training_spec,
         parameter_values=training_parameters,
+        target=target,
         project=project,
-        location=location,
+        vertex_region=vertex_region,
         pipeline_root=pipeline_root,
         service_account=service_account,
-        api_endpoint=vertex_api_endpoint,
+        vertex_api_endpoint=vertex_api_endpoint,
     ).set_display_name("retrain")

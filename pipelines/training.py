@@ -5,7 +5,7 @@ register as challenger and leave the deployed champion serving.
 One compiled spec serves both places; only parameter values differ:
 * locally (defaults): the local BigQuery engine, Beam's DirectRunner, MLflow on
   sqlite, and a serving process on 127.0.0.1:8080;
-* on Vertex: ``backend="bigquery"``, ``project``/``location`` set,
+* on Vertex: ``target="google-cloud"``, ``backend="bigquery"``, ``project``/``vertex_region`` set,
   ``runner="DataflowRunner"`` with its ``pipeline_options``; the model goes to the
   Vertex Model Registry and a Vertex endpoint.
 """
@@ -13,10 +13,10 @@ One compiled spec serves both places; only parameter values differ:
 from kfp import dsl
 
 from cauce.components.champion.component import champion
-from cauce.components.deploy.component import deploy
+from cauce.components.deploy.component import deploy, deploy_vertex
 from cauce.components.evaluate.component import evaluate
 from cauce.components.extract.component import extract
-from cauce.components.register.component import register
+from cauce.components.register.component import register, register_vertex
 from cauce.components.train.component import train
 from cauce.components.transform.component import transform
 from cauce.components.validate.component import validate
@@ -68,8 +68,11 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         change_thresholds: dict = {"auc": 0.0},
         model_name: str = "taxi-tips",
         endpoint_name: str = "taxi-tips",
+        # "local": MLflow registry and the local serving process; "google-cloud": Vertex AI
+        # Model Registry and a Vertex endpoint in project/vertex_region.
+        target: str = "local",
         project: str = "",
-        location: str = "us-central1",
+        vertex_region: str = "us-central1",
         vertex_api_endpoint: str = "",
         mlflow_tracking_uri: str = "",
         serving_image: str = SERVING_IMAGE,
@@ -115,7 +118,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             runner=runner,
             pipeline_options=pipeline_options,
             project=project,
-            location=location,
+            location=vertex_region,
             dataflow_temp_location=dataflow_temp_location,
             dataflow_service_account=dataflow_service_account,
             dataflow_machine_type=dataflow_machine_type,
@@ -132,27 +135,36 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         ).set_display_name("train")
         current_champion = champion(
             model_name=model_name,
+            target=target,
             mlflow_tracking_uri=mlflow_tracking_uri,
             project=project,
-            location=location,
-            api_endpoint=vertex_api_endpoint,
+            vertex_region=vertex_region,
+            vertex_api_endpoint=vertex_api_endpoint,
         ).set_display_name("champion")
         evaluated = evaluate(
             model=trained.outputs["model"],
             dataset=extracted.outputs["dataset"],
             slice_features=slice_features,
             thresholds=thresholds,
-            champion_model_uri=current_champion.output,
+            baseline_model=current_champion.outputs["champion_model"],
             change_thresholds=change_thresholds,
         ).set_display_name("evaluate")
+
         def register_as(alias: str, display_name: str):
             return register(
                 model=trained.outputs["model"],
                 model_name=model_name,
                 mlflow_tracking_uri=mlflow_tracking_uri,
+                alias=alias,
+            ).set_display_name(display_name)
+
+        def register_on_vertex_as(alias: str, display_name: str):
+            return register_vertex(
+                model=trained.outputs["model"],
+                model_name=model_name,
                 project=project,
-                location=location,
-                api_endpoint=vertex_api_endpoint,
+                vertex_region=vertex_region,
+                vertex_api_endpoint=vertex_api_endpoint,
                 serving_image=serving_image,
                 alias=alias,
             ).set_display_name(display_name)
@@ -161,22 +173,35 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         # champion exists, beats it by the margins overall and on every slice.
         # (A single bool output, not a NamedTuple field: kfp.local 2.17 cannot resolve
         # a dsl.If on a NamedTuple field and silently skips the branch.)
+        # Inside it, the target picks the registry and the endpoint: each branch passes
+        # typed artifacts (Model -> endpoint, google.VertexModel -> google.VertexEndpoint).
         with dsl.If(evaluated.outputs["Output"] == True, name="promote"):
-            registered = register_as("champion", "register")
-            deploy(
-                model=trained.outputs["model"],
-                smoke_dataset=extracted.outputs["dataset"],
-                endpoint_name=endpoint_name,
-                registered_model_uri=registered.outputs["model_uri"],
-                project=project,
-                location=location,
-                api_endpoint=vertex_api_endpoint,
-                machine_type=machine_type,
-                canary_traffic_percentage=canary_traffic_percentage,
-                port=port,
-            ).set_display_name("deploy")
+            with dsl.If(target == "local", name="local-target"):
+                registered = register_as("champion", "register")
+                deploy(
+                    registered_model=registered.outputs["registered_model"],
+                    smoke_dataset=extracted.outputs["dataset"],
+                    endpoint_name=endpoint_name,
+                    canary_traffic_percentage=canary_traffic_percentage,
+                    port=port,
+                ).set_display_name("deploy")
+            with dsl.Else(name="google-cloud-target"):
+                registered_on_vertex = register_on_vertex_as("champion", "register-vertex")
+                deploy_vertex(
+                    vertex_model=registered_on_vertex.outputs["vertex_model"],
+                    smoke_dataset=extracted.outputs["dataset"],
+                    endpoint_name=endpoint_name,
+                    project=project,
+                    vertex_region=vertex_region,
+                    vertex_api_endpoint=vertex_api_endpoint,
+                    machine_type=machine_type,
+                    canary_traffic_percentage=canary_traffic_percentage,
+                ).set_display_name("deploy-vertex")
         with dsl.Else(name="keep-champion"):
-            register_as("challenger", "register-challenger")
+            with dsl.If(target == "local", name="local-challenger"):
+                register_as("challenger", "register-challenger")
+            with dsl.Else(name="google-cloud-challenger"):
+                register_on_vertex_as("challenger", "register-vertex-challenger")
 
     return training
 

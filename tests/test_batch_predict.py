@@ -163,7 +163,7 @@ def test_component_runs_in_a_pipeline_under_kfp_local(kfp_local, tmp_path, regis
     optional artifact left unset with a query on the local engine instead."""
     from kfp import dsl
 
-    from cauce.components.batch_predict.component import predict
+    from cauce.components.batch_predict.component import batch_predict
     from cauce.demo import DEMO_TABLE, ensure_demo_table
 
     database = tmp_path / "local.duckdb"
@@ -172,11 +172,11 @@ def test_component_runs_in_a_pipeline_under_kfp_local(kfp_local, tmp_path, regis
     @dsl.pipeline(name="batch-scoring")
     def scoring(dataset_uri: str, tracking_uri: str, database: str):
         dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset)
-        predict(
+        batch_predict(
             model_name="taxi", key_column=DEMO_KEY, input_dataset=dataset.output, input_split="eval",
             mlflow_tracking_uri=tracking_uri,
         )
-        predict(
+        batch_predict(
             model_name="taxi", key_column=DEMO_KEY, source=f"SELECT * FROM {DEMO_TABLE} WHERE fare > @fare",
             query_parameters={"fare": 0}, local_database=database, mlflow_tracking_uri=tracking_uri,
         )
@@ -184,9 +184,9 @@ def test_component_runs_in_a_pipeline_under_kfp_local(kfp_local, tmp_path, regis
     scoring(dataset_uri=raw_dataset, tracking_uri=registry, database=str(database))
     run = next(Path(kfp_local).glob("batch-scoring-*"))
     rows = data.read_split(raw_dataset, "eval").num_rows
-    assert predictions_of(run / "predict" / "predictions").num_rows == rows
-    assert data.read_schema(run / "predict" / "predictions")["splits"] == {SPLIT: rows}
-    from_query = data.read_schema(run / "predict-2" / "predictions")
+    assert predictions_of(run / "batch-predict" / "predictions").num_rows == rows
+    assert data.read_schema(run / "batch-predict" / "predictions")["splits"] == {SPLIT: rows}
+    from_query = data.read_schema(run / "batch-predict-2" / "predictions")
     assert 0 < from_query["splits"][SPLIT] <= 300 and from_query["input"]["backend"] == "local"
 
 
@@ -195,17 +195,17 @@ def test_both_input_styles_compile_for_vertex(tmp_path):
     from kfp import compiler, dsl
 
     from cauce import spec
-    from cauce.components.batch_predict.component import predict
+    from cauce.components.batch_predict.component import batch_predict
     from cauce.components.extract.component import extract
 
     @dsl.pipeline(name="score-both-ways")
     def both(project: str, source: str):
-        table = predict(model_name="taxi", key_column=DEMO_KEY, source=source, backend="bigquery", project=project)
+        table = batch_predict(model_name="taxi", key_column=DEMO_KEY, source=source, backend="bigquery", project=project)
         dataset = extract(source=source, key_column=DEMO_KEY, backend="bigquery", project=project)
-        predict(model_name="taxi", key_column=DEMO_KEY, input_dataset=dataset.outputs["dataset"], project=project).after(table)
+        batch_predict(model_name="taxi", key_column=DEMO_KEY, input_dataset=dataset.outputs["dataset"], project=project).after(table)
 
     path = tmp_path / "both.yaml"
     compiler.Compiler().compile(both, str(path))
     info = spec.validate_spec(path)
-    assert sorted(info["tasks"]) == ["extract", "predict", "predict-2"]
+    assert sorted(info["tasks"]) == ["batch-predict", "batch-predict-2", "extract"]
     assert any("cauce-beam" in image for image in info["images"])

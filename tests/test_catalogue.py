@@ -23,7 +23,7 @@ PAGE = (catalogue.components_dir().parent / catalogue.CATALOGUE_PAGE).read_text(
 def test_every_exported_component_loads_and_carries_its_version_and_image(entry):
     path = catalogue.components_dir().parent / entry.yaml_path
     loaded = components.load_component_from_file(str(path))
-    assert loaded.name == entry.name
+    assert loaded.name == entry.kfp_name
     assert set(loaded.component_spec.inputs) == set(entry.spec.inputs)
     assert set(loaded.component_spec.outputs) == set(entry.spec.outputs)
     for name, expected in entry.spec.inputs.items():

@@ -27,13 +27,24 @@ def test_mlflow_champion_resolves_to_a_loadable_directory(tmp_path):
 
 
 def test_vertex_champion_is_the_version_holding_the_alias(vertex_server):  # noqa: F811
-    assert resolve_champion("churn", project=PROJECT, location=LOCATION, api_endpoint=vertex_server.endpoint) == ""
+    assert resolve_champion(
+        "churn", target="google-cloud", project=PROJECT, vertex_region=LOCATION, vertex_api_endpoint=vertex_server.endpoint
+    ) == ""
     register_on_vertex(vertex_server, "gs://models/churn/v1", alias="champion")
     register_on_vertex(vertex_server, "gs://models/churn/v2", alias="challenger")
-    found = resolve_champion("churn", project=PROJECT, location=LOCATION, api_endpoint=vertex_server.endpoint)
+    found = resolve_champion(
+        "churn", target="google-cloud", project=PROJECT, vertex_region=LOCATION, vertex_api_endpoint=vertex_server.endpoint
+    )
     assert found == "gs://models/churn/v1"
 
 
 def test_empty_model_name_is_refused():
     with pytest.raises(CauceError, match="model_name is empty"):
         resolve_champion("")
+
+
+def test_the_target_is_explicit():
+    with pytest.raises(CauceError, match="target 'vertex' is not one of"):
+        resolve_champion("tips", target="vertex")
+    with pytest.raises(CauceError, match="project is empty"):
+        resolve_champion("tips", target="google-cloud")

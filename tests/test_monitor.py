@@ -555,6 +555,26 @@ def test_component_runs_under_kfp_local(monitored):
     assert len(html_copies) == 1 and html_copies[0].read_text().startswith("<!doctype html>")
     assert json.loads((report_dirs[0] / REPORT_JSON).read_text())["features"]["hour"]["threshold"] == 0.5
 
+    # The same requests found through a deploy step's endpoint artifact instead of a folder name.
+    @dsl.pipeline(name="monitor-endpoint-test")
+    def monitor_endpoint_pipeline(baseline_uri: str, request_log_dir: str) -> Outputs:
+        baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
+        endpoint = dsl.importer(
+            artifact_uri="http://127.0.0.1:8080/predict", artifact_class=dsl.Artifact,
+            metadata={"request_log_dir": request_log_dir},
+        )
+        task = monitor(
+            baseline=baseline.output,
+            endpoint=endpoint.output,
+            numeric_features=["fare", "hour"],
+            categorical_features=["payment"],
+            thresholds={"hour": 0.5},
+        )
+        return Outputs(task.outputs["drift_detected"], task.outputs["drifted_features"])
+
+    again = monitor_endpoint_pipeline(baseline_uri=str(monitored / "baseline"), request_log_dir=str(monitored / "logs"))
+    assert (again.outputs["drift_detected"], again.outputs["drifted_features"]) == (True, ["fare"])
+
 
 def _window_logs(log_dir: Path, rng) -> None:
     """Minute 0-29: payments half card / half cash; minute 30-59: almost all cash."""

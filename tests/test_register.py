@@ -18,7 +18,7 @@ from cauce.components.register.executor import (
     default_mlflow_uri,
     register_mlflow,
     register_vertex,
-    run_register,
+    run_register_vertex,
 )
 from tests.fixtures.vertex_server import vertex_server  # noqa: F401
 
@@ -181,37 +181,10 @@ def test_register_component_runs_under_kfp_local(tmp_path, monkeypatch):
     [metadata_file] = (tmp_path / "pipeline_root").rglob("executor_output.json")
     artifacts = json.loads(metadata_file.read_text())["artifacts"]
     assert artifacts["registered_model"]["artifacts"][0]["metadata"]["model_uri"] == "models:/churn/1"
-    assert artifacts["vertex_model"]["artifacts"][0]["metadata"] == {"mlflowModelUri": "models:/churn/1"}
-
-
-def test_registered_vertex_model_plugs_into_gcpc_ops(tmp_path):
-    """The google.VertexModel output is what GCPC's ModelDeployOp and ModelBatchPredictOp take."""
-    from google_cloud_pipeline_components.v1.batch_predict_job import ModelBatchPredictOp
-    from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
-    from kfp import compiler
-
-    from cauce.spec import validate_spec
-
-    @dsl.pipeline(name="register-then-gcpc")
-    def pipeline(project: str, model_uri: str):
-        trained = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
-        registered = register(model=trained.output, model_name="churn", project=project)
-        endpoint = EndpointCreateOp(project=project, display_name="churn")
-        ModelDeployOp(
-            model=registered.outputs["vertex_model"],
-            endpoint=endpoint.outputs["endpoint"],
-            dedicated_resources_machine_type="n1-standard-2",
-            dedicated_resources_min_replica_count=1,
-        )
-        ModelBatchPredictOp(
-            project=project, job_display_name="churn-batch", model=registered.outputs["vertex_model"],
-            gcs_source_uris=["gs://bucket/in.jsonl"], gcs_destination_output_uri_prefix="gs://bucket/out",
-        )
-
-    spec = tmp_path / "pipeline.yaml"
-    compiler.Compiler().compile(pipeline, str(spec))
-    validate_spec(spec)
-    assert "from cauce.artifact_types import VertexModel" in spec.read_text()
+    [registered] = artifacts["registered_model"]["artifacts"]
+    # The registered version is a plain Model (no google.VertexModel in MLflow mode), the trained files.
+    assert set(artifacts) == {"registered_model"}
+    assert registered["uri"] == str(model_dir)
 
 
 # -- Vertex AI -------------------------------------------------------------------------------
@@ -275,17 +248,18 @@ def test_vertex_other_display_name_is_another_model(vertex_server):  # noqa: F81
 
 
 def test_run_register_sends_card_labels_and_metrics_to_vertex(tmp_path, vertex_server):  # noqa: F811
-    result = run_register(
+    result = run_register_vertex(
         model_dir=str(make_model_dir(tmp_path / "model")),
         model_uri="gs://bucket/churn/v1",
         model_name="churn",
         project=PROJECT,
-        location=LOCATION,
-        api_endpoint=vertex_server.endpoint,
+        vertex_region=LOCATION,
+        vertex_api_endpoint=vertex_server.endpoint,
         serving_image=SERVING_IMAGE,
     )
 
     assert result["version"] == result["version_id"] == "1"
+    assert result["vertex_uri"] == f"https://{LOCATION}-aiplatform.googleapis.com/v1/{result['resource_name']}"
     [upload] = vertex_server.requests_to("POST", "/models:upload")
     labels = upload.body["model"]["labels"]
     assert {k: v for k, v in labels.items() if k != "cauce-content"} == {
@@ -298,12 +272,12 @@ def test_run_register_sends_card_labels_and_metrics_to_vertex(tmp_path, vertex_s
 
 def test_vertex_registering_the_same_model_again_uploads_nothing(tmp_path, vertex_server):  # noqa: F811
     """A retried step finds its version by the content label; only the alias moves back."""
-    arguments = dict(model_name="churn", project=PROJECT, location=LOCATION,
-                     api_endpoint=vertex_server.endpoint, serving_image=SERVING_IMAGE)
-    first = run_register(model_dir=str(make_model_dir(tmp_path / "v1", auc=0.9)), model_uri="gs://b/v1", **arguments)
-    second = run_register(model_dir=str(make_model_dir(tmp_path / "v2", auc=0.8)), model_uri="gs://b/v2",
+    arguments = dict(model_name="churn", project=PROJECT, vertex_region=LOCATION,
+                     vertex_api_endpoint=vertex_server.endpoint, serving_image=SERVING_IMAGE)
+    first = run_register_vertex(model_dir=str(make_model_dir(tmp_path / "v1", auc=0.9)), model_uri="gs://b/v1", **arguments)
+    second = run_register_vertex(model_dir=str(make_model_dir(tmp_path / "v2", auc=0.8)), model_uri="gs://b/v2",
                           alias="challenger", **arguments)
-    again = run_register(model_dir=str(tmp_path / "v1"), model_uri="gs://b/v1-retry", alias="challenger", **arguments)
+    again = run_register_vertex(model_dir=str(tmp_path / "v1"), model_uri="gs://b/v1-retry", alias="challenger", **arguments)
     assert (first["version"], second["version"], again["version"]) == ("1", "2", "1")
     assert again["reused"] is True
     assert len(vertex_server.requests_to("POST", "/models:upload")) == 2

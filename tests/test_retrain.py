@@ -60,8 +60,9 @@ def test_vertex_submits_the_training_spec(vertex_server, tiny_spec, monkeypatch)
     saved = dict(vars(initializer.global_config))
     try:
         job = start_training_run(
-            True, True, tiny_spec, {"word": "b"}, project="acme-ml", location="us-central1",
-            pipeline_root="gs://acme-ml-pipelines/root", api_endpoint=vertex_server.endpoint,
+            True, True, tiny_spec, {"word": "b"}, target="google-cloud", project="acme-ml",
+            vertex_region="us-central1", pipeline_root="gs://acme-ml-pipelines/root",
+            vertex_api_endpoint=vertex_server.endpoint,
             # With no service account the SDK looks up the project number on the network.
             service_account="pipelines@acme-ml.iam.gserviceaccount.com",
         )
@@ -80,4 +81,6 @@ def test_bad_input_is_refused(tmp_path):
     with pytest.raises(CauceError, match="is not a file"):
         start_training_run(True, True, str(tmp_path / "missing.yaml"))
     with pytest.raises(CauceError, match="must be a gs:// folder"):
-        start_training_run(True, True, "spec.yaml", project="p", pipeline_root="/tmp/root")
+        start_training_run(True, True, "spec.yaml", target="google-cloud", project="p", pipeline_root="/tmp/root")
+    with pytest.raises(CauceError, match="project is empty"):
+        start_training_run(True, True, "spec.yaml", target="google-cloud", pipeline_root="gs://b/root")

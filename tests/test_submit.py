@@ -51,7 +51,9 @@ def test_submit_creates_the_pipeline_job_on_vertex(vertex, tmp_path):
     assert job["serviceAccount"] == SERVICE_ACCOUNT
     values = job["runtimeConfig"]["parameterValues"]
     assert values["endpoint_name"] == "tips" and values["port"] == 9000  # typed by the signature
-    assert (values["backend"], values["project"], values["location"]) == ("bigquery", "acme-ml", "europe-west4")
+    assert (values["target"], values["backend"], values["project"], values["vertex_region"]) == (
+        "google-cloud", "bigquery", "acme-ml", "europe-west4"
+    )
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://acme-ml-pipelines/root"
     compiled_spec = yaml.safe_load(compiled.read_text())  # the spec file, not a fresh compile
     for key in ("pipelineInfo", "deploymentSpec", "components"):
@@ -66,10 +68,10 @@ def test_submit_sets_only_the_parameters_a_pipeline_has(vertex):
     result = submit(vertex, "monitoring", "--param", "baseline_uri=gs://b/data", "--param", "request_log_dir=gs://b/logs")
     assert result.exit_code == 0, result.output
     [job] = vertex.pipeline_jobs.values()
-    # monitoring has project and location (for the Vertex Model Monitoring job) but no backend
+    # monitoring has target, project and vertex_region (retraining, Vertex Model Monitoring) but no backend
     values = job["runtimeConfig"]["parameterValues"]
-    assert set(values) == {"baseline_uri", "request_log_dir", "project", "location"}
-    assert (values["project"], values["location"]) == ("acme-ml", "europe-west4")
+    assert set(values) == {"baseline_uri", "request_log_dir", "target", "project", "vertex_region"}
+    assert (values["target"], values["project"], values["vertex_region"]) == ("google-cloud", "acme-ml", "europe-west4")
 
 
 def test_submit_errors_name_the_problem(vertex, tmp_path):

@@ -1,9 +1,4 @@
-"""KFP definition of the batch prediction step (logic in executor.py).
-
-The component is named ``predict`` (exported as ``components/batch_predict/predict.yaml``):
-KFP turns a function name's underscores into hyphens (``batch-predict``), which the
-catalogue cannot export (its examples name tasks ``<name>_task`` in Python).
-"""
+"""KFP definition of the batch prediction step (logic in executor.py)."""
 
 from typing import NamedTuple
 
@@ -14,7 +9,7 @@ from cauce.images import BEAM_IMAGE
 
 # KFP needs literal, JSON-serializable defaults in the signature, hence the dict defaults.
 @dsl.component(base_image=BEAM_IMAGE, install_kfp_package=False)
-def predict(
+def batch_predict(
     model_name: str,
     key_column: str,
     predictions: dsl.Output[dsl.Dataset],
@@ -29,7 +24,9 @@ def predict(
     api_endpoint: str = "",
     query_parameters: dict = {},  # noqa: B006
     identifiers: dict = {},  # noqa: B006
-    region: str = "us-central1",
+    target: str = "local",
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
     mlflow_tracking_uri: str = "",
     runner: str = "DirectRunner",
     pipeline_options: dict = {},  # noqa: B006
@@ -48,7 +45,7 @@ def predict(
 
     Give exactly one input: ``input_dataset`` (a cauce Dataset, e.g. extract's output) or
     ``source`` (read the way extract reads it). The model is the registry version that
-    ``alias`` names: Vertex Model Registry when ``project`` is set, MLflow otherwise.
+    ``alias`` names: Vertex AI Model Registry with ``target="google-cloud"``, MLflow with ``"local"``.
     The output Dataset has one split ``predictions``: the key column plus, by task,
     ``label``/``score`` (binary), ``label``/``score_<class>`` (multiclass) or ``value``
     (regression).
@@ -63,13 +60,15 @@ def predict(
         source: BigQuery table (dataset.table or project.dataset.table) or query (SELECT/WITH) to score.
         backend: how source is read: "local" (embedded DuckDB engine) or "bigquery".
         local_database: DuckDB file of the local engine; empty = cauce's default.
-        project: Google Cloud project: runs the BigQuery query and holds the Vertex Model Registry; empty = local registry (MLflow).
+        project: Google Cloud project: runs the BigQuery query and holds the Vertex AI Model Registry.
         location: BigQuery location of the query job.
         api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
         query_parameters: @name -> scalar or list, sent as typed query parameters.
         identifiers: ${name} placeholders of source -> project/dataset/table ids (as extract's).
-        region: Vertex AI region of the model registry (with project).
-        mlflow_tracking_uri: MLflow registry without a project; empty = cauce's local default.
+        target: where the registry is: "local" (MLflow) or "google-cloud" (Vertex AI Model Registry in project).
+        vertex_region: Vertex AI region of the model registry.
+        vertex_api_endpoint: Vertex AI API endpoint other than the region's.
+        mlflow_tracking_uri: MLflow registry of the local target; empty = cauce's local default.
         runner: Beam runner: DirectRunner or DataflowRunner (the job runs in project and
             region, and is cancelled if the step is cancelled).
         pipeline_options: any other Beam option; names that look like credentials are refused.
@@ -95,7 +94,7 @@ def predict(
         pipeline_options,
         job_name_prefix="cauce-predict",
         project=project,
-        region=region,
+        region=vertex_region,
         temp_location=dataflow_temp_location,
         staging_location=dataflow_staging_location,
         service_account_email=dataflow_service_account,
@@ -110,9 +109,11 @@ def predict(
     result = run_batch_predict_from_registry(
         model_name=model_name,
         alias=alias,
+        target=target,
         mlflow_tracking_uri=mlflow_tracking_uri,
         registry_project=project,
-        registry_location=region,
+        vertex_region=vertex_region,
+        vertex_api_endpoint=vertex_api_endpoint,
         output_dir=predictions.path,
         output_uri=predictions.uri,
         key_column=key_column,

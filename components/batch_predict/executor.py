@@ -333,20 +333,22 @@ def run_batch_predict(
 def run_batch_predict_from_registry(
     model_name: str,
     alias: str = "champion",
+    target: str = "local",
     mlflow_tracking_uri: str = "",
     registry_project: str = "",
-    registry_location: str = "us-central1",
-    registry_api_endpoint: str = "",
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
     **kwargs,
 ) -> dict:
-    """Resolve ``model_name@alias`` (MLflow locally, Vertex with a project) and run batch prediction."""
+    """Resolve ``model_name@alias`` (MLflow for ``target="local"``, Vertex AI Model Registry
+    for ``"google-cloud"``) and run batch prediction."""
     from cauce.components.champion.executor import resolve_champion
 
     model_dir = resolve_champion(
-        model_name, alias, mlflow_tracking_uri, registry_project, registry_location, registry_api_endpoint
+        model_name, alias, target, mlflow_tracking_uri, registry_project, vertex_region, vertex_api_endpoint
     )
     if not model_dir:
-        where = f"Vertex project {registry_project!r}" if registry_project else "the MLflow registry"
+        where = f"Vertex project {registry_project!r}" if target == "google-cloud" else "the MLflow registry"
         raise CauceError(f"model {model_name!r} has no version with alias {alias!r} in {where}")
     result = run_batch_predict(model_dir, **kwargs)
     return {**result, "model_name": model_name, "alias": alias}

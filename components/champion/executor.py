@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from cauce.artifacts import CauceError
 from cauce.paths import default_mlflow_uri
+from cauce.targets import on_google_cloud
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,14 @@ def resolve_mlflow(model_name: str, alias: str = "champion", tracking_uri: str =
 
 
 def resolve_vertex(
-    model_name: str, project: str, location: str, alias: str = "champion", api_endpoint: str = "", credentials=None
+    model_name: str, project: str, vertex_region: str, alias: str = "champion", vertex_api_endpoint: str = "",
+    credentials=None,
 ) -> str:
     from google.api_core import exceptions
 
     from cauce.components.register.executor import init_vertex, newest_resource
 
-    aiplatform = init_vertex(project, location, api_endpoint, credentials)
+    aiplatform = init_vertex(project, vertex_region, vertex_api_endpoint, credentials)
     parent = newest_resource(aiplatform.Model.list(filter=f'display_name="{model_name}"'))
     if parent is None:
         return ""
@@ -64,14 +66,27 @@ def resolve_vertex(
 def resolve_champion(
     model_name: str,
     alias: str = "champion",
+    target: str = "local",
     mlflow_tracking_uri: str = "",
     project: str = "",
-    location: str = "us-central1",
-    api_endpoint: str = "",
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
 ) -> str:
-    """The champion's model directory (a local path or ``gs://`` URI), or ``""``."""
+    """The champion's model directory (a local path or ``gs://`` URI), or ``""``:
+    MLflow for ``target="local"``, Vertex AI Model Registry for ``"google-cloud"``."""
     if not model_name:
         raise CauceError("model_name is empty: name the registered model whose champion to compare with")
-    if project:
-        return resolve_vertex(model_name, project, location, alias, api_endpoint)
+    if on_google_cloud(target, project):
+        return resolve_vertex(model_name, project, vertex_region, alias, vertex_api_endpoint)
     return resolve_mlflow(model_name, alias, mlflow_tracking_uri)
+
+
+def champion_metadata(model_name: str, alias: str, model_dir: str) -> dict:
+    """What the champion's Model artifact records: whether one was found, and where."""
+    return {"found": bool(model_dir), "model_name": model_name, "alias": alias, "model_dir": model_dir}
+
+
+def baseline_model_dir(uri: str, metadata: dict) -> str:
+    """The model directory evaluate compares with, from a baseline Model artifact: its
+    ``uri``, or ``""`` when the champion step found none (``metadata["found"]`` false)."""
+    return uri if metadata.get("found", True) else ""

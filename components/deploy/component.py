@@ -1,80 +1,133 @@
-"""KFP definition of the deploy step (local logic in executor.py, Vertex in vertex.py)."""
+"""KFP definitions of the deploy step, one per target (local logic in executor.py,
+Vertex in vertex.py).
+
+``deploy`` serves a registered Model with the local serving process and emits an
+endpoint artifact carrying its URLs; ``deploy_vertex`` deploys a ``google.VertexModel`` to a
+Vertex AI endpoint and emits a ``google.VertexEndpoint``. Both smoke-test the model
+with real rows first and go through a canary when asked to.
+"""
 
 from typing import NamedTuple
 
 from kfp import dsl
 
+from cauce.artifact_types import VertexEndpoint, VertexModel
 from cauce.images import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def deploy(
-    model: dsl.Input[dsl.Model],
+    registered_model: dsl.Input[dsl.Model],
     smoke_dataset: dsl.Input[dsl.Dataset],
     endpoint_name: str,
     endpoint: dsl.Output[dsl.Artifact],
-    registered_model_uri: str = "",
-    project: str = "",
-    location: str = "us-central1",
-    api_endpoint: str = "",
-    machine_type: str = "n1-standard-2",
-    min_replicas: int = 1,
-    max_replicas: int = 1,
     canary_traffic_percentage: int = 100,
     port: int = 8080,
     request_log_dir: str = "",
     smoke_split: str = "eval",
     smoke_rows: int = 5,
 ) -> NamedTuple("DeployOutputs", [("endpoint_url", str), ("request_log_dir", str)]):
-    """Deploy the model and smoke-test it with real rows before reporting success.
+    """Serve the registered model with the local serving process on 127.0.0.1:``port``, smoke-tested.
 
-    With ``project`` set: deploys ``registered_model_uri`` (a Vertex model version,
-    from register) to a Vertex endpoint named ``endpoint_name`` (created or reused);
-    with ``canary_traffic_percentage`` < 100 the new version first takes that share,
-    is smoke-tested, then promoted to 100 % or rolled back (the previous version keeps
-    serving).
-    Otherwise the same flow against the local serving process (the serving image's
-    program) on 127.0.0.1:``port``, logging requests to ``request_log_dir`` for
-    monitoring: the first deploy starts it; later ones load the new version into it
-    next to the serving one, smoke-test it on its own route before it gets any
-    traffic, give it ``canary_traffic_percentage`` (100: all of it), smoke-test the
-    endpoint, then promote it and undeploy the old version, or roll back.
-    A rollback fails the step on both paths, its message saying "rolled back"; the
-    endpoint's ``deployed_model_id`` (and locally ``traffic_split`` and ``rollout``)
-    are in the ``endpoint`` artifact's metadata.
+    The serving process is the serving image's program; it logs requests to
+    ``request_log_dir`` for monitoring. The first deploy starts it; later ones load the
+    new version into it next to the serving one, smoke-test it on its own route before
+    it gets any traffic, give it ``canary_traffic_percentage`` (100: all of it),
+    smoke-test the endpoint, then promote it and undeploy the old version, or roll back.
+    A rollback fails the step, its message saying "rolled back".
+
+    Args:
+        registered_model: the register step's ``registered_model`` (or any cauce Model).
+        smoke_dataset: a cauce Dataset whose rows smoke-test the model.
+        endpoint_name: the local endpoint (letters, digits, '-', '_').
+        endpoint: output: the endpoint (``metadata``: predict_url, health_url, request_log_dir,
+            deployed_model_id, traffic_split, rollout).
+        canary_traffic_percentage: < 100: the new version first takes this share, then is promoted or rolled back.
+        port: loopback port of the serving process.
+        request_log_dir: where the serving process logs requests; empty = under ``$CAUCE_HOME/serving``.
+        smoke_split: the split of ``smoke_dataset`` the smoke rows come from.
+        smoke_rows: how many rows the smoke test sends.
+
+    Returns:
+        ``endpoint_url`` (the predict URL) and ``request_log_dir``.
     """
     from collections import namedtuple
 
-    from cauce.components.deploy.executor import deploy_local, smoke_instances_from
+    from cauce.components.deploy.executor import endpoint_metadata, run_deploy_local
 
-    instances = smoke_instances_from(smoke_dataset.path, smoke_split, model.path, smoke_rows)
-    if project:
-        from cauce.components.deploy.vertex import deploy_vertex
+    result = run_deploy_local(
+        model_dir=registered_model.path,
+        smoke_dataset_dir=smoke_dataset.path,
+        endpoint_name=endpoint_name,
+        port=port,
+        request_log_dir=request_log_dir,
+        canary_traffic_percentage=canary_traffic_percentage,
+        smoke_split=smoke_split,
+        smoke_rows=smoke_rows,
+    )
+    endpoint.metadata.update(endpoint_metadata(result))
+    outputs = namedtuple("DeployOutputs", ["endpoint_url", "request_log_dir"])
+    return outputs(result["predict_url"], result["request_log_dir"])
 
-        result = deploy_vertex(
-            model_resource_name=registered_model_uri,
-            endpoint_display_name=endpoint_name,
-            project=project,
-            location=location,
-            machine_type=machine_type,
-            min_replicas=min_replicas,
-            max_replicas=max_replicas,
-            smoke_instances=instances,
-            api_endpoint=api_endpoint,
-            traffic_percentage=canary_traffic_percentage,
-            promote=True,
-        )
-        url, log_dir = result["endpoint_url"], ""
-    else:
-        result = deploy_local(
-            model_dir=model.path,
-            endpoint_name=endpoint_name,
-            port=port,
-            request_log_dir=request_log_dir,
-            smoke_instances=instances,
-            traffic_percentage=canary_traffic_percentage,
-            promote=True,
-        )
-        url, log_dir = result["predict_url"], result["request_log_dir"]
-    endpoint.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, dict))})
-    return namedtuple("DeployOutputs", ["endpoint_url", "request_log_dir"])(url, log_dir)
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def deploy_vertex(
+    vertex_model: dsl.Input[VertexModel],
+    smoke_dataset: dsl.Input[dsl.Dataset],
+    endpoint_name: str,
+    project: str,
+    vertex_endpoint: dsl.Output[VertexEndpoint],
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
+    machine_type: str = "n1-standard-2",
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    canary_traffic_percentage: int = 100,
+    smoke_split: str = "eval",
+    smoke_rows: int = 5,
+) -> str:
+    """Deploy a Vertex AI model version to the endpoint named ``endpoint_name``, smoke-tested.
+
+    The endpoint is created or reused. With ``canary_traffic_percentage`` < 100 the new
+    version first takes that share, is smoke-tested through the endpoint, then promoted
+    to 100 % or rolled back (the previous version keeps serving); a rollback fails the
+    step, its message saying "rolled back". Returns the endpoint's predict URL.
+
+    Args:
+        vertex_model: a ``google.VertexModel``: ``register_vertex``'s output or GCPC's
+            (``ModelUploadOp``, ``ModelGetOp``), whose files are a cauce model bundle.
+        smoke_dataset: a cauce Dataset whose rows (the model's input features) smoke-test it.
+        endpoint_name: display name of the Vertex endpoint.
+        project: Google Cloud project of the model and endpoint.
+        vertex_endpoint: output: the endpoint (``uri``: its REST URL; ``metadata``: resourceName,
+            deployed_model_id, endpoint_url), which GCPC ops and ``vertex_monitoring`` consume.
+        vertex_region: Vertex AI region.
+        vertex_api_endpoint: Vertex AI API endpoint other than the region's.
+        machine_type: machine type of the deployment.
+        min_replicas: minimum replica count.
+        max_replicas: maximum replica count.
+        canary_traffic_percentage: < 100: the new version first takes this share.
+        smoke_split: the split of ``smoke_dataset`` the smoke rows come from.
+        smoke_rows: how many rows the smoke test sends.
+    """
+    from cauce.artifact_types import vertex_resource_name
+    from cauce.components.deploy.executor import endpoint_metadata
+    from cauce.components.deploy.vertex import run_deploy_vertex
+
+    result = run_deploy_vertex(
+        model_resource_name=vertex_resource_name(vertex_model),
+        smoke_dataset_dir=smoke_dataset.path,
+        endpoint_name=endpoint_name,
+        project=project,
+        vertex_region=vertex_region,
+        vertex_api_endpoint=vertex_api_endpoint,
+        machine_type=machine_type,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        canary_traffic_percentage=canary_traffic_percentage,
+        smoke_split=smoke_split,
+        smoke_rows=smoke_rows,
+    )
+    vertex_endpoint.uri = result["vertex_uri"]
+    vertex_endpoint.metadata.update({"resourceName": result["endpoint_resource_name"], **endpoint_metadata(result)})
+    return result["endpoint_url"]

@@ -50,6 +50,35 @@ def smoke_instances_from(dataset_dir: str, split: str, model_dir: str, rows: int
     return instances
 
 
+def run_deploy_local(
+    model_dir: str,
+    smoke_dataset_dir: str,
+    endpoint_name: str,
+    port: int = 8080,
+    request_log_dir: str = "",
+    canary_traffic_percentage: int = 100,
+    smoke_split: str = "eval",
+    smoke_rows: int = 5,
+) -> dict:
+    """What the ``deploy`` component does: smoke-test rows from ``smoke_dataset_dir``,
+    then :func:`deploy_local` with promotion (a canary is promoted or rolled back)."""
+    instances = smoke_instances_from(smoke_dataset_dir, smoke_split, model_dir, smoke_rows)
+    return deploy_local(
+        model_dir=model_dir,
+        endpoint_name=endpoint_name,
+        port=port,
+        request_log_dir=request_log_dir,
+        smoke_instances=instances,
+        traffic_percentage=canary_traffic_percentage,
+        promote=True,
+    )
+
+
+def endpoint_metadata(result: dict) -> dict:
+    """The scalar and mapping fields of a deploy result: what an endpoint artifact records."""
+    return {key: value for key, value in result.items() if isinstance(value, (str, int, float, dict))}
+
+
 def post_json(url: str, payload: dict, timeout: float = 10.0) -> tuple[int, dict]:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"

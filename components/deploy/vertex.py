@@ -192,3 +192,56 @@ def _smoke_test(endpoint: Any, endpoint_display_name: str, instances: list[Any])
             f"smoke test failed: {where} returned {len(response.predictions)} predictions "
             f"for {len(instances)} instances"
         )
+
+
+def run_deploy_vertex(
+    model_resource_name: str,
+    smoke_dataset_dir: str,
+    endpoint_name: str,
+    project: str,
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
+    machine_type: str = "n1-standard-2",
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    canary_traffic_percentage: int = 100,
+    smoke_split: str = "eval",
+    smoke_rows: int = 5,
+    credentials: Any = None,
+) -> dict[str, str]:
+    """What the ``deploy_vertex`` component does: smoke-test rows from ``smoke_dataset_dir``
+    holding the model's input features (read from the bundle the Vertex model version
+    points at), then :func:`deploy_vertex` with promotion. The result adds ``vertex_uri``,
+    the endpoint's REST URL a ``google.VertexEndpoint`` artifact carries."""
+    from cauce.artifact_types import vertex_resource_uri
+    from cauce.components.deploy.executor import smoke_instances_from
+    from cauce.model import fetch_model_dir
+
+    aiplatform = init_vertex(project, vertex_region, vertex_api_endpoint, credentials)
+    from google.api_core import exceptions as google_exceptions
+
+    try:
+        artifact_uri = aiplatform.Model(model_resource_name).uri
+    except google_exceptions.NotFound as error:
+        raise CauceError(f"model {model_resource_name!r} not found in Vertex AI: {error}") from error
+    if not artifact_uri:
+        raise CauceError(
+            f"Vertex model {model_resource_name!r} has no artifact URI: expected a model uploaded with its "
+            "files (a cauce bundle), whose input features the smoke test sends"
+        )
+    instances = smoke_instances_from(smoke_dataset_dir, smoke_split, fetch_model_dir(artifact_uri), smoke_rows)
+    result = deploy_vertex(
+        model_resource_name=model_resource_name,
+        endpoint_display_name=endpoint_name,
+        project=project,
+        location=vertex_region,
+        machine_type=machine_type,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        smoke_instances=instances,
+        api_endpoint=vertex_api_endpoint,
+        traffic_percentage=canary_traffic_percentage,
+        promote=True,
+        credentials=credentials,
+    )
+    return {**result, "vertex_uri": vertex_resource_uri(result["endpoint_resource_name"], vertex_region)}

@@ -16,7 +16,7 @@ def evaluate(
     split: str = "eval",
     slice_features: list = [],  # noqa: B006 - KFP takes parameter defaults from the signature
     thresholds: dict = {"auc": 0.6},  # noqa: B006
-    champion_model_uri: str = "",
+    baseline_model: dsl.Input[dsl.Model] = None,
     change_thresholds: dict = {},  # noqa: B006
     slice_thresholds: dict = {},  # noqa: B006
 ) -> bool:
@@ -24,8 +24,9 @@ def evaluate(
 
     ``thresholds`` maps a metric name to a lower bound (or to
     ``{"lower_bound": x, "upper_bound": y}``) on the overall slice. With
-    ``champion_model_uri`` (the champion component's output; empty for the first
-    model), ``change_thresholds`` (metric -> margin) require this model to beat
+    ``baseline_model`` (the champion component's ``champion_model``, or any cauce
+    Model; unconnected, or a champion lookup that found none, for the first model),
+    ``change_thresholds`` (metric -> margin) require this model to beat
     the champion by the margin overall and on every slice; ``slice_thresholds``
     bound every slice. ``slice_features`` entries are columns or crosses ("a,b").
     ``blessed``
@@ -37,6 +38,7 @@ def evaluate(
     import shutil
     from pathlib import Path
 
+    from cauce.components.champion.executor import baseline_model_dir
     from cauce.components.evaluate.executor import REPORT_FILE, run_evaluate
 
     result = run_evaluate(
@@ -46,7 +48,8 @@ def evaluate(
         split=split,
         slice_features=slice_features,
         thresholds=thresholds,
-        champion_model_dir=champion_model_uri,
+        # An optional input that is not connected arrives as None.
+        champion_model_dir=baseline_model_dir(baseline_model.uri, baseline_model.metadata) if baseline_model else "",
         change_thresholds=change_thresholds,
         slice_thresholds=slice_thresholds,
     )

@@ -1,4 +1,5 @@
-"""KFP definition of the monitor step: serving requests compared with the training baseline.
+"""KFP definitions of the monitor step: serving requests compared with the training baseline
+(``monitor``), and Vertex AI Model Monitoring of an endpoint (``vertex_monitoring``).
 
 A thin shell: the logic lives in ``executor.py`` (plain Python, tested without KFP).
 """
@@ -7,17 +8,19 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from cauce.artifact_types import VertexEndpoint
 from cauce.images import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def monitor(
     baseline: dsl.Input[dsl.Dataset],
-    request_log_dir: str,
     numeric_features: list,
     categorical_features: list,
     drift_report: dsl.Output[dsl.Artifact],
     report_html: dsl.Output[dsl.HTML],
+    endpoint: dsl.Input[dsl.Artifact] = None,
+    request_log_dir: str = "",
     baseline_split: str = "train",
     # KFP needs a literal default to put in the spec; it is never mutated.
     thresholds: dict = {},  # noqa: B006
@@ -29,14 +32,11 @@ def monitor(
     previous_window_end: str = "",
     alert_webhook: str = "",
     alert_topic: str = "",
-    project: str = "",
-    location: str = "us-central1",
-    endpoint_resource_name: str = "",
-    training_data_source: str = "",
-    target_field: str = "",
-    api_endpoint: str = "",
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drifted_features", list)]):
     """Drift/skew of serving requests against a baseline split, measured as TFDV does.
+
+    The requests are the JSON Lines logs in ``request_log_dir``, or, when it is empty,
+    in the log folder of ``endpoint`` (the local ``deploy`` step's output).
 
     Numeric features: approximate Jensen-Shannon divergence; categorical features:
     L-infinity distance. Skew compares the serving window with the baseline; with a
@@ -46,21 +46,24 @@ def monitor(
     the same JSON as one Pub/Sub message with filterable attributes (``kind``,
     ``features``, ``endpoint``, ``model``). Alerts go out after the report is written; a
     failed delivery is logged and listed in the ``undelivered_alerts`` metadata, and does
-    not fail the step. With ``project`` and ``endpoint_resource_name`` it also creates or
-    updates the endpoint's Vertex AI Model Monitoring job with the same thresholds
-    (``training_data_source``: ``bq://project.dataset.table``). ``drift_report`` holds report.json and report.html; ``report_html``
+    not fail the step. (``vertex_monitoring`` sets up Vertex AI Model Monitoring of a
+    ``google.VertexEndpoint`` with the same thresholds.) ``drift_report`` holds report.json and report.html; ``report_html``
     is the same page as a single file, which the Vertex AI console renders.
     """
-    import os
     from typing import NamedTuple
 
-    from cauce.artifacts import atomic_file
-    from cauce.components.monitor.executor import REPORT_HTML, run_monitor
+    from cauce.components.monitor.executor import (
+        copy_report_page,
+        report_metadata,
+        request_log_dir_of,
+        run_monitor,
+    )
 
     report = run_monitor(
         baseline_dir=baseline.path,
         baseline_split=baseline_split,
-        request_log_dir=request_log_dir,
+        # An optional input that is not connected arrives as None.
+        request_log_dir=request_log_dir_of(request_log_dir, endpoint.metadata if endpoint is not None else None),
         output_dir=drift_report.path,
         numeric_features=numeric_features,
         categorical_features=categorical_features,
@@ -74,44 +77,62 @@ def monitor(
         alert_webhook=alert_webhook,
         alert_topic=alert_topic,
     )
-    if project and endpoint_resource_name:
-        from cauce.components.monitor.vertex import ensure_monitoring_job
-
-        vertex_job = ensure_monitoring_job(
-            endpoint_resource_name=endpoint_resource_name,
-            display_name=f"cauce-{endpoint_resource_name.rsplit('/', 1)[-1]}-monitoring",
-            project=project,
-            location=location,
-            training_data_source=training_data_source,
-            target_field=target_field,
-            numeric_features=numeric_features,
-            categorical_features=categorical_features,
-            thresholds=thresholds,
-            default_numeric_threshold=default_numeric_threshold,
-            default_categorical_threshold=default_categorical_threshold,
-            api_endpoint=api_endpoint,
-        )
-        drift_report.metadata["vertex_monitoring_job"] = vertex_job["resource_name"]
-    with open(os.path.join(drift_report.path, REPORT_HTML)) as page, atomic_file(report_html.path) as copy:
-        copy.write(page.read())
-    drift_report.metadata.update(
-        {
-            "drift_detected": report["flagged"]["drift_detected"],
-            "drifted_features": report["flagged"]["features"],
-            "skew_detected": report["drift_detected"],
-            "window_drift_detected": report.get("window_drift", {}).get("drift_detected", False),
-            "num_features": report["num_features"],
-            "num_drifted": report["num_drifted"],
-            "baseline_rows": report["baseline_rows"],
-            "serving_rows": report["current_rows"],
-            "undelivered_alerts": [
-                delivery["target"] for delivery in report.get("alerts", []) if not delivery["delivered"]
-            ],
-        }
-    )
+    copy_report_page(drift_report.path, report_html.path)
+    drift_report.metadata.update(report_metadata(report))
 
     class MonitorOutputs(NamedTuple):
         drift_detected: bool
         drifted_features: list
 
     return MonitorOutputs(report["flagged"]["drift_detected"], report["flagged"]["features"])
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def vertex_monitoring(
+    vertex_endpoint: dsl.Input[VertexEndpoint],
+    project: str,
+    training_data_source: str,
+    numeric_features: list,
+    categorical_features: list,
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
+    target_field: str = "",
+    thresholds: dict = {},  # noqa: B006 - KFP takes parameter defaults from the signature
+    default_numeric_threshold: float = 0.3,
+    default_categorical_threshold: float = 0.3,
+) -> str:
+    """Create or update the Vertex AI Model Monitoring job of an endpoint with monitor's thresholds.
+
+    Vertex measures numeric features by Jensen-Shannon divergence and categorical ones by
+    L-infinity distance, as ``monitor`` does, so the managed job and the pipeline flag the
+    same features. Returns the job's resource name.
+
+    Args:
+        vertex_endpoint: a ``google.VertexEndpoint`` (``deploy_vertex``'s output, GCPC's, or imported).
+        project: Google Cloud project of the endpoint.
+        training_data_source: the training data for skew, ``bq://project.dataset.table``.
+        numeric_features: features measured by Jensen-Shannon divergence.
+        categorical_features: features measured by L-infinity distance.
+        vertex_region: Vertex AI region of the endpoint.
+        vertex_api_endpoint: Vertex AI API endpoint other than the region's.
+        target_field: the label column in the training data.
+        thresholds: feature -> threshold; others take the defaults.
+        default_numeric_threshold: threshold of numeric features not in ``thresholds``.
+        default_categorical_threshold: threshold of categorical features not in ``thresholds``.
+    """
+    from cauce.artifact_types import vertex_resource_name
+    from cauce.components.monitor.vertex import ensure_endpoint_monitoring
+
+    return ensure_endpoint_monitoring(
+        endpoint_resource_name=vertex_resource_name(vertex_endpoint),
+        project=project,
+        vertex_region=vertex_region,
+        training_data_source=training_data_source,
+        target_field=target_field,
+        numeric_features=numeric_features,
+        categorical_features=categorical_features,
+        thresholds=thresholds,
+        default_numeric_threshold=default_numeric_threshold,
+        default_categorical_threshold=default_categorical_threshold,
+        vertex_api_endpoint=vertex_api_endpoint,
+    )

@@ -725,6 +725,41 @@ def run_monitor(
 
 # ---------------------------------------------------------------------------- alerts
 
+def request_log_dir_of(request_log_dir: str, endpoint_metadata: dict | None) -> str:
+    """The request logs to read: ``request_log_dir``, else the endpoint artifact's log folder."""
+    if request_log_dir:
+        return request_log_dir
+    if endpoint_metadata and endpoint_metadata.get("request_log_dir"):
+        return endpoint_metadata["request_log_dir"]
+    raise CauceError(
+        "request_log_dir is empty and no endpoint with a request_log_dir is connected: give the folder "
+        "of the serving request logs, or the local deploy step's endpoint"
+    )
+
+
+def copy_report_page(report_dir: str, page_path: str) -> None:
+    """Copy the report's HTML page to a single-file HTML artifact (what the Vertex console renders)."""
+    with open(os.path.join(report_dir, REPORT_HTML)) as page, atomic_file(page_path) as copy:
+        copy.write(page.read())
+
+
+def report_metadata(report: dict) -> dict:
+    """The summary of a drift report that the report artifact's metadata carries."""
+    return {
+        "drift_detected": report["flagged"]["drift_detected"],
+        "drifted_features": report["flagged"]["features"],
+        "skew_detected": report["drift_detected"],
+        "window_drift_detected": report.get("window_drift", {}).get("drift_detected", False),
+        "num_features": report["num_features"],
+        "num_drifted": report["num_drifted"],
+        "baseline_rows": report["baseline_rows"],
+        "serving_rows": report["current_rows"],
+        "undelivered_alerts": [
+            delivery["target"] for delivery in report.get("alerts", []) if not delivery["delivered"]
+        ],
+    }
+
+
 def validate_alert_topic(topic: str) -> None:
     """Raise CauceError unless ``topic`` is a full Pub/Sub topic name."""
     match = _PUBSUB_TOPIC.fullmatch(topic)

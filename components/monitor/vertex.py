@@ -75,3 +75,35 @@ def ensure_monitoring_job(
         endpoint=endpoint_resource_name, display_name=display_name, project=project, location=location, **settings
     )
     return {"resource_name": job.resource_name, "action": "created"}
+
+
+def ensure_endpoint_monitoring(
+    endpoint_resource_name: str,
+    project: str,
+    vertex_region: str,
+    training_data_source: str,
+    target_field: str,
+    numeric_features: list[str],
+    categorical_features: list[str],
+    thresholds: dict[str, float] | None = None,
+    default_numeric_threshold: float = 0.3,
+    default_categorical_threshold: float = 0.3,
+    vertex_api_endpoint: str = "",
+) -> str:
+    """What the ``vertex_monitoring`` component does: :func:`ensure_monitoring_job` under
+    the display name ``cauce-<endpoint id>-monitoring``; returns the job's resource name."""
+    job = ensure_monitoring_job(
+        endpoint_resource_name=endpoint_resource_name,
+        display_name=f"cauce-{endpoint_resource_name.rsplit('/', 1)[-1]}-monitoring",
+        project=project,
+        location=vertex_region,
+        training_data_source=training_data_source,
+        target_field=target_field,
+        numeric_features=numeric_features,
+        categorical_features=categorical_features,
+        thresholds=thresholds,
+        default_numeric_threshold=default_numeric_threshold,
+        default_categorical_threshold=default_categorical_threshold,
+        api_endpoint=vertex_api_endpoint,
+    )
+    return job["resource_name"]

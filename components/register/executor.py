@@ -1,6 +1,7 @@
 """Register a trained model in MLflow's model registry or in Vertex AI Model Registry.
 
-Plain Python: the KFP component (component.py) calls :func:`run_register`; tests call
+Plain Python: the KFP components (component.py) call :func:`register_mlflow` (local
+target) and :func:`run_register_vertex` (Google Cloud); tests call
 the functions directly. MLflow and the Vertex SDK are imported inside the functions
 that use them, so importing this module stays cheap (``cauce.components.deploy.vertex``
 imports :func:`init_vertex` from here).
@@ -390,26 +391,26 @@ def register_vertex(
 # -- the component's entry point -------------------------------------------------------------
 
 
-def run_register(
+def run_register_vertex(
     model_dir: str,
     model_uri: str,
     model_name: str,
-    mlflow_tracking_uri: str = "",
-    project: str = "",
-    location: str = "us-central1",
-    api_endpoint: str = "",
+    project: str,
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
     serving_image: str = "",
     alias: str = "champion",
 ) -> dict[str, str]:
-    """What the KFP component does: Vertex AI when ``project`` is set, MLflow otherwise.
+    """What the ``register_vertex`` component does: upload the Model artifact to Vertex AI
+    Model Registry as the next version of ``model_name``, labelled with its framework,
+    task and content hash, its metrics in the description.
 
     ``model_dir`` is the artifact's local path (a ``/gcs/`` mount on Vertex) and
-    ``model_uri`` its URI (``gs://`` on Vertex). The result always has ``model_uri`` and
-    ``version`` (the Vertex version id, or the MLflow version number).
+    ``model_uri`` its ``gs://`` URI. The result has ``model_uri``
+    (``<resource>@<version>``), ``version`` (the version id) and ``vertex_uri``, the REST
+    URL a ``google.VertexModel`` artifact carries.
     """
-    if not project:
-        return register_mlflow(model_dir, model_name, mlflow_tracking_uri, alias=alias)
-
+    from cauce.artifact_types import vertex_resource_uri
     from cauce.images import SERVING_IMAGE
 
     card = read_model_card(model_dir)
@@ -422,11 +423,15 @@ def run_register(
         model_uri=model_uri,
         display_name=model_name,
         project=project,
-        location=location,
+        location=vertex_region,
         serving_image=serving_image or SERVING_IMAGE,
-        api_endpoint=api_endpoint,
+        api_endpoint=vertex_api_endpoint,
         alias=alias,
         labels=labels,
         description=f"metrics: {description}" if description else "",
     )
-    return {**result, "version": result["version_id"]}
+    return {
+        **result,
+        "version": result["version_id"],
+        "vertex_uri": vertex_resource_uri(result["resource_name"], vertex_region),
+    }

@@ -1,6 +1,6 @@
 """Start a run of the training pipeline when monitoring flags drift.
 
-On Vertex (``project`` set) the compiled training spec — a local file, a ``gs://``
+On Google Cloud (``target="google-cloud"``) the compiled training spec — a local file, a ``gs://``
 object or an Artifact Registry template URL (``https://REGION-kfp.pkg.dev/...``) —
 is submitted as a PipelineJob with the real SDK. Locally the same spec runs under
 kfp.local in a detached process (like a submitted job, the monitoring run does
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cauce.artifacts import CauceError
 from cauce.paths import cauce_home
+from cauce.targets import on_google_cloud
 
 
 def start_training_run(
@@ -27,21 +28,25 @@ def start_training_run(
     retrain_on_drift: bool,
     training_spec: str,
     parameter_values: dict | None = None,
+    target: str = "local",
     project: str = "",
-    location: str = "us-central1",
+    vertex_region: str = "us-central1",
     pipeline_root: str = "",
     service_account: str = "",
-    api_endpoint: str = "",
+    vertex_api_endpoint: str = "",
 ) -> str:
-    """The started run (Vertex job resource name, or ``local:<pid>:<log>``), or ``""``."""
+    """The started run (Vertex job resource name, or ``local:<pid>:<log>``), or ``""``:
+    a Vertex AI PipelineJob for ``target="google-cloud"``, a detached kfp.local run for
+    ``"local"``."""
     if not (drift_detected and retrain_on_drift):
         return ""
     if not training_spec:
         raise CauceError("retrain_on_drift is set but training_spec is empty: give the compiled training pipeline")
     parameter_values = dict(parameter_values or {})
-    if project:
+    if on_google_cloud(target, project):
         return _submit_to_vertex(
-            training_spec, parameter_values, project, location, pipeline_root, service_account, api_endpoint
+            training_spec, parameter_values, project, vertex_region, pipeline_root, service_account,
+            vertex_api_endpoint,
         )
     if not Path(training_spec).is_file():
         raise CauceError(f"training_spec {training_spec!r} is not a file: locally it must be a compiled pipeline YAML")

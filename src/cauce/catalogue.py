@@ -56,6 +56,12 @@ class CatalogueEntry:
 
     @property
     def name(self) -> str:
+        """The Python name (``register_vertex``): file name, task variable and page anchor."""
+        return self.component.python_func.__name__
+
+    @property
+    def kfp_name(self) -> str:
+        """The name KFP gives the component (``register-vertex``): underscores become hyphens."""
         return self.component.name
 
     @property
@@ -90,9 +96,10 @@ def discover() -> list[CatalogueEntry]:
             for value in vars(module).values()
             if isinstance(value, PythonComponent) and value.python_func.__module__ == module_name
         ]
-        for component in sorted(defined_here, key=lambda c: (c.name != phase, c.name)):
-            check_name(component.name)
-            file_name = "component.yaml" if component.name == phase else f"{component.name}.yaml"
+        for component in sorted(defined_here, key=lambda c: (c.python_func.__name__ != phase, c.python_func.__name__)):
+            name = component.python_func.__name__
+            check_name(name)
+            file_name = "component.yaml" if name == phase else f"{name}.yaml"
             entries.append(CatalogueEntry(phase, component, Path("components") / phase / file_name))
     if not entries:
         raise CauceError(f"no components found under {components_dir()}")

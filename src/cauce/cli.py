@@ -148,7 +148,8 @@ def _print_training_summary(result) -> None:
         table.add_row("train", f"eval AUC {_fmt(train.parameters.get('eval_auc'))}", f"{seconds.get(train.name, 0):.1f} s")
     champion = result.task("champion")
     if champion:
-        current = champion.parameters.get("Output") or ""
+        found = champion.artifacts.get("champion_model", {}).get("metadata", {})
+        current = found.get("model_dir", "") if found.get("found") else ""
         table.add_row(
             "champion",
             f"compared with {current}" if current else "none yet: this model can become the first",
@@ -339,7 +340,12 @@ def submit(
         # that have these parameters (Vertex rejects unknown ones). On Kubeflow only when
         # --project says the cluster works with Google Cloud.
         declared = spec.get_pipeline(pipeline).component_spec.inputs or {}
-        defaults = (("project", project), ("location", region), ("backend", "bigquery" if project else ""))
+        defaults = (
+            ("target", "google-cloud" if project else ""),
+            ("project", project),
+            ("vertex_region", region),
+            ("backend", "bigquery" if project else ""),
+        )
         for name, value in defaults:
             if name in declared and value:
                 values.setdefault(name, value)
