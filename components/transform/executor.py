@@ -3,7 +3,8 @@ full pass in Apache Beam, then encode every split with it.
 
 Beam runs on the DirectRunner locally and on Dataflow at scale (``runner`` and
 ``pipeline_options`` are parameters). Work is done per Arrow record batch,
-never per row: GUIDE §4 measured 60x between the two on the DirectRunner.
+never per row: about 60x apart on the DirectRunner (docs/architecture.md,
+"Measured facts").
 
 What is fitted and encoded is a recipe (:mod:`cauce.recipe`): either the one
 given as ``recipe`` or the shorthand ``numeric_features`` (z-score) +

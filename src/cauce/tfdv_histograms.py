@@ -2,8 +2,8 @@
 
 Shared by ``monitor`` (drift and skew, as TFDV and Vertex AI Model Monitoring
 report them) and ``validate`` (the STANDARD histograms of its statistics), so
-both draw the same histogram for the same values. GUIDE §6 describes TFDV's
-construction: 1000 quantiles, 10 equal-width buckets from the data's own min
+both draw the same histogram for the same values. TFDV's construction
+(docs/architecture.md, "Measured facts"): 1000 quantiles, 10 equal-width buckets from the data's own min
 to max, counts spread by overlap; histograms aligned on the union of edges.
 """
 

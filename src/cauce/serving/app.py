@@ -26,8 +26,8 @@ so no one else may choose what gets loaded. The serving image never enables them
 on Vertex the endpoint itself splits traffic between containers.
 
 No web framework: per request we only parse JSON, encode with the fitted
-transform in numpy and call the estimator (GUIDE §4: the per-request pandas
-DataFrame is what makes other servers slow). JSON goes through orjson, which
+transform in numpy and call the estimator (the per-request pandas DataFrame
+is what makes other servers slow: docs/architecture.md, "Measured facts"). JSON goes through orjson, which
 parses and writes the request, the response and the request-log line several
 times faster than the standard library. bench/bench_serving.py measures the
 whole path.

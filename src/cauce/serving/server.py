@@ -76,7 +76,7 @@ def serve(
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     # Set TCP_NODELAY ourselves: without it keep-alive responses can wait ~40 ms
-    # for a delayed ACK (GUIDE §4, uvicorn#3149).
+    # for a delayed ACK (uvicorn#3149; docs/architecture.md, "Measured facts").
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
