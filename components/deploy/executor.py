@@ -103,18 +103,28 @@ def _port_free(host: str, port: int) -> bool:
 def stop_local(endpoint_name: str, timeout: float = 10.0) -> bool:
     """Stop the local server of ``endpoint_name``; True if one was running. Only a server
     that is still the one the endpoint's state recorded is stopped (see runtimes.py)."""
-    state_file = endpoint_dir(endpoint_name) / "state.json"
-    if not state_file.exists():
+    state = local_endpoint(endpoint_name)
+    if state is None:
         return False
-    state = json.loads(state_file.read_text())
     stopped = runtimes.of(state).stop(state, timeout)
-    state_file.unlink(missing_ok=True)
+    (endpoint_dir(endpoint_name) / "state.json").unlink(missing_ok=True)
     return stopped
 
 
 def local_endpoint(endpoint_name: str) -> dict | None:
+    """The endpoint's recorded state, or None when it has none. A state file that is
+    not a JSON object (edited, truncated by a full disk) is an error naming it: it is
+    never guessed at, since stopping acts on what it names."""
     state_file = endpoint_dir(endpoint_name) / "state.json"
-    return json.loads(state_file.read_text()) if state_file.exists() else None
+    if not state_file.exists():
+        return None
+    try:
+        state = json.loads(state_file.read_text())
+    except (ValueError, OSError) as error:
+        raise CauceError(f"endpoint {endpoint_name!r} has an unreadable state file {state_file}: {error}") from None
+    if not isinstance(state, dict):
+        raise CauceError(f"endpoint {endpoint_name!r} has a state file {state_file} that is not a JSON object")
+    return state
 
 
 def _write_state(endpoint_name: str, state: dict) -> None:
@@ -160,9 +170,15 @@ def deploy_local(
     "rolled back". At 100 %, or with ``promote`` once the canary passed, the new
     version takes all the traffic and the others are undeployed.
 
-    Otherwise (no server yet, or it runs elsewhere) a new serving process is started
-    with the model at 100 % (``traffic_percentage`` < 100 is then an error, as on
-    Vertex for an endpoint without deployments), replacing any previous one.
+    Otherwise (no server yet, or it runs on another port) a new serving process is
+    started with the model at 100 % (``traffic_percentage`` < 100 is then an error, as
+    on Vertex for an endpoint without deployments). The previous one keeps serving
+    until the new one has answered its health check and smoke test, and only then is
+    stopped; if the new one fails, it is stopped and the previous process, its traffic
+    and its state file are left as they were. A server of this endpoint that holds
+    ``host:port`` but cannot take the version in place (it logs elsewhere, or does not
+    answer its admin routes) is never stopped to make room: that is an error, and
+    nothing changes.
     """
     if not (Path(model_dir) / METADATA_FILE).exists():
         raise CauceError(f"{model_dir} is not a cauce model directory ({METADATA_FILE} missing)")
@@ -171,7 +187,8 @@ def deploy_local(
     state_dir = endpoint_dir(endpoint_name)
     state_dir.mkdir(parents=True, exist_ok=True)
     request_log_dir = request_log_dir or str(state_dir / "requests")
-    running = _reusable_server(local_endpoint(endpoint_name), host, port, request_log_dir)
+    previous = local_endpoint(endpoint_name)
+    running = _reusable_server(previous, host, port, request_log_dir)
     if running is not None:
         return _roll_out(endpoint_name, running, model_dir, traffic_percentage, promote, smoke_instances, startup_timeout)
     if traffic_percentage < 100 and not promote:
@@ -182,7 +199,12 @@ def deploy_local(
         )
     # With promote, a canary that has no serving version to protect simply starts at 100 %
     # (as on Vertex): a pipeline configured for canaries can make its first deployment.
-    return _start_server(model_dir, endpoint_name, host, port, request_log_dir, smoke_instances, startup_timeout)
+    return _start_server(model_dir, endpoint_name, host, port, request_log_dir, smoke_instances, startup_timeout, previous)
+
+
+def _serving(state: dict | None) -> bool:
+    """Whether ``state`` names a server that still runs (identity checked, see runtimes.py)."""
+    return state is not None and runtimes.of(state).owns(state)
 
 
 def _start_server(
@@ -193,11 +215,26 @@ def _start_server(
     request_log_dir: str,
     smoke_instances: list[dict] | None,
     startup_timeout: float,
+    previous: dict | None = None,
 ) -> dict:
-    """Replace any serving process of the endpoint by a new one serving ``model_dir`` alone."""
-    stop_local(endpoint_name)
+    """Start a new serving process of the endpoint serving ``model_dir`` alone; once it
+    answers, stop the previous one (see :func:`deploy_local`)."""
+    previous = previous if _serving(previous) else None
+    keeps = (
+        f"; nothing was changed: endpoint {endpoint_name!r} keeps serving {previous.get('traffic_split')} "
+        f"at {previous.get('predict_url')}"
+        if previous
+        else ""
+    )
+    if previous and (previous.get("host"), previous.get("port")) == (host, port):
+        raise CauceError(
+            f"endpoint {endpoint_name!r} already serves on {host}:{port} but cannot load the new version in place "
+            f"(it logs requests to {previous.get('request_log_dir')!r}, this deploy to {request_log_dir!r}, or its "
+            f"admin routes do not answer){keeps}. Deploy with the same request_log_dir, to another port, "
+            f"or stop it first (cauce stop {endpoint_name})"
+        )
     if not _port_free(host, port):
-        raise CauceError(f"port {port} on {host} is in use by another process; pass a free port")
+        raise CauceError(f"port {port} on {host} is in use by another process; pass a free port{keeps}")
     from cauce.serving.server import ADMIN_TOKEN_ENV
 
     server_log = endpoint_dir(endpoint_name) / "server.log"
@@ -218,14 +255,21 @@ def _start_server(
         "deployed_model_id": deployed_model_id, "traffic_split": {deployed_model_id: 100},
         "deployments": {deployed_model_id: model_dir}, "rollout": "started", "admin_token": admin_token,
     }
-    _write_state(endpoint_name, state)
     try:
         _wait_healthy(runtime, state, startup_timeout)
         if smoke_instances:
             smoke_test(state["predict_url"], smoke_instances)
-    except BaseException:
-        stop_local(endpoint_name)
+    except BaseException as error:
+        # Stop the new server by its own record: the state file still names the previous
+        # one, which keeps serving untouched.
+        runtime.stop(state, 10.0)
+        if isinstance(error, CauceError):
+            raise CauceError(f"{error}{keeps}") from None
         raise
+    # The new server answers: from here on the state names it, and the previous one goes.
+    _write_state(endpoint_name, state)
+    if previous:
+        runtimes.of(previous).stop(previous, 10.0)
     return _public(state)
 
 

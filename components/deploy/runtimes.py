@@ -170,7 +170,10 @@ class ContainerRuntime:
         from cauce.paths import cauce_home
 
         client = _engine()
-        name = f"cauce-serving-{endpoint}"
+        # Named by port too: a redeploy to another port starts its container while the
+        # previous one (same endpoint) still serves, and stops that one only afterwards.
+        port = arguments[arguments.index("--port") + 1] if "--port" in arguments else ""
+        name = f"cauce-serving-{endpoint}-{port}" if port else f"cauce-serving-{endpoint}"
         try:  # a container left by a crashed step: ours by name and label, never anyone else's
             stale = client.containers.get(name)
             if stale.labels.get(ENDPOINT_LABEL) == endpoint:

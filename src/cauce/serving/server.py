@@ -42,6 +42,13 @@ def build_app(
     )
 
 
+def _cause(error: BaseException) -> str:
+    """``Type: message`` of ``error``; a CauceError's message alone (it already names the cause)."""
+    from cauce.artifacts import CauceError
+
+    return str(error) if isinstance(error, CauceError) else f"{type(error).__name__}: {error}"
+
+
 def serve(
     model_dir: str = "",
     host: str = "",
@@ -67,7 +74,10 @@ def serve(
     host = host or os.environ.get("CAUCE_SERVE_HOST", "127.0.0.1")
     port = port or int(os.environ.get("AIP_HTTP_PORT", "8080"))
     request_log_dir = request_log_dir or os.environ.get("CAUCE_REQUEST_LOG_DIR", "")
-    app = build_app(model_dir, model_name, request_log_dir, endpoint, deployed_model_id, admin_token)
+    try:
+        app = build_app(model_dir, model_name, request_log_dir, endpoint, deployed_model_id, admin_token)
+    except Exception as error:  # noqa: BLE001 - any failure to load is the operator's one-line answer
+        raise SystemExit(f"error: model {model_dir} did not load: {_cause(error)}") from None
     # Everything loaded so far (libraries, the model: ~130 k objects) lives as long
     # as the process; out of the collector's reach, a full collection no longer
     # walks it (~40 ms each on the development machine, a p99 stall).
@@ -80,6 +90,10 @@ def serve(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {error.strerror or error}") from None
     log.warning("serving %s on http://%s:%d%s", model_dir, host, port, app.predict_route)
     server.run(sockets=[sock])

@@ -1,0 +1,206 @@
+"""The failure matrix: what a user or an operator gets wrong, and what breaks underneath,
+phase by phase. Every case asserts the message a person reads (it names the parameter,
+field, file, construct or process, and what was expected) and that nothing partial or
+inconsistent is left: no half-written output, no stopped server, no alias or traffic
+split pointing at something nothing serves.
+
+Everything is real: serving processes on loopback, real signals to real processes, the
+local engine's DuckDB and sqlglot, the CLI run as a program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cauce.artifacts import CauceError
+from cauce.components.deploy import runtimes
+from cauce.components.deploy.executor import (
+    deploy_local,
+    endpoint_dir,
+    local_endpoint,
+    post_json,
+    smoke_instances_from,
+    stop_local,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours is dead for every purpose here.
+    return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def bundles(trained_model, tmp_path_factory):
+    """The trained model, and a copy whose model file is truncated (does not load)."""
+    raw, _, _, model_dir = trained_model
+    root = tmp_path_factory.mktemp("bundles")
+    broken = Path(shutil.copytree(model_dir, root / "truncated"))
+    payload = (broken / "model.joblib").read_bytes()
+    (broken / "model.joblib").write_bytes(payload[: len(payload) // 2])
+    return {"good": model_dir, "truncated": str(broken), "instances": smoke_instances_from(raw, "eval", model_dir, rows=3)}
+
+
+@pytest.fixture
+def serving(bundles):
+    """A served endpoint; stopped afterwards. Yields (endpoint name, state)."""
+    name = f"matrix-{time.time_ns()}"
+    (port,) = free_ports(1)
+    state = deploy_local(bundles["good"], name, port=port, smoke_instances=bundles["instances"])
+    yield name, state
+    stop_local(name)
+
+
+def answers(state: dict, instances: list[dict]) -> bool:
+    status, body = post_json(state["predict_url"], {"instances": instances}, timeout=5)
+    return status == 200 and len(body["predictions"]) == len(instances)
+
+
+def unchanged(name: str, before: dict, instances: list[dict]) -> None:
+    """The endpoint's previous server still runs, answers, and its state file is as it was."""
+    assert local_endpoint(name) == {**before, "admin_token": local_endpoint(name)["admin_token"]}
+    assert runtimes.of(before).owns(local_endpoint(name))
+    assert answers(before, instances)
+
+
+# --------------------------------------------------------------------------- deploy
+def test_deploy_to_a_port_another_process_holds_leaves_the_serving_version_serving(serving, bundles):
+    name, before = serving
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(CauceError, match=rf"(?s)port {taken} on 127.0.0.1 is in use by another process.*keeps serving"):
+            deploy_local(bundles["good"], name, port=taken, smoke_instances=bundles["instances"])
+    unchanged(name, before, bundles["instances"])
+
+
+def test_deploy_of_a_model_that_does_not_load_on_a_new_port_stops_only_the_new_process(serving, bundles):
+    name, before = serving
+    (port,) = free_ports(1)
+    with pytest.raises(CauceError, match=r"(?s)exited with code 1 before it was healthy.*model .* did not load: .*keeps serving"):
+        deploy_local(bundles["truncated"], name, port=port, smoke_instances=bundles["instances"], startup_timeout=60)
+    unchanged(name, before, bundles["instances"])
+    with socket.socket() as probe:  # the new process is gone: its port is free again
+        probe.bind(("127.0.0.1", port))
+
+
+def test_deploy_of_a_model_that_does_not_load_in_place_changes_nothing(serving, bundles):
+    name, before = serving
+    with pytest.raises(CauceError, match=r"(?s)did not load.*nothing was deployed"):
+        deploy_local(bundles["truncated"], name, port=before["port"], smoke_instances=bundles["instances"])
+    unchanged(name, before, bundles["instances"])
+
+
+def test_redeploy_in_place_with_another_request_log_dir_is_refused_before_anything_stops(serving, bundles, tmp_path):
+    name, before = serving
+    with pytest.raises(CauceError, match=rf"(?s)already serves on 127.0.0.1:{before['port']}.*keeps serving.*cauce stop {name}"):
+        deploy_local(bundles["good"], name, port=before["port"], request_log_dir=str(tmp_path / "elsewhere"))
+    unchanged(name, before, bundles["instances"])
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_redeploy_to_another_port_stops_the_previous_server_only_after_the_new_one_answers(serving, bundles):
+    name, before = serving
+    (port,) = free_ports(1)
+    after = deploy_local(bundles["good"], name, port=port, smoke_instances=bundles["instances"])
+    assert answers(after, bundles["instances"])
+    assert not runtimes.of(before).owns({**before, "admin_token": ""})
+    assert local_endpoint(name)["port"] == port
+
+
+def test_deploy_with_a_canary_percentage_of_150_is_refused_before_anything_changes(serving, bundles):
+    name, before = serving
+    with pytest.raises(CauceError, match=r"traffic_percentage must be an integer in 1\.\.100, got 150"):
+        deploy_local(bundles["good"], name, port=before["port"], traffic_percentage=150, promote=True)
+    unchanged(name, before, bundles["instances"])
+
+
+# --------------------------------------------------------------------------- signals
+@pytest.fixture
+def bystander():
+    """An unrelated process (a sleep in its own session, as a server would be)."""
+    process = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def forged_state(name: str, state: dict) -> None:
+    directory = endpoint_dir(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "state.json").write_text(json.dumps(state))
+
+
+def test_a_state_file_naming_another_process_never_gets_it_signalled(bystander):
+    # The state a stale endpoint leaves, with its pid reused by someone else's process.
+    forged_state("matrix-stale", {"runtime": "process", "pid": bystander.pid, "pid_start_ticks": 1,
+                                  "command": [sys.executable, "-m", "cauce.serving"], "port": 1})  # fmt: skip
+    assert stop_local("matrix-stale") is False
+    assert alive(bystander.pid)
+    assert local_endpoint("matrix-stale") is None  # the stale record is cleared
+
+
+def test_an_edited_state_file_with_the_right_start_time_but_another_command_is_not_signalled(bystander):
+    ticks = runtimes._process_start_ticks(bystander.pid)
+    forged_state("matrix-edited", {"runtime": "process", "pid": bystander.pid, "pid_start_ticks": ticks,
+                                   "command": ["sleep", "300"]})  # fmt: skip
+    assert stop_local("matrix-edited") is False
+    assert alive(bystander.pid)
+
+
+def test_a_state_file_naming_pid_1_or_a_non_number_is_not_signalled():
+    for pid in (1, 0, -1, "1", None):
+        forged_state("matrix-pid", {"runtime": "process", "pid": pid, "pid_start_ticks": 1, "command": ["init"]})
+        assert stop_local("matrix-pid") is False
+
+
+def test_a_garbage_state_file_is_an_error_naming_it():
+    directory = endpoint_dir("matrix-garbage")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "state.json").write_bytes(b"\x00\xff not json")
+    with pytest.raises(CauceError, match=r"endpoint 'matrix-garbage' has an unreadable state file .*state\.json"):
+        stop_local("matrix-garbage")
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc", "a b", "", "x/../../y"])
+def test_stop_with_an_endpoint_name_that_is_a_path_is_refused(name):
+    with pytest.raises(CauceError, match=r"endpoint_name .* must be non-empty letters, digits, '-' or '_'"):
+        stop_local(name)
+
+
+def test_a_sigkilled_server_is_noticed_and_the_next_deploy_starts_fresh(serving, bundles):
+    name, before = serving
+    os.killpg(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while runtimes.of(before).owns(local_endpoint(name)) and time.monotonic() < deadline:
+        runtimes._reap(before["pid"])
+        time.sleep(0.05)
+    after = deploy_local(bundles["good"], name, port=before["port"], smoke_instances=bundles["instances"])
+    assert after["pid"] != before["pid"] and answers(after, bundles["instances"])
