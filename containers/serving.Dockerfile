@@ -10,6 +10,11 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Keras bundles run on the torch backend here (the smoke check imports keras too).
 ENV KERAS_BACKEND=torch
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# LightGBM (the default gradient-boosting engine) links the system's OpenMP runtime, which
+# slim images lack; the version is pinned like everything else.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the server imports (containers/serving.requirements.txt, closed over and
 # pinned in requirements/image-serving.txt): no kfp, BigQuery or Vertex SDK, half a GB
@@ -20,7 +25,7 @@ RUN python -m venv /opt/cauce \
     && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --requirement requirements/build.txt \
     && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --index-url "${TORCH_INDEX_URL}" \
         "torch==$(sed -n 's/^torch==//p' requirements/lock.txt)" \
-    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --requirement requirements/image-serving.txt
+    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation --requirement requirements/image-serving.txt
 COPY pyproject.toml README.md ./
 COPY src src
 COPY components components
@@ -35,6 +40,11 @@ LABEL org.opencontainers.image.title="cauce-serving" \
       org.opencontainers.image.source="https://github.com/cauce-ml/cauce" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin cauce
+# LightGBM (the default gradient-boosting engine) links the system's OpenMP runtime, which
+# slim images lack; the version is pinned like everything else.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/cauce /opt/cauce
 # Inside a container the server listens on all interfaces (the platform routes to it);
 # outside one, cauce serves on loopback only.

@@ -1,17 +1,16 @@
 """The Cloud Build configs: their shape (images, args, order, substitutions, no secrets),
 and their steps run here for real (tests/fixtures/cloudbuild.py): the PR checks'
-compile and catalogue steps, and the release flow against local stand-ins: a
-``docker`` that records its calls, an Artifact Registry KFP repository, and Vertex AI.
+compile and catalogue steps. The release flow is rehearsed with the real Docker engine
+and a local registry in tests/test_release_rehearsal.py.
 """
 
 import json
-import os
 import re
 
 import pytest
 import yaml
 
-from cauce import __version__, images
+from cauce import images
 from tests.fixtures import cloudbuild
 from tests.fixtures.kfp_registry import kfp_registry  # noqa: F401
 from tests.fixtures.vertex_server import vertex_server  # noqa: F401
@@ -105,86 +104,3 @@ def test_release_steps_order_images_and_args():
         assert PYTHON_IMAGE.fullmatch(cloudbuild.substitute(steps[step_id]["name"], values))
     paths = config["artifacts"]["objects"]["paths"]
     assert "${_RELEASE_DIR}/pipelines/*.yaml" in paths and "${_RELEASE_DIR}/components/*/*.yaml" in paths
-
-
-@pytest.fixture
-def release(tmp_path, kfp_registry, vertex_server):  # noqa: F811
-    """A release build's environment: the docker stand-in on PATH, a HOME whose KFP
-    registry context points at the local registry, Cloud Storage calls to the local
-    Vertex server, and the release folder in tmp_path."""
-    home = tmp_path / "home"
-    (home / ".config/kfp").mkdir(parents=True)
-    (home / ".config/kfp/registry_context.json").write_text(json.dumps(kfp_registry.context()))
-    cloudbuild.fake_docker(tmp_path / "bin")
-    env = {
-        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        "HOME": str(home),
-        "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
-        "STORAGE_EMULATOR_HOST": vertex_server.endpoint,
-    }
-    overrides = {
-        "_RELEASE_DIR": str(tmp_path / "release"),
-        "_KFP_HOST": kfp_registry.host,
-        "_VERTEX_API_ENDPOINT": vertex_server.endpoint,
-    }
-    config = cloudbuild.load("cloudbuild-release.yaml")
-
-    def run(step_id, built_in, more_overrides=None, more_env=None):
-        values = cloudbuild.resolve(config, {"PROJECT_ID": "acme-ml", **built_in}, {**overrides, **(more_overrides or {})})
-        return cloudbuild.run_step(config, step_id, values, env={**env, **(more_env or {})})
-
-    return run, tmp_path
-
-
-def test_release_flow_runs_against_local_registry_and_vertex(release, kfp_registry, vertex_server):  # noqa: F811
-    run, tmp_path = release
-    tag_build = {"SHORT_SHA": "abc1234", "TAG_NAME": f"v{__version__}"}
-
-    result = run("check-version", tag_build)
-    assert result.returncode == 0 and f"cauce {__version__}" in result.stdout, result.stderr
-    for family in images.FAMILIES:
-        result = run(f"image-{family}", tag_build)
-        assert result.returncode == 0, result.stdout + result.stderr
-    docker_calls = (tmp_path / "docker.log").read_text().splitlines()
-    assert sum(call.startswith("build ") for call in docker_calls) == len(images.FAMILIES)
-    assert f"push us-central1-docker.pkg.dev/acme-ml/cauce/cauce-base:{__version__}" in docker_calls
-    assert "push us-central1-docker.pkg.dev/acme-ml/cauce/cauce-base:abc1234" in docker_calls
-
-    result = run("compile", tag_build)
-    assert result.returncode == 0, result.stdout + result.stderr
-    training = (tmp_path / "release/pipelines/training.yaml").read_text()
-    executors = yaml.safe_load(training)["deploymentSpec"]["executors"].values()
-    digests = {executor["container"]["image"] for executor in executors}
-    assert digests and all("/cauce-" in d and "@sha256:" in d for d in digests)
-    exported = (tmp_path / "release/components/extract/component.yaml").read_text()
-    assert f"# cauce-version: {__version__}" in exported and "cauce-base@sha256:" in exported
-
-    result = run("upload", tag_build)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert set(kfp_registry.tags["cauce-training"]) == {__version__, "latest", "abc1234"}
-    assert kfp_registry.content("cauce-training", "latest").decode() == training
-    # A build of main publishes the same way under the branch's name: no version, no latest.
-    result = run("upload", {"SHORT_SHA": "def5678", "BRANCH_NAME": "main"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert set(kfp_registry.tags["cauce-training"]) == {__version__, "latest", "abc1234", "main", "def5678"}
-
-    result = run("submit-training", tag_build)  # off unless asked for
-    assert result.returncode == 0 and "not submitting" in result.stdout and not vertex_server.pipeline_jobs
-    query = "SELECT * FROM `acme-ml.trips.taxi` WHERE company = \"Flash Cab\""
-    result = run("submit-training", tag_build, {"_SUBMIT_TRAINING": "true", "_TRAINING_SOURCE": query})
-    assert result.returncode == 0, result.stdout + result.stderr
-    [job] = vertex_server.pipeline_jobs.values()
-    assert job["serviceAccount"] == "cauce-pipelines@acme-ml.iam.gserviceaccount.com"
-    assert job["runtimeConfig"]["parameterValues"]["source"] == query
-    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://acme-ml-cauce/pipeline-root"
-    submitted_images = {e["container"]["image"] for e in job["pipelineSpec"]["deploymentSpec"]["executors"].values()}
-    assert submitted_images == digests  # the very spec that was uploaded
-
-    result = run("check-version", {"SHORT_SHA": "def5678", "TAG_NAME": "v9.9.9"})
-    assert result.returncode == 1 and f"does not match cauce's version {__version__}" in result.stderr
-
-
-def test_release_compile_needs_every_pushed_digest(release):
-    run, tmp_path = release
-    result = run("compile", {"SHORT_SHA": "abc1234"})  # no image step ran: no digests
-    assert result.returncode != 0 and "images/base.env" in result.stderr

@@ -37,33 +37,9 @@ fi
 families=("$@")
 [ "${#families[@]}" -gt 0 ] || families=(base beam tf torch serving)
 
-"$here/engine.sh"
-"$here/python-standin.sh"
-
-# Beam's SDK image cannot be pulled here: a stand-in holding an empty /opt/apache/beam.
-beam_version="$(sed -n 's/^apache-beam==//p' "$root/requirements/lock.txt")"
-sdk_standin="cauce-local/beam-sdk-absent:$beam_version"
-if ! docker image inspect "$sdk_standin" >/dev/null 2>&1; then
-  scratch="$(mktemp -d)"
-  mkdir -p "$scratch/opt/apache/beam"
-  echo "Beam's worker boot program is left out of locally built images (no registry to pull apache/beam_python3.11_sdk from)." \
-    > "$scratch/opt/apache/beam/NOT-INCLUDED"
-  tar -C "$scratch" -c . | docker import - "$sdk_standin" >/dev/null
-  rm -rf "$scratch"
-fi
-
-# torch's CPU wheel on a loopback index (a directory listing is a valid simple index page).
-torch_version="$(sed -n 's/^torch==//p' "$root/requirements/lock.txt")"
+"$here/standins.sh"
 index="$root/build/local-index"
-if ! ls "$index/torch/"torch-"$torch_version"*.whl >/dev/null 2>&1; then
-  mkdir -p "$index/torch"
-  "$python" -m pip download --quiet --no-deps --only-binary=:all: --retries 0 --timeout 15 \
-    --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" \
-    --platform manylinux_2_28_x86_64 --python-version 3.11 \
-    "torch==$torch_version" --dest "$index/torch" 2>&1 | grep -v -e '^WARNING: Retrying' -e 'NameResolutionError' || true
-  ls "$index/torch/"torch-"$torch_version"*.whl >/dev/null 2>&1 \
-    || { echo "error: could not fetch torch $torch_version's CPU wheel for the local index" >&2; exit 1; }
-fi
+sdk_standin="$("$here/standins.sh" --beam-sdk-image)"
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$python" -m http.server --bind 127.0.0.1 --directory "$index" "$port" >/dev/null 2>&1 &
 index_server=$!

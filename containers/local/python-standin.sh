@@ -35,7 +35,7 @@ fi
 for tool in debootstrap; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
     else
       echo "stand-in: $tool is missing (apt-get install $tool)" >&2
       exit 3

@@ -81,6 +81,7 @@ FAMILIES: dict[str, Family] = {
                 "google.cloud.aiplatform",
                 "duckdb",
                 "sklearn",
+                "lightgbm",
                 "joblib",
                 "mlflow",
                 "tensorflow_metadata.proto.v0.statistics_pb2",
@@ -93,7 +94,7 @@ FAMILIES: dict[str, Family] = {
             # scikit-learn: batch prediction loads the model bundles (Keras / PyTorch
             # bundles are batch-scored in the tf / torch images)
             extras=("beam", "sklearn"),
-            libraries=("kfp", "apache_beam", "apache_beam.io.gcp.gcsio", "apache_beam.runners.dataflow", "sklearn"),
+            libraries=("kfp", "apache_beam", "apache_beam.io.gcp.gcsio", "apache_beam.runners.dataflow", "sklearn", "lightgbm"),
             # /opt/apache/beam from Beam's SDK image (the worker boot program and its
             # licence files): not measurable without Docker, assumed at most 100 MiB.
             other_mib=100,
@@ -110,6 +111,7 @@ FAMILIES: dict[str, Family] = {
                 "tfx_bsl",
                 "apache_beam",
                 "sklearn",
+                "lightgbm",  # evaluate scores the default models
                 # the train component runs here (as a CustomJob) for framework "keras"
                 "cauce.components.train.executor",
                 "cauce.components.train.keras_trainer",
@@ -133,7 +135,7 @@ FAMILIES: dict[str, Family] = {
             "Vertex AI endpoints: the prediction server",
             requirements_file="containers/serving.requirements.txt",
             # every framework's bundles: Keras runs on the torch backend (KERAS_BACKEND=torch)
-            libraries=("uvicorn", "httptools", "uvloop", "orjson", "sklearn", "joblib", "torch", "keras", "google.cloud.storage", "cauce.serving.server"),
+            libraries=("uvicorn", "httptools", "uvloop", "orjson", "sklearn", "lightgbm", "joblib", "torch", "keras", "google.cloud.storage", "cauce.serving.server"),
         ),
     )
 }
@@ -308,6 +310,11 @@ BUILD_TOOLS_FILE = ROOT / "requirements" / "build.txt"
 # requirements/build.txt: the installer and the build backend that builds cauce and the
 # one dependency PyPI ships only as source (kfp-server-api).
 BUILD_TOOLS = ("pip", "setuptools", "wheel")
+# The locked packages PyPI publishes only as source distributions (no wheel of the locked
+# version): pure Python, built with the pinned setuptools. Every other package must come
+# as a wheel, so an image build never needs a compiler; a new source-only dependency fails
+# the build until it is named here.
+SOURCE_ONLY = ("google-apitools", "kfp-server-api", "rouge-score")
 # The CPU build of torch comes from PyTorch's own index, installed on its own before the
 # rest (PyPI's Linux wheel is the CUDA build); the family files leave it out.
 SEPARATE_INSTALLS = ("torch",)
@@ -318,7 +325,7 @@ def read_pins(path: Path) -> dict[str, str]:
     pins = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         line = line.split("#")[0].strip()
-        if not line:
+        if not line or line.startswith("--"):  # pip options (--only-binary ...)
             continue
         if "==" not in line:
             raise CauceError(f"{path}:{number}: expected an exact pin 'name==version', got {line!r}")
@@ -361,7 +368,12 @@ def render_family_requirements(name: str) -> str:
     ]
     if separate:
         lines.append(f"# Installed on their own before these: {', '.join(separate)} (see the Dockerfile).")
-    return "\n".join(lines + locked_family_requirements(name)) + "\n"
+    pins = locked_family_requirements(name)
+    lines.append("--only-binary :all:")
+    from_source = [n for n in SOURCE_ONLY if any(pin.startswith(f"{n}==") for pin in pins)]
+    if from_source:
+        lines.append(f"--no-binary {','.join(from_source)}")
+    return "\n".join(lines + pins) + "\n"
 
 
 def lock_differences(installed: dict[str, str], lock: dict[str, str], subset: bool = False) -> list[str]:
