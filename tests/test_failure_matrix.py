@@ -204,3 +204,38 @@ def test_a_sigkilled_server_is_noticed_and_the_next_deploy_starts_fresh(serving,
         time.sleep(0.05)
     after = deploy_local(bundles["good"], name, port=before["port"], smoke_instances=bundles["instances"])
     assert after["pid"] != before["pid"] and answers(after, bundles["instances"])
+
+
+# --------------------------------------------------------------------------- serving: the request log
+def logged_fares(log_dir: str) -> set[float]:
+    fares = set()
+    for path in Path(log_dir).glob("requests-*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            record = json.loads(line)  # every line whole: one write(2) per line
+            fares.update(json.loads(instance)["fare"] for instance in record["request_payload"])
+    return fares
+
+
+@pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "burst"])
+def test_no_answered_request_is_missing_from_the_log_after_sigkill(serving, bundles, concurrent):
+    """The stated bound (cauce.serving.app.LOG_DURABILITY): zero. Each request carries a
+    unique fare; every one that got a 200 is in the log after the server is SIGKILLed
+    right after the last answer (before: a burst of 150 kept 23 lines)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name, state = serving
+    base = bundles["instances"][0]
+
+    def send(i: int) -> float | None:
+        fare = 1000.0 + i + 0.25
+        status, _ = post_json(state["predict_url"], {"instances": [dict(base, fare=fare)]}, timeout=10)
+        return fare if status == 200 else None
+
+    if concurrent:
+        with ThreadPoolExecutor(32) as pool:
+            answered = [fare for fare in pool.map(send, range(150)) if fare is not None]
+    else:
+        answered = [fare for fare in map(send, range(150)) if fare is not None]
+    os.killpg(state["pid"], signal.SIGKILL)
+    assert len(answered) == 150
+    assert set(answered) <= logged_fares(state["request_log_dir"])
