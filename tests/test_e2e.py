@@ -89,7 +89,12 @@ def test_deployed_model_answers_live_predictions(training_run):
 
 
 def test_first_model_becomes_champion_without_a_comparison(training_run):
-    assert training_run.task("champion").parameters["Output"] == ""  # nothing registered before
+    # Nothing registered before: the champion artifact says so, and evaluate had nothing to compare.
+    assert training_run.task("champion").artifacts["champion_model"]["metadata"]["found"] is False
+    evaluation = json.loads(
+        (Path(training_run.task("evaluate").artifacts["evaluation"]["uri"]) / "evaluation.json").read_text()
+    )
+    assert evaluation["champion"] is None
     registered = training_run.task("register").artifacts["registered_model"]["metadata"]
     assert registered["alias"] == "champion"
 
@@ -109,7 +114,9 @@ def test_a_worse_challenger_is_registered_but_not_deployed(training_run, specs, 
         dict(training_run_arguments, hyperparameters={"model_type": "hist_gradient_boosting", "max_iter": 1, "max_leaf_nodes": 2}),
         pipeline_root=tmp_path / "runs",
     )
-    assert run.task("champion").parameters["Output"]  # the first run's model
+    champion = run.task("champion").artifacts["champion_model"]  # the first run's model, as a Model artifact
+    assert champion["metadata"]["found"] is True
+    assert json.loads((Path(champion["uri"]) / "cauce_model.json").read_text())["label"] == demo.DEMO_LABEL
     assert run.task("evaluate").parameters["Output"] is False
     evaluation = json.loads((Path(run.task("evaluate").artifacts["evaluation"]["uri"]) / "evaluation.json").read_text())
     assert any("vs champion" in reason for reason in evaluation["reasons"])
