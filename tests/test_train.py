@@ -106,3 +106,58 @@ def test_integer_hyperparameters_delivered_as_floats_keep_their_meaning(trained_
     result = run_train(transformed, transform_dir, str(tmp_path / "m"),
                        {"model_type": "hist_gradient_boosting", "max_iter": 5.0, "max_depth": 3.0})
     assert result.metadata["hyperparameters"]["max_depth"] == 3
+
+
+# ---- the default engine: LightGBM's scikit-learn estimator ---------------------------
+
+
+def test_default_model_is_lightgbm_and_reproducible_bit_for_bit(trained_model, tmp_path):
+    """Same data and seed -> the same trees and the same scores, to the last bit."""
+    import numpy as np
+
+    raw, transformed, transform_dir, _ = trained_model
+    first = run_train(transformed, transform_dir, str(tmp_path / "a"), {}, seed=7)
+    second = run_train(transformed, transform_dir, str(tmp_path / "b"), {}, seed=7)
+    assert first.metadata["model_type"] == "lightgbm" and first.metadata["versions"]["lightgbm"]
+    assert first.metadata["hyperparameters"]["deterministic"] is True
+    assert first.metrics == second.metrics and first.metrics["eval_auc"] > 0.75
+    a, b = model.load(tmp_path / "a"), model.load(tmp_path / "b")
+    assert a.estimator.booster_.model_to_string() == b.estimator.booster_.model_to_string()
+    table = data.read_split(raw, "eval")
+    assert np.array_equal(a.predict_scores(table), b.predict_scores(table))
+
+
+def test_lightgbm_hyperparameters_are_checked_before_any_data_is_read(tmp_path):
+    missing = str(tmp_path / "no-such-dir")  # never read: the checks come first
+    with pytest.raises(CauceError, match=r"invalid hyperparameters for 'lightgbm'.*num_leaves"):
+        run_train(missing, missing, str(tmp_path / "m"), {"model_type": "lightgbm", "num_leaves": 1})
+    with pytest.raises(CauceError, match=r"unknown hyperparameter\(s\) \['leaves'\] for model_type 'lightgbm'"):
+        run_train(missing, missing, str(tmp_path / "m"), {"model_type": "lightgbm", "leaves": 8})
+    assert not (tmp_path / "m").exists()
+
+
+def test_lightgbm_takes_native_parameters_and_kfp_floats(trained_model, tmp_path):
+    """LightGBM's own parameter names pass (max_bin), and KFP's 8.0 becomes 8."""
+    _, transformed, transform_dir, _ = trained_model
+    result = run_train(transformed, transform_dir, str(tmp_path / "m"),
+                       {"model_type": "lightgbm", "n_estimators": 20.0, "num_leaves": 8.0, "max_bin": 63.0})
+    params = result.metadata["hyperparameters"]
+    assert (params["n_estimators"], params["num_leaves"], params["max_bin"]) == (20, 8, 63)
+    assert model.load(tmp_path / "m").estimator.booster_.num_trees() == 20
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_lightgbm_trains_every_task(tmp_path, task):
+    import numpy as np
+
+    from tests.test_train_neural import _synthetic
+
+    transformed, transform_dir, eval_table = _synthetic(tmp_path, task)
+    result = run_train(transformed, transform_dir, str(tmp_path / "m"), {}, task=task)
+    assert result.metadata["model_type"] == "lightgbm"
+    outputs = model.load(tmp_path / "m").predict_scores(eval_table)
+    if task == "multiclass":
+        assert result.metrics["eval_accuracy"] > 0.7 and outputs.shape == (eval_table.num_rows, 3)
+        np.testing.assert_allclose(outputs.sum(axis=1), 1.0, atol=1e-9)
+    else:
+        assert result.metrics["eval_r2"] > 0.7 and outputs.shape == (eval_table.num_rows,)

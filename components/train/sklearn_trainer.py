@@ -2,6 +2,12 @@
 
 Hyperparameters: ``{"model_type": <name>, <estimator parameters>...}``; empty
 means ``DEFAULT_HYPERPARAMETERS``. Unknown names fail with the valid ones.
+
+The default, ``lightgbm``, is LightGBM's scikit-learn estimator: measured on the
+1 M-row taxi data (800 k x 106 encoded features, 2 cores) it fits in about 4 s
+where scikit-learn's HistGradientBoosting took 45-80 s and XGBoost's hist
+booster 8 s, at the same eval AUC (0.897). LightGBM bundles the one-hot columns
+(exclusive feature bundling), which is most of that difference.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from cauce.model import SKLEARN_FILE, SklearnModel
 # task family -> model_type -> (module, class): the estimators a user can pick by name.
 ESTIMATORS_BY_TASK = {
     "classification": {
+        "lightgbm": ("lightgbm", "LGBMClassifier"),
         "hist_gradient_boosting": ("sklearn.ensemble", "HistGradientBoostingClassifier"),
         "random_forest": ("sklearn.ensemble", "RandomForestClassifier"),
         "logistic_regression": ("sklearn.linear_model", "LogisticRegression"),
     },
     "regression": {
+        "lightgbm": ("lightgbm", "LGBMRegressor"),
         "hist_gradient_boosting": ("sklearn.ensemble", "HistGradientBoostingRegressor"),
         "random_forest": ("sklearn.ensemble", "RandomForestRegressor"),
         "ridge": ("sklearn.linear_model", "Ridge"),
@@ -30,7 +38,12 @@ ESTIMATORS_BY_TASK = {
     },
 }
 ESTIMATORS = ESTIMATORS_BY_TASK["classification"]
-DEFAULT_HYPERPARAMETERS = {"model_type": "hist_gradient_boosting", "max_iter": 200, "learning_rate": 0.1}
+DEFAULT_HYPERPARAMETERS = {"model_type": "lightgbm", "n_estimators": 100, "learning_rate": 0.1, "num_leaves": 31}
+# Always set for LightGBM (a user's value wins): the same data and seed give the
+# same trees bit for bit (deterministic, and column-wise histograms, which are
+# also identical for any thread count: checked with 1 and 2 threads), and no
+# per-iteration chatter in the step's log.
+LIGHTGBM_FIXED = {"deterministic": True, "force_col_wise": True, "verbosity": -1}
 
 
 def build_estimator(hyperparameters: dict, seed: int, task: str = "binary"):
@@ -47,9 +60,18 @@ def build_estimator(hyperparameters: dict, seed: int, task: str = "binary"):
     module, name = estimators[model_type]
     estimator = getattr(importlib.import_module(module), name)()
     valid = estimator.get_params()
-    unknown = sorted(set(params) - set(valid))
+    names = set(valid)
+    if model_type == "lightgbm":
+        # LightGBM's estimator also takes any of its native parameters (max_bin, ...).
+        names |= _lightgbm_parameter_names()
+        for key, value in LIGHTGBM_FIXED.items():
+            params.setdefault(key, value)
+        # Protobuf Struct floats: every integer-valued float goes back to int,
+        # which LightGBM reads as well for its float parameters.
+        params = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in params.items()}
+    unknown = sorted(set(params) - names)
     if unknown:
-        raise CauceError(f"unknown hyperparameter(s) {unknown} for model_type {model_type!r}; valid: {sorted(valid)}")
+        raise CauceError(f"unknown hyperparameter(s) {unknown} for model_type {model_type!r}; valid: {sorted(names)}")
     if "random_state" in valid:
         params.setdefault("random_state", seed)
     # KFP passes dict parameters through a protobuf Struct, where every number is
@@ -62,6 +84,32 @@ def build_estimator(hyperparameters: dict, seed: int, task: str = "binary"):
     except (TypeError, ValueError) as error:
         raise CauceError(f"invalid hyperparameters for {model_type!r}: {error}") from None
     return model_type, estimator
+
+
+def _lightgbm_parameter_names() -> set[str]:
+    """Every parameter name and alias LightGBM's library knows (asked from the library)."""
+    from lightgbm.basic import _ConfigAliases
+
+    try:
+        aliases = _ConfigAliases._get_all_param_aliases()
+    except Exception:  # a private helper: if it moves, accept the estimator's own names only
+        return set()
+    return set(aliases) | {alias for names in aliases.values() for alias in names}
+
+
+def _check_lightgbm_values(model_type: str, estimator, task: str) -> None:
+    """LightGBM checks parameter values only when it builds a booster: build one
+    on four made-up rows, so a bad value fails before any data is read."""
+    import numpy as np
+    from lightgbm.basic import LightGBMError
+    from sklearn.base import clone
+
+    probe = clone(estimator).set_params(n_estimators=1)
+    target = np.array([0.0, 1.0, 2.0, 3.0]) if task == "regression" else np.array([0, 1, 0, 1])
+    try:
+        probe.fit(np.arange(8, dtype=np.float32).reshape(4, 2), target)
+    except (LightGBMError, ValueError, TypeError) as error:
+        raise CauceError(f"invalid hyperparameters for {model_type!r}: {error}") from None
 
 
 def _takes_int_not_float(estimator, key: str, default) -> bool:
@@ -83,9 +131,10 @@ def _takes_int_not_float(estimator, key: str, default) -> bool:
 
 def load_framework():
     import joblib
+    import lightgbm
     import sklearn
 
-    return sklearn, joblib
+    return sklearn, joblib, lightgbm
 
 
 @dataclass
@@ -105,6 +154,8 @@ def plan(hyperparameters: dict, task: str, seed: int) -> Plan:
         raise CauceError(f"invalid hyperparameters for {model_type!r}: {error}") from None
     except AttributeError:  # an estimator without declared parameter constraints
         pass
+    if model_type == "lightgbm":
+        _check_lightgbm_values(model_type, estimator, task)
     return Plan(model_type, estimator)
 
 
@@ -119,6 +170,11 @@ def fit(plan: Plan, data: TrainingData, transform: FittedTransform, seed: int) -
         estimator.fit(data.x_train, target)
     except InvalidParameterError as error:
         raise CauceError(f"invalid hyperparameters for {plan.model_type!r}: {error}") from None
+    versions = {"scikit-learn": sklearn.__version__, "joblib": joblib.__version__}
+    if plan.model_type == "lightgbm":
+        import lightgbm
+
+        versions["lightgbm"] = lightgbm.__version__
 
     def save(directory: Path) -> None:
         joblib.dump(estimator, directory / SKLEARN_FILE)
@@ -130,5 +186,5 @@ def fit(plan: Plan, data: TrainingData, transform: FittedTransform, seed: int) -
         framework_version=sklearn.__version__,
         model_type=plan.model_type,
         hyperparameters=estimator.get_params(),
-        versions={"scikit-learn": sklearn.__version__, "joblib": joblib.__version__},
+        versions=versions,
     )
