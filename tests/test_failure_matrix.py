@@ -239,3 +239,81 @@ def test_no_answered_request_is_missing_from_the_log_after_sigkill(serving, bund
     os.killpg(state["pid"], signal.SIGKILL)
     assert len(answered) == 150
     assert set(answered) <= logged_fares(state["request_log_dir"])
+
+
+# --------------------------------------------------------------------------- serving: input rules
+@pytest.fixture(scope="module")
+def apps(trained_model, tmp_path_factory):
+    """The real prediction app (no HTTP: its whole request path) for the linear model,
+    which takes the fast path (cauce.serving.fast), and for a gradient-boosted one,
+    which takes the estimator's own predict_proba."""
+    from cauce import model as model_bundle
+    from cauce.components.train.executor import run_train
+    from cauce.serving.app import PredictionApp
+
+    raw, transformed, transform, model_dir = trained_model
+    boosted = tmp_path_factory.mktemp("boosted") / "model"
+    run_train(transformed, transform, str(boosted), {"model_type": "hist_gradient_boosting", "max_iter": 20})
+    instance = smoke_instances_from(raw, "eval", model_dir, rows=1)[0]
+    return {
+        "linear": PredictionApp(model_bundle.load(model_dir)),
+        "boosted": PredictionApp(model_bundle.load(str(boosted))),
+        "instance": instance,
+    }
+
+
+def predict(app, instances) -> tuple[int, dict]:
+    status, body = app.handle("POST", "/predict", json.dumps({"instances": instances}).encode())
+    return status, json.loads(body)
+
+
+# (field, value, where in a request of 1 or 12 instances, expected message)
+BAD_VALUES = [
+    ("fare", 1e308, r"instance {i} field 'fare': value 1e\+308 is outside what the model can encode"),
+    ("fare", -1e308, r"instance {i} field 'fare': value -1e\+308 is outside what the model can encode"),
+    ("trip_miles", "inf", r"instance {i} field 'trip_miles' must be a finite number, got 'inf'"),
+    ("fare", "nan", r"instance {i} field 'fare' must be a finite number, got 'nan'"),
+    ("fare", "-Infinity", r"instance {i} field 'fare' must be a finite number, got '-Infinity'"),
+    ("fare", "1e999", r"instance {i} field 'fare' must be a finite number, got '1e999'"),
+    ("fare", True, r"instance {i} field 'fare' must be a number \(it was FLOAT64 in training\), got true"),
+    ("pickup_hour", False, r"instance {i} field 'pickup_hour' must be a number \(it was INT64 in training\), got false"),
+    ("company", True, r"instance {i} field 'company' must be a string, got true: booleans are not taken"),
+    ("fare", "cheap", r"instance {i} field 'fare' must be a number, got 'cheap'"),
+    ("company", {"name": "x"}, r"instance {i} field 'company' must be a string"),
+]
+
+
+@pytest.mark.parametrize("model", ["linear", "boosted"])
+@pytest.mark.parametrize("count", [1, 12], ids=["one-instance", "gathered"])
+@pytest.mark.parametrize(("field", "value", "message"), BAD_VALUES, ids=[f"{f}={v!r}" for f, v, _ in BAD_VALUES])
+def test_a_value_outside_the_serving_input_rules_is_a_400_naming_instance_and_field(apps, model, count, field, value, message):
+    app = apps[model]
+    instances = [dict(apps["instance"]) for _ in range(count)]
+    where = count - 1  # the last one: the error must name the right instance, not the first
+    instances[where][field] = value
+    status, body = predict(app, instances)
+    assert status == 400, body
+    assert __import__("re").search(message.format(i=where), body["error"]), body["error"]
+    # ... and the server keeps answering good requests.
+    status, body = predict(app, [apps["instance"]] * count)
+    assert status == 200 and all(p["score"] is not None for p in body["predictions"])
+
+
+@pytest.mark.parametrize("model", ["linear", "boosted"])
+def test_documented_coercions_give_the_training_types_answer(apps, model):
+    """A number for a category is spelled as training's cast spells it (8 -> "8"); a
+    string spelling a number is that number; null is a missing value, as in training."""
+    app, instance = apps[model], apps["instance"]
+    _, reference = predict(app, [instance])
+    as_number = dict(instance, pickup_community_area=int(instance["pickup_community_area"]))
+    as_string = dict(instance, fare=str(instance["fare"]))
+    for variant in (as_number, as_string):
+        status, body = predict(app, [variant])
+        assert status == 200 and body["predictions"] == reference["predictions"]
+    status, body = predict(app, [dict(instance, fare=None)])
+    assert status == 200 and body["predictions"][0]["score"] is not None
+
+
+def test_json_infinity_is_refused_as_invalid_json(apps):
+    status, body = apps["linear"].handle("POST", "/predict", b'{"instances": [{"fare": 1e309}]}')
+    assert status == 400 and "request body is not valid JSON: number is infinity" in json.loads(body)["error"]

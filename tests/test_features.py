@@ -138,7 +138,7 @@ def test_request_errors_of_larger_requests_name_instance_and_field():
         transform.transform_instances(instances[:12] + [{k: v for k, v in instances[12].items() if k != "seconds"}])
     with pytest.raises(CauceError, match="instance 15 field 'miles' must be a number, got 'far'"):
         transform.transform_instances([*instances[:15], dict(instances[15], miles="far"), *instances[16:]])
-    with pytest.raises(CauceError, match="instance 9 field 'area' must be a string, got True"):
+    with pytest.raises(CauceError, match="instance 9 field 'area' must be a string, got true"):
         transform.transform_instances([*instances[:9], dict(instances[9], area=True), *instances[10:]])
     with pytest.raises(CauceError, match=r"instance 10 field 'company' must be a string, got \['Sun'\]"):
         transform.transform_instances([*instances[:10], dict(instances[10], company=["Sun"]), *instances[11:]])

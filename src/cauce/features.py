@@ -370,12 +370,18 @@ class FittedTransform:
                     out[offset, missing] = -1.0
                     offset += 1
 
-    def transform_instances(self, instances: list[dict]) -> np.ndarray:
+    def transform_instances(self, instances: list[dict], may_hold_booleans: bool = True) -> np.ndarray:
         """Encode request instances (dicts) for serving: the same features as
         :meth:`transform_table` on the same rows, bit for bit.
 
         A missing field or a value of the wrong type raises CauceError naming the
         instance and field; ``null`` is accepted as a missing value, as in training.
+        The coercions (docs/serving.md): a numeric field takes a JSON number or a string
+        spelling a finite number, never ``true``/``false`` nor a non-finite value; a
+        categorical field takes a string, or a number spelled as training's cast spells
+        it (``8`` -> ``"8"``, ``1.0`` -> ``"1"``), never a boolean. The serving app
+        passes ``may_hold_booleans=False`` when the request body holds no JSON boolean,
+        which spares the gathered path its per-value scan.
         """
         for i, instance in enumerate(instances):
             if not isinstance(instance, dict):
@@ -384,6 +390,8 @@ class FittedTransform:
             return self.transform_table(self.instances_to_table(instances))
         if len(instances) <= _SCALAR_ROWS:
             return self._transform_few(instances)
+        if may_hold_booleans:
+            self._refuse_booleans(instances)
         try:
             return self._transform_many(instances)
         except (KeyError, TypeError, ValueError, CauceError):
@@ -391,6 +399,22 @@ class FittedTransform:
             # same values in plan order, so it raises the error naming the first bad
             # instance and field (or encodes a shape the gathered path does not handle).
             return self._transform_by_column(instances)
+
+    def _refuse_booleans(self, instances: list[dict]) -> None:
+        """CauceError naming the first instance and field holding ``true``/``false``."""
+        for i, instance in enumerate(instances):
+            for kind, name, _, _ in self._scalar_plan:
+                value = instance.get(name)
+                if type(value) is bool:
+                    raise boolean_error(i, name, value, self._types.get(name), kind in ("one_hot", "index"))
+
+    def field_of_feature(self, feature: int) -> str:
+        """The request field feature column ``feature`` is computed from."""
+        for _, name, offset, _ in reversed(self._scalar_plan):
+            if offset <= feature:
+                return name
+        name = self._names[feature]
+        return next((field for field in self.input_features if name == field or name.startswith(f"{field}")), name)
 
     def _transform_by_column(self, instances: list[dict]) -> np.ndarray:
         """Per column through :meth:`_encode_step`: the reference for the gathered path."""
@@ -407,7 +431,7 @@ class FittedTransform:
                         (lookup.get(v, oov) for v in _strings(values, name)), dtype=np.int64, count=rows
                     )
                 else:
-                    columns[name] = _numbers(values, name)
+                    columns[name] = _numbers(values, name, self._types.get(name))
             self._encode_step(step, columns, out, rows)
         return np.ascontiguousarray(out.T)
 
@@ -456,6 +480,10 @@ class FittedTransform:
             z /= scales
             missing = np.isnan(x)
             if missing.any():
+                # NaN is a null, or a string spelling "nan", which is refused: the
+                # per-column path names it.
+                if int(missing.sum()) != sum(column.count(None) for column in columns[:scaled]):
+                    raise ValueError("a string spelling NaN")
                 z = np.where(missing, fills, z)
             out[:, where] = z.T
         if not others:
@@ -550,10 +578,14 @@ class FittedTransform:
                         row[offset] = position
                     continue
                 if value is not None and type(value) is not float:
+                    if type(value) is bool:
+                        raise boolean_error(i, name, value, self._types.get(name))
                     try:
                         value = float(value)
                     except (TypeError, ValueError):
                         raise CauceError(f"instance {i} field {name!r} must be a number, got {value!r}") from None
+                    if not math.isfinite(value):  # "nan", "inf", "1e999" spelled as strings
+                        raise non_finite_error(i, name, instance[name])
                 missing = value is None or value != value
                 if kind == "scale":
                     center, scale, fill = constants
@@ -572,7 +604,7 @@ class FittedTransform:
             values = _field(instances, name)
             expected = self._types.get(name)
             if _is_numeric_type(expected) or (expected is None and name in self._numeric_inputs()):
-                x = _numbers(values, name)
+                x = _numbers(values, name, expected)
                 array = pa.array(x, mask=np.fromiter((v is None for v in values), dtype=bool, count=len(values)))
                 if expected is not None and not pa.types.is_floating(expected):
                     try:
@@ -616,10 +648,11 @@ def _field(instances: list[dict], name: str) -> list:
         raise CauceError(f"instance {i} is missing field {name!r}") from None
 
 
-def _numbers(values: list, name: str) -> np.ndarray:
-    """Request values -> float64 with NaN for null (numbers, or strings that parse as numbers)."""
+def _numbers(values: list, name: str, training_type: pa.DataType | None = None) -> np.ndarray:
+    """Request values -> float64 with NaN for null (numbers, or strings spelling finite
+    numbers; never booleans, never NaN or infinity)."""
     try:
-        return np.array(values, dtype=np.float64)
+        x = np.array(values, dtype=np.float64)
     except (TypeError, ValueError):
         for i, value in enumerate(values):
             try:
@@ -628,6 +661,43 @@ def _numbers(values: list, name: str) -> np.ndarray:
             except (TypeError, ValueError):
                 raise CauceError(f"instance {i} field {name!r} must be a number, got {value!r}") from None
         raise CauceError(f"field {name!r} must hold numbers") from None
+    if x.dtype == np.float64 and not np.isfinite(x).all() or True in map(_is_bool, values):
+        for i, value in enumerate(values):
+            if type(value) is bool:
+                raise boolean_error(i, name, value, training_type)
+            if value is not None and not math.isfinite(x[i]):
+                raise non_finite_error(i, name, value)
+    return x
+
+
+def _is_bool(value) -> bool:
+    return type(value) is bool
+
+
+def boolean_error(i: int, name: str, value: bool, training_type: pa.DataType | None, categorical: bool = False) -> CauceError:
+    """A JSON boolean where a number or a category belongs (docs/serving.md)."""
+    was = f" (it was {_bigquery_name(training_type)} in training)" if training_type is not None and not categorical else ""
+    expected = "a string" if categorical else "a number"
+    return CauceError(
+        f"instance {i} field {name!r} must be {expected}{was}, got {str(value).lower()}: booleans are not "
+        "taken for numbers or categories (docs/serving.md)"
+    )
+
+
+def non_finite_error(i: int, name: str, value) -> CauceError:
+    return CauceError(f"instance {i} field {name!r} must be a finite number, got {value!r}")
+
+
+def _bigquery_name(arrow_type: pa.DataType) -> str:
+    if pa.types.is_integer(arrow_type):
+        return "INT64"
+    if pa.types.is_floating(arrow_type):
+        return "FLOAT64"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "STRING"
+    if pa.types.is_boolean(arrow_type):
+        return "BOOL"
+    return str(arrow_type)
 
 
 def _strings(values: list, name: str) -> list:
@@ -641,6 +711,8 @@ def _strings(values: list, name: str) -> list:
 def _string_value(value, i: int, name: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return pa.array([value]).cast(pa.string())[0].as_py()
+    if type(value) is bool:
+        raise boolean_error(i, name, value, None, categorical=True)
     raise CauceError(f"instance {i} field {name!r} must be a string, got {value!r}")
 
 

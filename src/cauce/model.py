@@ -33,6 +33,7 @@ training code (``cauce.components.train``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +121,36 @@ class LoadedModel:
         """Outputs for raw rows (Arrow), through the fitted transform."""
         return self.scores_from_features(self.transform.transform_table(table))
 
-    def predict_instances(self, instances: list[dict]) -> list[dict]:
-        """Serving: raw request instances in, one prediction dict per instance out."""
-        outputs = self.scores_from_features(self.transform.transform_instances(instances))
+    def predict_instances(self, instances: list[dict], may_hold_booleans: bool = True) -> list[dict]:
+        """Serving: raw request instances in, one prediction dict per instance out.
+
+        Non-finite features (a value whose scaling overflows, such as 1e308) and
+        non-finite outputs are a CauceError naming the instance (and the field), never
+        a prediction of null: the serving input rules in docs/serving.md.
+        """
+        features = self.transform.transform_instances(instances, may_hold_booleans)
+        # A sum is the cheapest test (about 1 us); an overflowing sum of finite values
+        # only costs the exact check.
+        if not math.isfinite(features.sum()) and not np.isfinite(features).all():
+            i, j = (int(k) for k in np.argwhere(~np.isfinite(features))[0])
+            name = self.transform.field_of_feature(j)
+            if isinstance(instances[i].get(name), str):  # "inf" spelled as a string
+                raise CauceError(f"instance {i} field {name!r} must be a finite number, got {instances[i][name]!r}")
+            raise CauceError(
+                f"instance {i} field {name!r}: value {instances[i].get(name)!r} is outside what the model can encode "
+                f"(feature {self.transform.feature_names[j]!r} would be {features[i, j]}); send a finite value in "
+                "the range seen in training"
+            )
+        outputs = self.scores_from_features(features)
+        if not math.isfinite(outputs.sum()) and not np.isfinite(outputs).all():
+            i = int(np.argwhere(~np.isfinite(np.asarray(outputs, dtype=np.float64).reshape(len(instances), -1)))[0][0])
+            row = np.abs(features[i])
+            j = int(row.argmax())
+            raise CauceError(
+                f"instance {i}: the model's output is not a finite number; its largest encoded feature is "
+                f"{self.transform.feature_names[j]!r} = {features[i, j]:g} (field "
+                f"{self.transform.field_of_feature(j)!r}): send values in the range seen in training"
+            )
         task = self.task
         if task == "binary":
             threshold = float(self.metadata.get("decision_threshold", 0.5))

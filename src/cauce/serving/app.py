@@ -289,7 +289,9 @@ class PredictionApp:
         if not instances:
             return _json_response(400, {"error": "instances is empty: send at least one instance"})
         try:
-            predictions = deployment.model.predict_instances(instances)
+            # JSON booleans are refused for numbers and categories (docs/serving.md); a body
+            # without the words true/false cannot hold one, and skips the scan for them.
+            predictions = deployment.model.predict_instances(instances, b"true" in body or b"false" in body)
             payload, response_payload = deployment.response(predictions)
         except CauceError as error:
             return _json_response(400, {"error": str(error)})
