@@ -317,3 +317,71 @@ def test_documented_coercions_give_the_training_types_answer(apps, model):
 def test_json_infinity_is_refused_as_invalid_json(apps):
     status, body = apps["linear"].handle("POST", "/predict", b'{"instances": [{"fare": 1e309}]}')
     assert status == 400 and "request body is not valid JSON: number is infinity" in json.loads(body)["error"]
+
+
+# --------------------------------------------------------------------------- serving: slow clients
+@pytest.fixture
+def strict_server(bundles, monkeypatch):
+    """A served endpoint with short limits, so slow clients are cut off within seconds."""
+    monkeypatch.setenv("CAUCE_SERVE_HEADER_TIMEOUT_S", "1")
+    monkeypatch.setenv("CAUCE_SERVE_BODY_TIMEOUT_S", "1")
+    monkeypatch.setenv("CAUCE_SERVE_MAX_BUFFERING", "8")
+    name = f"matrix-slow-{time.time_ns()}"
+    (port,) = free_ports(1)
+    state = deploy_local(bundles["good"], name, port=port, smoke_instances=bundles["instances"])
+    yield state
+    stop_local(name)
+
+
+def connect(state: dict) -> socket.socket:
+    sock = socket.create_connection((state["host"], state["port"]), timeout=15)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_headers_sent_too_slowly_get_the_connection_closed(strict_server):
+    with connect(strict_server) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        assert read_all(sock) == b""  # closed by the server (the recv timeout is 15 s)
+
+
+def test_a_connection_that_sends_nothing_is_closed(strict_server):
+    with connect(strict_server) as sock:
+        assert read_all(sock) == b""
+
+
+def test_a_body_sent_too_slowly_is_a_408(strict_server):
+    with connect(strict_server) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inst")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
+
+
+def test_slow_uploaders_hold_at_most_the_buffering_limit_and_good_clients_keep_answers(strict_server, bundles):
+    """200 slow uploaders (each has sent 64 KiB of a 1.5 MB body) against a limit of 8
+    bodies buffered at once: 8 wait for their timeout, the others get 503 at once, and
+    a good client's every request is answered meanwhile (its latency: bench/bench_slow_clients.py)."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1500000\r\n\r\n")  # fmt: skip
+    slow = []
+    try:
+        for _ in range(200):
+            sock = connect(strict_server)
+            sock.sendall(head + b"[" * 65536)
+            slow.append(sock)
+        good = [answers(strict_server, bundles["instances"]) for _ in range(100)]
+        statuses = [read_all(sock)[:12] for sock in slow]
+    finally:
+        for sock in slow:
+            sock.close()
+    assert all(good)
+    # Every slow uploader was cut off: refused at once past the limit, or timed out
+    # holding a slot (slots free up as holders time out while the 200 connect).
+    assert set(statuses) == {b"HTTP/1.1 503", b"HTTP/1.1 408"}
+    assert statuses.count(b"HTTP/1.1 503") > statuses.count(b"HTTP/1.1 408")

@@ -55,6 +55,13 @@ from cauce.serving.fast import accelerate
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_572_864  # 1.5 MB, Vertex's online prediction request limit
+# Slow clients (docs/serving.md "Limits"): a body must arrive within BODY_TIMEOUT_S of
+# its headers, and at most MAX_BUFFERING bodies that did not arrive in one piece are
+# buffered at once (each up to MAX_BODY_BYTES): 200 slow uploaders can hold neither the
+# server's memory nor its good clients' latency. The header timeout is the protocol's
+# (server.py).
+BODY_TIMEOUT_S = float(os.environ.get("CAUCE_SERVE_BODY_TIMEOUT_S", "10"))
+MAX_BUFFERING = int(os.environ.get("CAUCE_SERVE_MAX_BUFFERING", "64"))
 DEPLOYMENT_ROUTE = "/v1/deployments/"  # + <deployed_model_id>:predict
 ADMIN_PREFIX = "/admin/"
 # Request-log durability: a request's line is written to the log file (one write(2) on
@@ -202,6 +209,9 @@ class PredictionApp:
         self.request_log = request_log
         self.admin_token = admin_token
         self.deployments: dict[str, Deployment] = {}
+        self.body_timeout_s = BODY_TIMEOUT_S
+        self.max_buffering = MAX_BUFFERING
+        self.buffering = 0  # bodies being gathered from several chunks right now
         self.traffic_split: dict[str, int] = {}
         self._schedule: list[Deployment] = []
         self._turns = itertools.count()
@@ -381,20 +391,35 @@ class PredictionApp:
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send)
             return
-        message = await receive()
-        body = message.get("body", b"")
-        if message.get("more_body", False):
-            chunks, size, more = [body], len(body), True
-            while more:
-                message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size <= MAX_BODY_BYTES:  # past the limit, stop buffering: the answer is 413 anyway
-                    chunks.append(chunk)
-                more = message.get("more_body", False)
-            body = b"".join(chunks)
-        else:
-            size = len(body)
+        # The event loop's clock, not time.monotonic(): one call, and what wait_for uses.
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+        try:
+            message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            body = message.get("body", b"")
+            if message.get("more_body", False):
+                if self.buffering >= self.max_buffering:
+                    await _answer(send, 503, {"error": f"the server is buffering {self.buffering} request bodies, "
+                                                       "its limit; retry shortly"})  # fmt: skip
+                    return
+                self.buffering += 1
+                try:
+                    chunks, size, more = [body], len(body), True
+                    while more:
+                        remaining = deadline - asyncio.get_running_loop().time()
+                        message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+                        chunk = message.get("body", b"")
+                        size += len(chunk)
+                        if size <= MAX_BODY_BYTES:  # past the limit, stop buffering: the answer is 413 anyway
+                            chunks.append(chunk)
+                        more = message.get("more_body", False)
+                finally:
+                    self.buffering -= 1
+                body = b"".join(chunks)
+            else:
+                size = len(body)
+        except asyncio.TimeoutError:
+            await _answer(send, 408, {"error": f"the request body did not arrive within {self.body_timeout_s:g} s"})
+            return
         path, method = scope["path"], scope["method"]
         if size > MAX_BODY_BYTES:
             status, payload = _json_response(413, {"error": f"request body is {size} bytes; the limit is {MAX_BODY_BYTES}"})
@@ -404,3 +429,11 @@ class PredictionApp:
             status, payload = self.handle(method, path, body)
         await send({"type": "http.response.start", "status": status, "headers": _JSON + [(b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})
+
+
+async def _answer(send, status: int, payload: dict) -> None:
+    """Answer before the body was read, and close the connection (its unread rest)."""
+    body = orjson.dumps(payload)
+    headers = _JSON + [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -42,6 +42,52 @@ def build_app(
     )
 
 
+# Request headers must be complete this long after a request's first byte (or after
+# the connection opens): uvicorn bounds idle keep-alive connections but not a client
+# that sends its headers a byte at a time (docs/serving.md "Limits").
+HEADER_TIMEOUT_S = float(os.environ.get("CAUCE_SERVE_HEADER_TIMEOUT_S", "10"))
+
+
+def _header_timeout_protocol():
+    """uvicorn's httptools protocol with a deadline on each request's headers."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()  # a connection that sends nothing at all
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
 def _cause(error: BaseException) -> str:
     """``Type: message`` of ``error``; a CauceError's message alone (it already names the cause)."""
     from cauce.artifacts import CauceError
@@ -83,7 +129,9 @@ def serve(
     # walks it (~40 ms each on the development machine, a p99 stall).
     gc.collect()
     gc.freeze()
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", http=_header_timeout_protocol()
+    )
     server = uvicorn.Server(config)
     # Set TCP_NODELAY ourselves: without it keep-alive responses can wait ~40 ms
     # for a delayed ACK (uvicorn#3149; docs/architecture.md, "Measured facts").
