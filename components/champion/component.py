@@ -25,7 +25,7 @@ def champion(
 
     Args:
         model_name: the registered model whose champion to look up.
-        champion_model: output: the champion's model bundle (``metadata``: found, model_name, alias).
+        champion_model: output: the champion's model bundle (``metadata``: found, model_name, alias, model_dir, version).
         alias: the registry alias naming the version.
         target: "local" (MLflow) or "google-cloud" (Vertex AI Model Registry).
         mlflow_tracking_uri: MLflow registry; empty = cauce's local default.
@@ -33,11 +33,11 @@ def champion(
         vertex_region: Vertex AI region of the registry.
         vertex_api_endpoint: Vertex AI API endpoint other than the region's.
     """
-    from cauce.components.champion.executor import champion_metadata, resolve_champion
+    from cauce.components.champion.executor import champion_metadata, find_champion
 
-    model_dir = resolve_champion(
+    model_dir, version = find_champion(
         model_name, alias, target, mlflow_tracking_uri, project, vertex_region, vertex_api_endpoint
     )
     if model_dir:
         champion_model.uri = model_dir
-    champion_model.metadata.update(champion_metadata(model_name, alias, model_dir))
+    champion_model.metadata.update(champion_metadata(model_name, alias, model_dir, version))

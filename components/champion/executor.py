@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def resolve_mlflow(model_name: str, alias: str = "champion", tracking_uri: str = "") -> str:
+    return find_mlflow(model_name, alias, tracking_uri)[0]
+
+
+def find_mlflow(model_name: str, alias: str = "champion", tracking_uri: str = "") -> tuple[str, str]:
+    """The alias's model directory and version number, or ``("", "")``."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -30,7 +35,7 @@ def resolve_mlflow(model_name: str, alias: str = "champion", tracking_uri: str =
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             log.info("no %s for model %r in %s: %s", alias, model_name, tracking_uri, error.message)
-            return ""
+            return "", ""
         raise
     uri = version.source
     if uri.startswith("runs:/"):
@@ -41,13 +46,21 @@ def resolve_mlflow(model_name: str, alias: str = "champion", tracking_uri: str =
     parsed = urlparse(uri)
     path = unquote(parsed.path) if parsed.scheme in ("file", "") else uri
     log.info("%s of %r is version %s at %s", alias, model_name, version.version, path)
-    return path
+    return path, str(version.version)
 
 
 def resolve_vertex(
     model_name: str, project: str, vertex_region: str, alias: str = "champion", vertex_api_endpoint: str = "",
     credentials=None,
 ) -> str:
+    return find_vertex(model_name, project, vertex_region, alias, vertex_api_endpoint, credentials)[0]
+
+
+def find_vertex(
+    model_name: str, project: str, vertex_region: str, alias: str = "champion", vertex_api_endpoint: str = "",
+    credentials=None,
+) -> tuple[str, str]:
+    """The alias's model directory (``gs://``) and version id, or ``("", "")``."""
     from google.api_core import exceptions
 
     from cauce.components.register.executor import init_vertex, newest_resource
@@ -55,12 +68,12 @@ def resolve_vertex(
     aiplatform = init_vertex(project, vertex_region, vertex_api_endpoint, credentials)
     parent = newest_resource(aiplatform.Model.list(filter=f'display_name="{model_name}"'))
     if parent is None:
-        return ""
+        return "", ""
     try:
         version = aiplatform.Model(model_name=f"{parent.resource_name}@{alias}")
     except exceptions.NotFound:
-        return ""
-    return version.uri or ""
+        return "", ""
+    return version.uri or "", str(version.version_id)
 
 
 def resolve_champion(
@@ -74,16 +87,31 @@ def resolve_champion(
 ) -> str:
     """The champion's model directory (a local path or ``gs://`` URI), or ``""``:
     MLflow for ``target="local"``, Vertex AI Model Registry for ``"google-cloud"``."""
+    return find_champion(model_name, alias, target, mlflow_tracking_uri, project, vertex_region, vertex_api_endpoint)[0]
+
+
+def find_champion(
+    model_name: str,
+    alias: str = "champion",
+    target: str = "local",
+    mlflow_tracking_uri: str = "",
+    project: str = "",
+    vertex_region: str = "us-central1",
+    vertex_api_endpoint: str = "",
+) -> tuple[str, str]:
+    """:func:`resolve_champion` and the version it found (``""`` when none): the
+    version lineage records as the champion a new model was compared with."""
     if not model_name:
         raise CauceError("model_name is empty: name the registered model whose champion to compare with")
     if on_google_cloud(target, project):
-        return resolve_vertex(model_name, project, vertex_region, alias, vertex_api_endpoint)
-    return resolve_mlflow(model_name, alias, mlflow_tracking_uri)
+        return find_vertex(model_name, project, vertex_region, alias, vertex_api_endpoint)
+    return find_mlflow(model_name, alias, mlflow_tracking_uri)
 
 
-def champion_metadata(model_name: str, alias: str, model_dir: str) -> dict:
-    """What the champion's Model artifact records: whether one was found, and where."""
-    return {"found": bool(model_dir), "model_name": model_name, "alias": alias, "model_dir": model_dir}
+def champion_metadata(model_name: str, alias: str, model_dir: str, version: str = "") -> dict:
+    """What the champion's Model artifact records: whether one was found, where, and
+    which registry version it is."""
+    return {"found": bool(model_dir), "model_name": model_name, "alias": alias, "model_dir": model_dir, "version": version}
 
 
 def baseline_model_dir(uri: str, metadata: dict) -> str:

@@ -18,6 +18,7 @@ REST pages (``read_api``).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import math
@@ -40,7 +41,7 @@ from .local_engine import QueryParameter, run_query
 
 _log = logging.getLogger(__name__)
 
-BACKENDS = ("local", "bigquery")
+TARGETS = ("local", "google-cloud")  # where the query runs: the embedded engine or BigQuery
 READ_APIS = ("auto", "storage", "rest")
 # Streams asked of the Storage Read API; BigQuery may give fewer. Each is read by its own thread.
 STORAGE_READ_STREAMS = 8
@@ -83,11 +84,11 @@ def run_extract(
     key_column: str,
     output_dir: str | os.PathLike,
     splits: Mapping[str, float] | None = None,
-    backend: str = "local",
+    target: str = "local",
     local_database: str | os.PathLike = "",
     project: str = "",
-    location: str = "US",
-    api_endpoint: str = "",
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
     query_parameters: Mapping[str, Any] | None = None,
     maximum_bytes_billed: int = 0,
     api_retry_timeout_s: float = 120.0,
@@ -106,13 +107,14 @@ def run_extract(
             or INT64 id: other types are cast to STRING differently by the engines).
         output_dir: the Dataset artifact directory; written only if everything succeeds.
         splits: split name -> ratio; ratios > 0 summing to 1. Default 80/20 train/eval.
-        backend: "local" (DuckDB file ``local_database``) or "bigquery".
+        target: "local" (the embedded engine, DuckDB file ``local_database``) or
+            "google-cloud" (BigQuery).
         local_database: the local engine's DuckDB file; empty means
             ``cauce.paths.local_database()``.
         project: the BigQuery project that runs (and pays for) the query; empty
             means the credentials' default.
-        location: the BigQuery location of the query job.
-        api_endpoint: a BigQuery REST endpoint other than Google's (an emulator or
+        bigquery_location: the BigQuery location of the query job.
+        bigquery_api_endpoint: a BigQuery REST endpoint other than Google's (an emulator or
             a private endpoint); anonymous credentials are used with it.
         query_parameters: ``@name`` -> scalar or list, sent as typed query parameters.
         maximum_bytes_billed: the cost guard. When > 0, a query whose dry-run
@@ -139,8 +141,9 @@ def run_extract(
             ``table`` and each value is checked against that kind of identifier,
             so the same query text runs against the local engine and production.
     """
-    if backend not in BACKENDS:
-        raise CauceError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if target not in TARGETS:
+        raise CauceError(f"target must be one of {TARGETS}, got {target!r}")
+    backend = "local" if target == "local" else "bigquery"  # the engine, as the metadata names it
     if read_api not in READ_APIS:
         raise CauceError(f"read_api must be one of {READ_APIS}, got {read_api!r}")
     split_ratios = validate_splits(DEFAULT_SPLITS if splits is None else splits)
@@ -155,11 +158,12 @@ def run_extract(
         _check_result_columns(column, columns)
         table = run_query(database, split_sql, parameters)
         output = _QueryOutput(table, bigquery_types={f.name: bigquery_type(f.type) for f in table.schema})
+        output.details["local_engine"] = local_engine_snapshot(database)
     else:
         bigquery_backend = _BigQueryBackend(
             project=project,
-            location=location,
-            api_endpoint=api_endpoint,
+            location=bigquery_location,
+            api_endpoint=bigquery_api_endpoint,
             parameters=parameters,
             maximum_bytes_billed=maximum_bytes_billed,
             api_retry_timeout_s=api_retry_timeout_s,
@@ -191,8 +195,15 @@ def run_extract(
         for index, name in enumerate(split_ratios):
             split_rows[name] = write_split(out, name, rows.filter(pc.equal(split_index, index)))
             split_bytes[name] = sum(part.stat().st_size for part in (Path(out) / name).glob("*.parquet"))
+        # What lineage needs to rebuild this data (register gathers it into the model
+        # version's record): the exact query, its inputs, and what the output hashed to.
         extra = {
             "query": query,
+            "query_sha256": hashlib.sha256(query.encode()).hexdigest(),
+            "query_parameters": dict(query_parameters or {}),
+            "identifiers": dict(identifiers or {}),
+            "tables": output.details.pop("referenced_tables", None) or referenced_tables(query),
+            "split_fingerprints": {name: split_fingerprint(Path(out) / name) for name in split_ratios},
             "backend": backend,
             "key_column": column,
             "split_ratios": split_ratios,
@@ -212,6 +223,39 @@ def run_extract(
         **extra,
     }
     return ExtractResult(split_rows=split_rows, metadata=metadata)
+
+
+_TABLE_REFERENCE = re.compile(r"\b(?:FROM|JOIN)\s+`([^`]+)`|\b(?:FROM|JOIN)\s+([A-Za-z_][\w-]*(?:\.[\w-]+){1,2})\b", re.IGNORECASE)
+
+
+def referenced_tables(query: str) -> list[str]:
+    """The table ids a query names after FROM/JOIN, in order of appearance. BigQuery
+    reports them itself (the job's ``referenced_tables``); the local engine does not,
+    so its lineage reads them from the query text."""
+    found = [quoted or bare for quoted, bare in _TABLE_REFERENCE.findall(query)]
+    return list(dict.fromkeys(found))
+
+
+def split_fingerprint(split_dir: Path) -> str:
+    """``sha256:`` over a split's Parquet shards (name and bytes, in name order): equal
+    fingerprints mean the same rows in the same order."""
+    digest = hashlib.sha256()
+    for part in sorted(split_dir.glob("*.parquet")):
+        digest.update(f"{part.name}\0{part.stat().st_size}\0".encode())
+        digest.update(part.read_bytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def local_engine_snapshot(database: str | os.PathLike) -> dict[str, Any]:
+    """Which state of the local engine a query read: the database file, its size, time
+    and hash (the local stand-in for a BigQuery job id, which names the data read)."""
+    path = Path(database)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    stat = path.stat()
+    return {"database": str(path), "bytes": stat.st_size, "modified": stat.st_mtime, "sha256": digest.hexdigest()}
 
 
 def check_cost(bytes_estimated: int | None, maximum_bytes_billed: int) -> None:
@@ -583,6 +627,9 @@ class _BigQueryBackend:
                 self._delete_staging_table(staging_table)
         details = {
             "job_id": job.job_id,
+            "referenced_tables": [
+                f"{table.project}.{table.dataset_id}.{table.table_id}" for table in (job.referenced_tables or [])
+            ],
             "bytes_processed": job.total_bytes_processed,
             "bytes_billed": job.total_bytes_billed,
             "read_api": read_path,

@@ -115,6 +115,43 @@ def _check_mlflow_alias(alias: str) -> None:
         )
 
 
+# Version tags and labels that tell a version's story to `cauce models` (MLflow tag /
+# Vertex label spelling): its status, the champion it replaced, its lineage record.
+STATUS_TAG = "cauce.status"
+REPLACED_TAG = "cauce.replaced"
+LINEAGE_TAG = "cauce.lineage_uri"
+MODEL_DIR_TAG = "cauce.model_dir"
+REASON_TAG = "cauce.reason"
+# pending: blessed, waiting for `cauce models approve`; retired: replaced as champion;
+# rolled-back: champion until `cauce models rollback` restored the one it replaced.
+STATUSES = ("pending", "champion", "challenger", "rejected", "retired", "rolled-back")
+ALIASES = ("champion", "challenger", "pending")
+
+
+def mlflow_client(tracking_uri: str = "") -> Any:
+    """An MLflow client on ``tracking_uri`` (empty: cauce's sqlite default) for both
+    tracking and the registry, the database's folder created."""
+    tracking_uri = tracking_uri or default_mlflow_uri()
+    database = _sqlite_path(tracking_uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def mlflow_alias_version(client: Any, model_name: str, alias: str) -> str:
+    """The version ``alias`` points at, or ``""``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return ""
+        raise
+
+
 def register_mlflow(
     model_dir: str | os.PathLike,
     model_name: str,
@@ -122,6 +159,9 @@ def register_mlflow(
     alias: str = "champion",
     tags: dict[str, str] | None = None,
     description: str = "",
+    lineage: dict[str, Any] | None = None,
+    lineage_file: str = "",
+    evaluation_dir: str = "",
 ) -> dict[str, str]:
     """Register ``model_dir`` as a new version of ``model_name`` and point ``alias`` at it.
 
@@ -151,10 +191,15 @@ def register_mlflow(
     already_registered = client.search_model_versions(
         f"name = '{model_name}' and tag.`{CONTENT_HASH_TAG}` = '{digest}'"
     )
+    replaced = mlflow_alias_version(client, model_name, "champion") if alias == "champion" else ""
     if already_registered:
         version = str(min(int(mv.version) for mv in already_registered))
     else:
-        run_id = _log_model_run(client, model_dir, model_name, metrics, digest, database)
+        run_id = _log_model_run(
+            client, model_dir, model_name, metrics, digest, database, card, lineage, lineage_file, evaluation_dir
+        )
+        from cauce import lineage as lineage_record
+
         version_tags = {
             **{
                 key: str(card[key])
@@ -163,8 +208,12 @@ def register_mlflow(
             },
             **{f"metric.{name}": repr(value) for name, value in metrics.items()},
             **{str(key): str(value) for key, value in (tags or {}).items()},
+            **{f"cauce.{key}": value for key, value in lineage_record.summary_tags(lineage or {}).items()},
             CONTENT_HASH_TAG: digest,
+            MODEL_DIR_TAG: str(Path(model_dir).resolve()),
         }
+        if lineage_file:
+            version_tags[LINEAGE_TAG] = str(lineage_file)
         _ensure_registered_model(client, model_name, description)
         model_version = client.create_model_version(
             name=model_name,
@@ -175,6 +224,7 @@ def register_mlflow(
         )
         version = str(model_version.version)
     client.set_registered_model_alias(model_name, alias, version)
+    set_mlflow_status(client, model_name, version, alias, replaced=replaced)
     return {
         "registry": "mlflow",
         "model_name": model_name,
@@ -184,6 +234,17 @@ def register_mlflow(
     }
 
 
+def set_mlflow_status(client: Any, model_name: str, version: str, status: str, replaced: str = "", reason: str = "") -> None:
+    """Record ``version``'s status; a new champion records the version it replaced (what
+    `cauce models rollback` goes back to), and that one becomes ``retired``."""
+    client.set_model_version_tag(model_name, version, STATUS_TAG, status)
+    if reason:
+        client.set_model_version_tag(model_name, version, REASON_TAG, reason)
+    if status == "champion" and replaced and replaced != version:
+        client.set_model_version_tag(model_name, version, REPLACED_TAG, replaced)
+        client.set_model_version_tag(model_name, replaced, STATUS_TAG, "retired")
+
+
 def _log_model_run(
     client: Any,
     model_dir: str | os.PathLike,
@@ -191,9 +252,19 @@ def _log_model_run(
     metrics: dict[str, float],
     digest: str,
     database: Path | None,
+    card: dict[str, Any] | None = None,
+    lineage: dict[str, Any] | None = None,
+    lineage_file: str = "",
+    evaluation_dir: str = "",
 ) -> str:
-    """Log the model directory and its metrics as a finished run; return the run id."""
-    from mlflow.entities import Metric
+    """Log the model directory and its metrics as a finished run; return the run id.
+
+    The run is the training run's experiment run (experiment = the model's name): with
+    the bundle's card it also logs the hyperparameters, seed and source as params, the
+    per-epoch training curves as metric histories, the evaluation (overall and per
+    slice) as ``eval.*`` metrics with its report, and the lineage record, and tags the
+    run with the pipeline run and the URIs of the run's artifacts."""
+    from mlflow.entities import Metric, Param, RunTag
 
     experiment = client.get_experiment_by_name(model_name)
     if experiment is None:
@@ -206,19 +277,102 @@ def _log_model_run(
         )
     else:
         experiment_id = experiment.experiment_id
-    run = client.create_run(experiment_id, run_name=f"register-{digest[:12]}")
+    run_info = (lineage or {}).get("run") or {}
+    run = client.create_run(experiment_id, run_name=run_info.get("pipeline_job_name") or f"register-{digest[:12]}")
     run_id = run.info.run_id
     try:
         client.log_artifacts(run_id, str(model_dir), artifact_path="model")
         timestamp = run.info.start_time
-        client.log_batch(
-            run_id, metrics=[Metric(name, value, timestamp, 0) for name, value in metrics.items()]
-        )
+        logged = [Metric(name, value, timestamp, 0) for name, value in metrics.items()]
+        params, tags = _experiment_params(card or {}, lineage or {})
+        logged += _curve_metrics(card or {}, timestamp)
+        evaluation = (lineage or {}).get("evaluation") or {}
+        logged += _evaluation_metrics(evaluation, timestamp)
+        # MLflow takes at most 1000 metrics and 100 params per batch.
+        for start in range(0, len(logged), 1000):
+            client.log_batch(run_id, metrics=logged[start : start + 1000])
+        params_list = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(params_list), 100):
+            client.log_batch(run_id, params=params_list[start : start + 100])
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        if lineage_file:
+            client.log_artifact(run_id, str(lineage_file), artifact_path="lineage")
+        if evaluation_dir:
+            for name in ("evaluation.json", "report.html"):
+                if (Path(evaluation_dir) / name).is_file():
+                    client.log_artifact(run_id, str(Path(evaluation_dir) / name), artifact_path="evaluation")
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id)
     return run_id
+
+
+def _experiment_params(card: dict[str, Any], lineage: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Params (what the run was given) and tags (where its pieces are) of the experiment run."""
+    params = {
+        key: str(card[key])[:6000] for key in ("framework", "model_type", "task", "seed") if card.get(key) is not None
+    }
+    for name, value in sorted((card.get("hyperparameters") or {}).items()):
+        params[f"hp.{name}"] = json.dumps(value, default=str)[:6000]
+    source = lineage.get("source") or {}
+    if source.get("query_sha256"):
+        params["source.query_sha256"] = source["query_sha256"]
+    for name, value in sorted((source.get("query_parameters") or {}).items()):
+        params[f"source.param.{name}"] = json.dumps(value, default=str)[:6000]
+    tags = {}
+    run = lineage.get("run") or {}
+    for key in ("pipeline_job_id", "pipeline_job_name"):
+        if run.get(key):
+            tags[f"cauce.{key}"] = str(run[key])
+    data = lineage.get("data") or {}
+    for key, value in (("cauce.dataset_uri", data.get("dataset_uri")), ("cauce.evaluation_uri", (lineage.get("evaluation") or {}).get("uri"))):
+        if value:
+            tags[key] = str(value)
+    if "blessed" in (lineage.get("evaluation") or {}):
+        tags["cauce.blessed"] = str(bool(lineage["evaluation"]["blessed"])).lower()
+    return params, tags
+
+
+def _metric_key(text: str) -> str:
+    # MLflow metric names: letters, digits, '_', '-', '.', ' ', '/'.
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
+
+
+def _curve_metrics(card: dict[str, Any], timestamp: int) -> list[Any]:
+    """Per-epoch training curves as metric histories (step = epoch)."""
+    from mlflow.entities import Metric
+
+    curves = card.get("training_curves") or {}
+    logged = []
+    for name, values in sorted(curves.items() if isinstance(curves, dict) else []):
+        if isinstance(values, list):
+            logged += [
+                Metric(_metric_key(f"curve.{name}"), float(value), timestamp, step)
+                for step, value in enumerate(values)
+                if isinstance(value, (int, float))
+            ]
+    return logged
+
+
+def _evaluation_metrics(evaluation: dict[str, Any], timestamp: int) -> list[Any]:
+    """Evaluate's metrics on the version's run: ``eval.<metric>`` overall and
+    ``eval.slice/<feature>/<value>/<metric>`` per slice."""
+    from mlflow.entities import Metric
+
+    logged = [
+        Metric(_metric_key(f"eval.{name}"), float(value), timestamp, 0)
+        for name, value in sorted((evaluation.get("metrics") or {}).items())
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+    for entry in evaluation.get("slices") or []:
+        where = f"eval.slice/{entry.get('feature')}/{entry.get('value')}"
+        logged += [
+            Metric(_metric_key(f"{where}/{name}"), float(value), timestamp, 0)
+            for name, value in sorted((entry.get("metrics") or {}).items())
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+    return logged
 
 
 def _ensure_registered_model(client: Any, model_name: str, description: str) -> None:
@@ -400,10 +554,19 @@ def run_register_vertex(
     vertex_api_endpoint: str = "",
     serving_image: str = "",
     alias: str = "champion",
+    lineage_dir: str = "",
+    lineage_uri: str = "",
+    credentials: Any = None,
+    **lineage_inputs: Any,
 ) -> dict[str, str]:
     """What the ``register_vertex`` component does: upload the Model artifact to Vertex AI
     Model Registry as the next version of ``model_name``, labelled with its framework,
     task and content hash, its metrics in the description.
+
+    With ``lineage_dir`` the lineage record is written there (``lineage_uri`` is where
+    the registry will find it, a ``gs://`` folder on Vertex) and the version carries
+    its core as labels (``cauce-run-id``, ``cauce-source-sha256``, ...,
+    ``cauce-status``) and the record's URI in its description.
 
     ``model_dir`` is the artifact's local path (a ``/gcs/`` mount on Vertex) and
     ``model_uri`` its ``gs://`` URI. The result has ``model_uri``
@@ -419,6 +582,19 @@ def run_register_vertex(
     labels[CONTENT_LABEL] = content_hash(model_dir)[:40]
     metrics = _card_metrics(card)
     description = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
+    description = f"metrics: {description}" if description else ""
+    replaced = ""
+    if lineage_dir:
+        from cauce import lineage
+
+        record, _ = gather_lineage(model_dir, model_uri, model_name, lineage_dir, status=alias, **lineage_inputs)
+        labels.update(vertex_lineage_labels(lineage.summary_tags(record)))
+        labels[vertex_label_key(STATUS_TAG)] = alias
+        description = f"{description}; lineage: {lineage_uri or lineage_dir}".lstrip("; ")
+        if alias == "champion":
+            from cauce.components.champion.executor import find_vertex
+
+            replaced = find_vertex(model_name, project, vertex_region, "champion", vertex_api_endpoint, credentials)[1]
     result = register_vertex(
         model_uri=model_uri,
         display_name=model_name,
@@ -428,10 +604,131 @@ def run_register_vertex(
         api_endpoint=vertex_api_endpoint,
         alias=alias,
         labels=labels,
-        description=f"metrics: {description}" if description else "",
+        description=description,
+        credentials=credentials,
     )
+    if replaced and replaced != result["version_id"]:
+        set_vertex_status(
+            project, vertex_region, result["resource_name"], result["version_id"], "champion",
+            replaced=replaced, api_endpoint=vertex_api_endpoint, credentials=credentials,
+        )  # fmt: skip
     return {
         **result,
         "version": result["version_id"],
         "vertex_uri": vertex_resource_uri(result["resource_name"], vertex_region),
     }
+
+
+# -- lineage: what the components hand over --------------------------------------------------
+
+
+def gather_lineage(
+    model_dir: str,
+    model_uri: str,
+    model_name: str,
+    lineage_dir: str,
+    status: str,
+    dataset: dict[str, Any] | None = None,
+    evaluation_dir: str = "",
+    evaluation_uri: str = "",
+    champion: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
+    code: dict[str, Any] | None = None,
+    trigger: dict[str, Any] | None = None,
+    deployment: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Build the version's lineage record from the run's artifacts (see cauce.lineage)
+    and write it as ``lineage.json`` into ``lineage_dir``; return it and the file."""
+    from cauce import lineage
+
+    evaluation = None
+    if evaluation_dir and (Path(evaluation_dir) / "evaluation.json").is_file():
+        evaluation = {**json.loads((Path(evaluation_dir) / "evaluation.json").read_text()), "uri": evaluation_uri or evaluation_dir}
+    record = lineage.build_record(
+        model_name=model_name,
+        model_card=read_model_card(model_dir),
+        model_uri=model_uri,
+        content_hash=content_hash(model_dir),
+        dataset=dataset,
+        evaluation=evaluation,
+        champion=champion,
+        run=run,
+        code=code,
+        trigger=trigger,
+        deployment=deployment,
+        status=status,
+    )
+    return record, str(lineage.write_record(record, lineage_dir))
+
+
+def run_register_mlflow(
+    model_dir: str,
+    model_name: str,
+    tracking_uri: str = "",
+    alias: str = "champion",
+    lineage_dir: str = "",
+    lineage_uri: str = "",
+    **lineage_inputs: Any,
+) -> dict[str, str]:
+    """What the ``register`` component does: write the lineage record into
+    ``lineage_dir`` and register the model with it (tags, run artifact, experiment run)."""
+    record, lineage_file = gather_lineage(
+        model_dir, model_dir, model_name, lineage_dir, status=alias, **lineage_inputs
+    ) if lineage_dir else (None, "")
+    return register_mlflow(
+        model_dir, model_name, tracking_uri, alias=alias, lineage=record,
+        lineage_file=lineage_file, evaluation_dir=lineage_inputs.get("evaluation_dir", ""),
+    )  # fmt: skip
+
+
+def vertex_label_key(tag: str) -> str:
+    """The Vertex label key of an MLflow-style ``cauce.<name>`` tag: ``cauce-<name>``."""
+    return re.sub(r"[^a-z0-9-]", "-", tag.lower())[:63]
+
+
+def vertex_lineage_labels(summary: dict[str, str]) -> dict[str, str]:
+    """Lineage summary tags as Vertex labels (lowercase, at most 63 characters; hashes
+    keep their first 40 hex digits, as the content label does)."""
+    return {vertex_label_key(f"cauce.{key}"): vertex_label_value(value)[:40 if "sha" in key else 63] for key, value in summary.items()}
+
+
+def update_vertex_version(aiplatform: Any, versioned_name: str, labels: dict[str, str] | None = None,
+                          version_description: str | None = None) -> None:
+    """Change one version's labels (merged into its own) or version description.
+
+    The SDK's ``Model.update`` always writes the model, not the version, so this calls
+    the Model Service with the versioned name (``.../models/<id>@<version>``)."""
+    from google.cloud.aiplatform.compat.types import model as gca_model
+    from google.protobuf import field_mask_pb2
+
+    current = aiplatform.Model(versioned_name)
+    paths, change = [], gca_model.Model(name=versioned_name)
+    if labels:
+        merged = {**dict(current.labels or {}), **labels}
+        check_vertex_labels(merged)
+        change.labels = merged
+        paths.append("labels")
+    if version_description is not None:
+        change.version_description = version_description
+        paths.append("version_description")
+    if paths:
+        current.api_client.update_model(model=change, update_mask=field_mask_pb2.FieldMask(paths=paths))
+
+
+def set_vertex_status(
+    project: str, location: str, resource_name: str, version_id: str, status: str, replaced: str = "",
+    reason: str = "", api_endpoint: str = "", credentials: Any = None,
+) -> None:
+    """Vertex twin of :func:`set_mlflow_status`: labels ``cauce-status`` (and
+    ``cauce-replaced`` on a new champion, the replaced one becoming ``retired``); a
+    reason goes into the version description, which has room for it."""
+    aiplatform = init_vertex(project, location, api_endpoint, credentials)
+    labels = {vertex_label_key(STATUS_TAG): status}
+    if status == "champion" and replaced and replaced != version_id:
+        labels[vertex_label_key(REPLACED_TAG)] = replaced
+    update_vertex_version(
+        aiplatform, f"{resource_name}@{version_id}", labels=labels,
+        version_description=f"{status}: {reason}" if reason else None,
+    )  # fmt: skip
+    if status == "champion" and replaced and replaced != version_id:
+        update_vertex_version(aiplatform, f"{resource_name}@{replaced}", labels={vertex_label_key(STATUS_TAG): "retired"})
