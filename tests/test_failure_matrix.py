@@ -385,3 +385,66 @@ def test_slow_uploaders_hold_at_most_the_buffering_limit_and_good_clients_keep_a
     # holding a slot (slots free up as holders time out while the 200 connect).
     assert set(statuses) == {b"HTTP/1.1 503", b"HTTP/1.1 408"}
     assert statuses.count(b"HTTP/1.1 503") > statuses.count(b"HTTP/1.1 408")
+
+
+# --------------------------------------------------------------------------- extract: the local engine
+@pytest.fixture(scope="module")
+def local_database(tmp_path_factory):
+    import duckdb
+
+    path = tmp_path_factory.mktemp("engine") / "local.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE SCHEMA trips")
+        connection.execute("CREATE TABLE trips.taxi AS SELECT i AS id, i * 1.5 AS fare FROM range(10) t(i)")
+    return str(path)
+
+
+REFUSED_QUERIES = [
+    ("SELECT * FROM read_csv('/etc/passwd')", "the table function READ_CSV"),
+    ("SELECT * FROM read_parquet('/tmp/x.parquet')", "the table function READ_PARQUET"),
+    ("SELECT * FROM trips.taxi, read_json('/tmp/x.json')", "the table function READ_JSON"),
+    ("SELECT read_text('/etc/passwd')", "the function READ_TEXT"),
+    ("SELECT getenv('HOME')", "the function GETENV"),
+    ("ATTACH '/tmp/other.db' AS other", "the ATTACH statement"),
+    ("COPY trips.taxi TO '/tmp/out.csv'", "the statement COPY"),
+    ("INSTALL httpfs", "the statement"),
+    ("LOAD httpfs", "the statement LOAD"),
+    ("PRAGMA database_list", "the statement PRAGMA"),
+    ("SET threads = 1", "the statement SET"),
+    ("SELECT 1; SELECT 2", r"multi-statement text \(2 statements\)"),
+    ("CREATE TABLE trips.x AS SELECT 1 AS a", "the statement CREATE"),
+    ("INSERT INTO trips.taxi VALUES (1, 2.0)", "the statement INSERT"),
+    ("DELETE FROM trips.taxi WHERE TRUE", "the statement DELETE"),
+    ("SELECT ARRAY_AGG(id ORDER BY fare LIMIT 3) FROM trips.taxi", r"ARRAY_AGG\(\.\.\. LIMIT n\)"),
+]
+
+
+@pytest.mark.parametrize(("sql", "construct"), REFUSED_QUERIES, ids=[q for q, _ in REFUSED_QUERIES])
+def test_the_local_engine_refuses_what_bigquery_would_not_run_naming_it(local_database, sql, construct):
+    from cauce.components.extract.local_engine import run_query
+
+    with pytest.raises(CauceError, match=construct):
+        run_query(local_database, sql)
+    # ... and nothing was written anywhere: the database is as it was, no file appeared.
+    assert run_query(local_database, "SELECT COUNT(*) AS n FROM trips.taxi").column("n").to_pylist() == [10]
+    assert not Path("/tmp/out.csv").exists() and not Path("/tmp/other.db").exists()
+
+
+def test_a_file_path_as_a_table_name_reads_nothing(local_database):
+    """DuckDB reads a file named like a table (its replacement scans); external access
+    is off, so the name is just a table that does not exist."""
+    from cauce.components.extract.local_engine import run_query
+
+    with pytest.raises(CauceError, match=r"(?s)local query failed: .*(/etc/passwd|external access)"):
+        run_query(local_database, "SELECT * FROM `/etc/passwd`")
+
+
+def test_a_select_with_cte_union_and_unnest_still_runs(local_database):
+    from cauce.components.extract.local_engine import run_query
+
+    table = run_query(
+        local_database,
+        "WITH low AS (SELECT id FROM trips.taxi WHERE id < 2) SELECT id FROM low UNION ALL "
+        "SELECT x FROM UNNEST([7, 8]) AS x ORDER BY id",
+    )
+    assert table.column("id").to_pylist() == [0, 1, 7, 8]

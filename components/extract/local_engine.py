@@ -72,15 +72,20 @@ class TranspiledQuery:
 
 
 def transpile(sql: str) -> TranspiledQuery:
-    """Translate one BigQuery Standard SQL statement into DuckDB SQL."""
+    """Translate one BigQuery Standard SQL statement into DuckDB SQL, or refuse it
+    naming the construct (:func:`refuse_outside_bigquery`)."""
     try:
         statements = [s for s in sqlglot.parse(sql, read="bigquery") if s is not None]
     except SqlglotError as error:
+        first = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
+        if first in _DUCKDB_STATEMENTS:
+            raise refused(f"the {first} statement", _ONLY_SELECT) from None
         message = _TERMINAL_ESCAPES.sub("", str(error))
         raise CauceError(f"query is not valid BigQuery SQL: {message}\nSQL:\n{sql}") from error
     if len(statements) != 1:
-        raise CauceError(f"expected exactly one SQL statement, got {len(statements)}\nSQL:\n{sql}")
+        raise refused(f"multi-statement text ({len(statements)} statements)", _ONLY_SELECT)
     statement = statements[0]
+    refuse_outside_bigquery(statement)
     for table in statement.find_all(exp.Table):
         table.set("catalog", None)
     apply_bigquery_semantics(statement)
@@ -92,6 +97,63 @@ def transpile(sql: str) -> TranspiledQuery:
     except SqlglotError as error:
         raise CauceError(f"the local engine cannot run this query: {error}\nSQL:\n{sql}") from error
     return TranspiledQuery(sql=duckdb_sql, parameter_names=parameter_names)
+
+
+# --------------------------------------------------------------------------- what the engine runs
+# An allow-list over the parsed tree: one SELECT (WITH, UNION/INTERSECT/EXCEPT,
+# subqueries, UNNEST) over tables of the database, calling functions sqlglot knows as
+# BigQuery's. Everything else DuckDB could run (file readers such as read_csv, ATTACH,
+# COPY, INSTALL/LOAD, PRAGMA, SET, DDL/DML, its own table and scalar functions) is
+# refused naming it; the connection also has external access disabled (connect), so
+# nothing outside the database file is reachable even through a construct missed here.
+_ONLY_SELECT = "the local engine runs one BigQuery SELECT query (WITH, UNION, subqueries and UNNEST included), as extract does on BigQuery"
+_DUCKDB_STATEMENTS = {
+    "ATTACH", "DETACH", "COPY", "INSTALL", "LOAD", "PRAGMA", "SET", "RESET", "CALL", "EXPORT", "IMPORT", "CREATE",
+    "INSERT", "UPDATE", "DELETE", "MERGE", "DROP", "ALTER", "TRUNCATE", "USE", "DESCRIBE", "SHOW", "SUMMARIZE",
+    "CHECKPOINT", "VACUUM", "BEGIN", "COMMIT", "ROLLBACK", "EXPLAIN", "PIVOT", "UNPIVOT", "FROM",
+}  # fmt: skip
+_QUERY_ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery)
+_NOT_QUERIES = (exp.DML, exp.DDL, exp.Command, exp.Set, exp.Pragma, exp.Copy, exp.Describe, exp.Use)
+
+
+def refused(construct: str, reason: str) -> CauceError:
+    return CauceError(f"the local engine refuses {construct}: {reason}. It runs BigQuery SQL and nothing more.")
+
+
+def refuse_outside_bigquery(statement: exp.Expression) -> None:
+    """Raise CauceError naming the first construct of ``statement`` outside what the
+    local engine runs (see above)."""
+    if not isinstance(statement, _QUERY_ROOTS):
+        raise refused(f"the statement {_statement_name(statement)}", _ONLY_SELECT)
+    for node in statement.walk():
+        if isinstance(node, _NOT_QUERIES):
+            raise refused(f"the statement {_statement_name(node)} inside the query", _ONLY_SELECT)
+        if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
+            name = _function_name(node.this)
+            raise refused(
+                f"the table function {name}",
+                "BigQuery reads tables, not files or DuckDB table functions; load the data into a table of the "
+                "local database",
+            )
+        if isinstance(node, exp.Anonymous):
+            raise refused(
+                f"the function {node.name.upper()}",
+                "it is not a BigQuery function the local engine translates (sqlglot does not know it as BigQuery's)",
+            )
+        if isinstance(node, exp.ArrayAgg) and node.find(exp.Limit) is not None:
+            raise unfaithful("ARRAY_AGG(... LIMIT n)", "DuckDB has no LIMIT inside an aggregate")
+
+
+def _statement_name(node: exp.Expression) -> str:
+    if isinstance(node, exp.Command):
+        return str(node.this).upper()
+    return node.key.upper()
+
+
+def _function_name(node: exp.Expression) -> str:
+    if isinstance(node, exp.Anonymous):
+        return node.name.upper()
+    return (node.sql_name() if isinstance(node, exp.Func) else node.key).upper()
 
 
 def farm_fingerprint(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -110,7 +172,9 @@ def connect(database: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     if not path.is_file():
         raise CauceError(f"local_database {str(path)!r} not found: expected a DuckDB database file")
     try:
-        connection = duckdb.connect(str(path), read_only=True)
+        # No files, extensions or databases beyond this one, whatever the query says
+        # (the allow-list in refuse_outside_bigquery names what it refuses first).
+        connection = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
     except duckdb.Error as error:
         raise CauceError(f"could not open local_database {str(path)!r}: {error}") from error
     # sqlglot keeps the name FARM_FINGERPRINT; DuckDB resolves function names
@@ -126,6 +190,7 @@ def connect(database: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     )
     # BigQuery TIMESTAMPs are UTC; without this DuckDB renders them in the host's zone.
     connection.execute("SET TimeZone = 'UTC'")
+    connection.execute("SET lock_configuration = true")
     return connection
 
 
@@ -148,6 +213,9 @@ def run_query(database: str | os.PathLike, sql: str, parameters: Sequence[QueryP
         result = connection.execute(query.sql, bound)
         duckdb_types = [str(column[1]) for column in result.description]
         return to_bigquery_types(result.to_arrow_table(), duckdb_types)
+    except duckdb.ParserException as error:
+        # sqlglot produced SQL DuckDB cannot parse: a construct it could not translate.
+        raise CauceError(f"the local engine cannot translate this query ({error})\nSQL:\n{sql}") from error
     except duckdb.Error as error:
         raise CauceError(f"local query failed: {error}\nSQL:\n{sql}") from error
     finally:
