@@ -85,6 +85,10 @@ def deploy_vertex(
     canary_traffic_percentage: int = 100,
     smoke_split: str = "eval",
     smoke_rows: int = 5,
+    request_log_table: str = "",
+    request_log_sampling_rate: float = 1.0,
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
 ) -> str:
     """Deploy a Vertex AI model version to the endpoint named ``endpoint_name``, smoke-tested.
 
@@ -100,7 +104,8 @@ def deploy_vertex(
         endpoint_name: display name of the Vertex endpoint.
         project: Google Cloud project of the model and endpoint.
         vertex_endpoint: output: the endpoint (``uri``: its REST URL; ``metadata``: resourceName,
-            deployed_model_id, endpoint_url), which GCPC ops and ``vertex_monitoring`` consume.
+            deployed_model_id, endpoint_url, request_log_table, request_log_sampling_rate), which GCPC
+            ops, ``vertex_monitoring`` and ``monitor`` (the request-log table) consume.
         vertex_region: Vertex AI region.
         vertex_api_endpoint: Vertex AI API endpoint other than the region's.
         machine_type: machine type of the deployment.
@@ -109,6 +114,12 @@ def deploy_vertex(
         canary_traffic_percentage: < 100: the new version first takes this share.
         smoke_split: the split of ``smoke_dataset`` the smoke rows come from.
         smoke_rows: how many rows the smoke test sends.
+        request_log_table: BigQuery table (bq://project.dataset.table) of the endpoint's request-response
+            logging, created with the schema Vertex writes if missing; empty =
+            bq://<project>.cauce_request_logs.<endpoint_name>.
+        request_log_sampling_rate: fraction of requests logged, in [0, 1]; 0 turns logging off.
+        bigquery_location: location of the request-log dataset when it is created.
+        bigquery_api_endpoint: BigQuery endpoint other than Google's (an emulator, a private endpoint).
     """
     from cauce.artifact_types import vertex_resource_name
     from cauce.components.deploy.executor import endpoint_metadata
@@ -127,6 +138,10 @@ def deploy_vertex(
         canary_traffic_percentage=canary_traffic_percentage,
         smoke_split=smoke_split,
         smoke_rows=smoke_rows,
+        request_log_table=request_log_table,
+        request_log_sampling_rate=request_log_sampling_rate,
+        bigquery_location=bigquery_location,
+        bigquery_api_endpoint=bigquery_api_endpoint,
     )
     vertex_endpoint.uri = result["vertex_uri"]
     vertex_endpoint.metadata.update({"resourceName": result["endpoint_resource_name"], **endpoint_metadata(result)})

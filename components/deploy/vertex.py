@@ -59,7 +59,9 @@ def deploy_vertex(
     api_endpoint: str = "",
     credentials: Any = None,
     promote: bool = False,
-) -> dict[str, str]:
+    request_log_table: str = "",
+    request_log_sampling_rate: float = 0.0,
+) -> dict[str, Any]:
     """Deploy ``model_resource_name`` (``.../models/<id>@<version>``) behind the endpoint
     named ``endpoint_display_name``, creating the endpoint if none has that name.
 
@@ -75,7 +77,15 @@ def deploy_vertex(
     serves only that share while the smoke test runs through the endpoint; when it
     passes, the new version is promoted to 100 % and the others are undeployed; when
     it fails, the rollback above leaves the previous version serving throughout.
+
+    Request-response logging: with ``request_log_sampling_rate`` in (0, 1] the endpoint
+    logs that fraction of its requests into ``request_log_table``
+    (``bq://project.dataset.table``, which must exist: :func:`run_deploy_vertex` creates
+    it), set when the endpoint is created and patched onto an existing endpoint whose
+    logging differs; 0 turns logging off. The result names the table
+    (``request_log_table``, empty when logging is off) for the monitor.
     """
+    logging_config = _logging_config(request_log_table, request_log_sampling_rate)
     _check_deploy_arguments(
         model_resource_name,
         endpoint_display_name,
@@ -96,7 +106,15 @@ def deploy_vertex(
 
     endpoint = newest_resource(aiplatform.Endpoint.list(filter=f'display_name="{endpoint_display_name}"'))
     if endpoint is None:
-        endpoint = aiplatform.Endpoint.create(display_name=endpoint_display_name, sync=True)
+        endpoint = aiplatform.Endpoint.create(
+            display_name=endpoint_display_name,
+            enable_request_response_logging=logging_config is not None,
+            request_response_logging_sampling_rate=logging_config and logging_config["sampling_rate"],
+            request_response_logging_bq_destination_table=logging_config and logging_config["table"],
+            sync=True,
+        )
+    else:
+        _apply_logging_config(endpoint, logging_config)
 
     deployed_model_id = _serving_deployment(endpoint, model, traffic_percentage)
     newly_deployed = deployed_model_id is None
@@ -160,7 +178,62 @@ def deploy_vertex(
         "endpoint_resource_name": endpoint.resource_name,
         "deployed_model_id": deployed_model_id,
         "endpoint_url": f"{base_url}/v1/{endpoint.resource_name}:predict",
+        "request_log_table": logging_config["table"] if logging_config else "",
+        "request_log_sampling_rate": logging_config["sampling_rate"] if logging_config else 0.0,
     }
+
+
+def _logging_config(table: str, sampling_rate: float) -> dict[str, Any] | None:
+    """The wanted request-response logging, or None for none; checked before any request."""
+    from cauce.request_logs import parse_table
+
+    if _check_sampling_rate(sampling_rate) == 0:
+        return None
+    if not table:
+        raise CauceError("request_log_sampling_rate > 0 needs request_log_table (bq://project.dataset.table)")
+    project, dataset, table_id = parse_table(table)
+    return {"table": f"bq://{project}.{dataset}.{table_id}", "sampling_rate": float(sampling_rate)}
+
+
+def _check_sampling_rate(sampling_rate: float) -> float:
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float)) or not 0 <= sampling_rate <= 1:
+        raise CauceError(
+            f"request_log_sampling_rate must be a fraction in [0, 1] (0: no request-response logging), "
+            f"got {sampling_rate!r}"
+        )
+    return float(sampling_rate)
+
+
+def _same_logging(have: dict[str, Any] | None, wanted: dict[str, Any] | None) -> bool:
+    if have is None or wanted is None:
+        return have is wanted
+    return have["table"] == wanted["table"] and abs(have["sampling_rate"] - wanted["sampling_rate"]) < 1e-9
+
+
+def _apply_logging_config(endpoint: Any, wanted: dict[str, Any] | None) -> None:
+    """Patch the endpoint's request-response logging when it differs from ``wanted`` (the
+    SDK's ``Endpoint.update`` has no such field: the service's update_endpoint does)."""
+    from google.protobuf import field_mask_pb2
+
+    current = endpoint.gca_resource.predict_request_response_logging_config
+    have = (
+        {"table": current.bigquery_destination.output_uri, "sampling_rate": float(current.sampling_rate)}
+        if current.enabled
+        else None
+    )
+    if _same_logging(have, wanted):
+        return
+    updated = endpoint.gca_resource.__class__(endpoint.gca_resource)
+    config = updated.predict_request_response_logging_config
+    config.enabled = wanted is not None
+    config.sampling_rate = wanted["sampling_rate"] if wanted else 0.0
+    config.bigquery_destination.output_uri = wanted["table"] if wanted else ""
+    log.info("endpoint %s: request-response logging %s", endpoint.resource_name,
+             f"into {wanted['table']} at {wanted['sampling_rate']:g}" if wanted else "off")
+    endpoint._gca_resource = endpoint.api_client.update_endpoint(
+        endpoint=updated,
+        update_mask=field_mask_pb2.FieldMask(paths=["predict_request_response_logging_config"]),
+    )
 
 
 def _serving_deployment(endpoint: Any, model: Any, traffic_percentage: int) -> str | None:
@@ -208,14 +281,24 @@ def run_deploy_vertex(
     smoke_split: str = "eval",
     smoke_rows: int = 5,
     credentials: Any = None,
-) -> dict[str, str]:
+    request_log_table: str = "",
+    request_log_sampling_rate: float = 1.0,
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
+) -> dict[str, Any]:
     """What the ``deploy_vertex`` component does: smoke-test rows from ``smoke_dataset_dir``
     holding the model's input features (read from the bundle the Vertex model version
     points at), then :func:`deploy_vertex` with promotion. The result adds ``vertex_uri``,
-    the endpoint's REST URL a ``google.VertexEndpoint`` artifact carries."""
+    the endpoint's REST URL a ``google.VertexEndpoint`` artifact carries.
+
+    With ``request_log_sampling_rate`` > 0 the endpoint logs requests into
+    ``request_log_table`` (empty: ``bq://<project>.cauce_request_logs.<endpoint_name>``),
+    whose dataset and table are first created in ``bigquery_location`` if missing, in the
+    schema Vertex AI writes (:mod:`cauce.request_logs`)."""
     from cauce.artifact_types import vertex_resource_uri
     from cauce.components.deploy.executor import smoke_instances_from
     from cauce.model import fetch_model_dir
+    from cauce.request_logs import default_table, ensure_table
 
     aiplatform = init_vertex(project, vertex_region, vertex_api_endpoint, credentials)
     from google.api_core import exceptions as google_exceptions
@@ -230,6 +313,10 @@ def run_deploy_vertex(
             "files (a cauce bundle), whose input features the smoke test sends"
         )
     instances = smoke_instances_from(smoke_dataset_dir, smoke_split, fetch_model_dir(artifact_uri), smoke_rows)
+    if _check_sampling_rate(request_log_sampling_rate) > 0:
+        request_log_table = ensure_table(
+            request_log_table or default_table(project, endpoint_name), bigquery_location, bigquery_api_endpoint
+        )
     result = deploy_vertex(
         model_resource_name=model_resource_name,
         endpoint_display_name=endpoint_name,
@@ -243,5 +330,7 @@ def run_deploy_vertex(
         traffic_percentage=canary_traffic_percentage,
         promote=True,
         credentials=credentials,
+        request_log_table=request_log_table,
+        request_log_sampling_rate=request_log_sampling_rate,
     )
     return {**result, "vertex_uri": vertex_resource_uri(result["endpoint_resource_name"], vertex_region)}

@@ -74,7 +74,8 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 class RequestLog:
-    """Append-only JSONL log, one line per request (Vertex request-response logging shape).
+    """Append-only JSONL log, one line per request: the row Vertex request-response logging
+    writes to BigQuery (``cauce.request_logs``), logging_time as ISO-8601 text.
 
     Each line is written with one ``write(2)`` on an ``O_APPEND`` descriptor before
     the request is answered (see LOG_DURABILITY): the line is then the kernel's, so
@@ -90,8 +91,9 @@ class RequestLog:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.path = self.directory / f"requests-{stamp}-{os.getpid()}.jsonl"
         self.endpoint = endpoint
-        self._request_ids = itertools.count(1)
-        self._request_id_prefix = f"{os.getpid()}-"
+        # request_id is a number, as in Vertex's table (NUMERIC): a random 31-bit prefix per
+        # log and a counter below it, within the 64-bit integers JSON encoders write.
+        self._request_ids = itertools.count((int.from_bytes(os.urandom(4), "big") >> 1) << 32 | 1)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._second, self._second_text = -1, ""
 
@@ -114,7 +116,7 @@ class RequestLog:
             "endpoint": self.endpoint,
             "deployed_model_id": deployed_model_id,
             "logging_time": self._logging_time(),
-            "request_id": f"{self._request_id_prefix}{next(self._request_ids)}",
+            "request_id": next(self._request_ids),
             "request_payload": [dumps(instance).decode() for instance in instances],
             "response_payload": response_payload
             if response_payload is not None
