@@ -448,3 +448,57 @@ def test_a_select_with_cte_union_and_unnest_still_runs(local_database):
         "SELECT x FROM UNNEST([7, 8]) AS x ORDER BY id",
     )
     assert table.column("id").to_pylist() == [0, 1, 7, 8]
+
+
+# --------------------------------------------------------------------------- CLI
+def cauce(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cauce.cli", *arguments], capture_output=True, text=True, timeout=timeout)
+
+
+def one_clear_line(result: subprocess.CompletedProcess, pattern: str) -> None:
+    """Exit 1, the cause in one or two lines, no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output and "see the log" not in output, output
+    assert __import__("re").search(pattern, output), output
+
+
+def test_cli_param_of_the_wrong_json_type_names_the_parameter():
+    one_clear_line(cauce("run", "training", "--param", "thresholds=[1,2]"), r"parameter 'thresholds' expects a JSON object, got '\[1,2\]'")
+
+
+def test_cli_param_that_is_not_json_names_the_parameter():
+    one_clear_line(cauce("run", "training", "--param", "numeric_features=fare"), r"parameter 'numeric_features' expects List, got 'fare'")
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\x02\xff\xfe binary", b"{{{ not: [yaml", b"just a string\n"], ids=["binary", "garbage", "scalar"])
+def test_cli_validate_on_a_file_that_is_not_a_spec(tmp_path, content):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    one_clear_line(cauce("validate", str(path)), r"is not a pipeline\s+spec")
+
+
+def test_cli_serve_with_a_model_dir_that_is_not_a_model(tmp_path):
+    one_clear_line(cauce("serve", "--model-dir", str(tmp_path), "--port", str(free_ports(1)[0])), r"model .* did not load")
+
+
+def test_cli_serve_on_a_taken_port(bundles):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        one_clear_line(cauce("serve", "--model-dir", bundles["good"], "--port", str(port)), rf"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_cli_stop_with_a_path_for_an_endpoint():
+    one_clear_line(cauce("stop", "../../etc"), r"endpoint_name '../../etc' must be non-empty letters, digits, '-' or '_'")
+
+
+def test_a_failed_run_surfaces_the_exception_when_no_step_logged_one(tmp_path):
+    from cauce.local import _last_error
+
+    log = tmp_path / "run.log"
+    log.write_text("")
+    assert _last_error(log, TypeError("thresholds: expected a dict")) == "TypeError: thresholds: expected a dict"
+    log.write_text("step extract\ncauce.artifacts.CauceError: source names no table\n")
+    assert _last_error(log, TypeError("x")) == "source names no table"

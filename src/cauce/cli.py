@@ -574,7 +574,11 @@ def stop(endpoint_name: str = typer.Argument("taxi-tips", help="local endpoint t
     """Stop a local serving process started by a deploy step."""
     from cauce.components.deploy.executor import stop_local
 
-    console.print("stopped" if stop_local(endpoint_name) else f"no local endpoint {endpoint_name!r} running")
+    try:
+        stopped = stop_local(endpoint_name)
+    except CauceError as error:
+        _fail(str(error))
+    console.print("stopped" if stopped else f"no local endpoint {endpoint_name!r} running")
 
 
 if __name__ == "__main__":

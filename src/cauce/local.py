@@ -223,7 +223,7 @@ def run_spec(
             try:
                 pipeline(**arguments)
             except Exception as error:
-                raise PipelineFailed(name, log_file, _last_error(log_file)) from error
+                raise PipelineFailed(name, log_file, _last_error(log_file, error)) from error
     seconds = time.monotonic() - started
     run_dirs = sorted((p for p in root.iterdir() if p not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
     run_dir = run_dirs[-1] if run_dirs else root
@@ -237,8 +237,10 @@ class PipelineFailed(RuntimeError):
         self.detail = detail
 
 
-def _last_error(log_file: Path) -> str:
-    """The most useful line of a failed run's log: our CauceError message if there is one."""
+def _last_error(log_file: Path, error: BaseException | None = None) -> str:
+    """The most useful line of a failed run's log: our CauceError message if there is
+    one, else the last exception line; with neither (kfp.local failed before any step
+    wrote its log, e.g. on a parameter of the wrong type), the exception kfp.local raised."""
     lines = log_file.read_text(errors="replace").splitlines()
     for line in reversed(lines):
         if "CauceError:" in line:
@@ -246,7 +248,9 @@ def _last_error(log_file: Path) -> str:
     for line in reversed(lines):
         if re.search(r"\w+(Error|Exception):", line):
             return line.strip()
-    return "see the log"
+    if error is not None:
+        return f"{type(error).__name__}: {error}".strip()
+    return "no step reported an error; see the log"
 
 
 def read_task_results(run_dir: Path) -> dict[str, TaskResult]:

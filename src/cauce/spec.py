@@ -43,8 +43,14 @@ def validate_spec(path: str | Path) -> dict:
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
 
-    text = Path(path).read_text()
-    documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    try:
+        text = Path(path).read_text()
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CauceError(f"{path} is not a pipeline spec: it does not read as YAML text ({reason})") from None
+    if len(documents) == 1 and not isinstance(documents[0], dict):
+        raise CauceError(f"{path} is not a pipeline spec: expected a YAML mapping, got {type(documents[0]).__name__}")
     if len(documents) != 1:
         raise CauceError(
             f"{path} holds {len(documents)} YAML documents; Vertex accepts exactly one "
@@ -126,7 +132,11 @@ def _coerce(key: str, raw: str, kfp_type: str):
         value = json.loads(raw)
     except (ValueError, json.JSONDecodeError):
         raise CauceError(f"parameter {key!r} expects {kfp_type}, got {raw!r}") from None
-    expected = {"List": list, "Struct": dict}.get(kfp_type)
-    if expected and not isinstance(value, expected):
-        raise CauceError(f"parameter {key!r} expects a JSON {kfp_type}, got {raw!r}")
+    # KFP names a dict parameter's type "Dict" in the component spec (the compiled
+    # YAML says STRUCT); both mean a JSON object.
+    expected = {"List": (list, "list"), "Struct": (dict, "object"), "Dict": (dict, "object")}.get(kfp_type)
+    if expected is None:
+        raise CauceError(f"parameter {key!r} has type {kfp_type}, which --param cannot set")
+    if not isinstance(value, expected[0]):
+        raise CauceError(f"parameter {key!r} expects a JSON {expected[1]}, got {raw!r}")
     return value
