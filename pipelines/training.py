@@ -12,6 +12,7 @@ One compiled spec serves both places; only parameter values differ:
 
 from kfp import dsl
 
+from cauce import lineage
 from cauce.components.champion.component import champion
 from cauce.components.deploy.component import deploy, deploy_vertex
 from cauce.components.evaluate.component import evaluate
@@ -88,6 +89,15 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         # Categories unseen in training are normal in a long tail: up to 1 % of an eval
         # split's values may fall outside a domain before it counts as an anomaly.
         max_out_of_domain_fraction: float = 0.01,
+        # True: a blessed model is registered as "pending" and waits for
+        # `cauce models approve NAME/VERSION`, which deploys it through the same canary path.
+        require_approval: bool = False,
+        # Set by monitoring's retrain step (the drift that started the run); recorded in lineage.
+        trigger: dict = {},
+        # Compile-time: cauce's version, the images this spec names, the repository's commit.
+        code_version: dict = lineage.code_version(lineage.component_images(
+            extract, validate, transform, train_op, champion, evaluate, register, register_vertex, deploy, deploy_vertex
+        )),  # fmt: skip
     ):
         extracted = extract(
             source=source,
@@ -150,12 +160,31 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             change_thresholds=change_thresholds,
         ).set_display_name("evaluate")
 
+        # What every registered version records about its making (cauce.lineage); the
+        # placeholders resolve to the run's id and name on Vertex, Kubeflow and kfp.local.
+        lineage_inputs = dict(
+            dataset=extracted.outputs["dataset"],
+            evaluation=evaluated.outputs["evaluation"],
+            baseline_model=current_champion.outputs["champion_model"],
+            pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            code_version=code_version,
+            trigger=trigger,
+            deployment={
+                "endpoint_name": endpoint_name,
+                "port": port,
+                "canary_traffic_percentage": canary_traffic_percentage,
+                "machine_type": machine_type,
+            },
+        )
+
         def register_as(alias: str, display_name: str):
             return register(
                 model=trained.outputs["model"],
                 model_name=model_name,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 alias=alias,
+                **lineage_inputs,
             ).set_display_name(display_name)
 
         def register_on_vertex_as(alias: str, display_name: str):
@@ -167,6 +196,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
                 vertex_api_endpoint=vertex_api_endpoint,
                 serving_image=serving_image,
                 alias=alias,
+                **lineage_inputs,
             ).set_display_name(display_name)
 
         # The one promotion gate: blessed = passes the absolute thresholds and, when a
@@ -175,28 +205,36 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         # a dsl.If on a NamedTuple field and silently skips the branch.)
         # Inside it, the target picks the registry and the endpoint: each branch passes
         # typed artifacts (Model -> endpoint, google.VertexModel -> google.VertexEndpoint).
-        with dsl.If(evaluated.outputs["Output"] == True, name="promote"):
-            with dsl.If(target == "local", name="local-target"):
-                registered = register_as("champion", "register")
-                deploy(
-                    registered_model=registered.outputs["registered_model"],
-                    smoke_dataset=extracted.outputs["dataset"],
-                    endpoint_name=endpoint_name,
-                    canary_traffic_percentage=canary_traffic_percentage,
-                    port=port,
-                ).set_display_name("deploy")
-            with dsl.Else(name="google-cloud-target"):
-                registered_on_vertex = register_on_vertex_as("champion", "register-vertex")
-                deploy_vertex(
-                    vertex_model=registered_on_vertex.outputs["vertex_model"],
-                    smoke_dataset=extracted.outputs["dataset"],
-                    endpoint_name=endpoint_name,
-                    project=project,
-                    vertex_region=vertex_region,
-                    vertex_api_endpoint=vertex_api_endpoint,
-                    machine_type=machine_type,
-                    canary_traffic_percentage=canary_traffic_percentage,
-                ).set_display_name("deploy-vertex")
+        with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):
+            # The approval gate: a blessed model waits as "pending", deployed by
+            # `cauce models approve` through the same canary path, or never (`reject`).
+            with dsl.If(require_approval == True, name="await-approval"):
+                with dsl.If(target == "local", name="local-pending"):
+                    register_as("pending", "register-pending")
+                with dsl.Else(name="google-cloud-pending"):
+                    register_on_vertex_as("pending", "register-vertex-pending")
+            with dsl.Else(name="promote"):
+                with dsl.If(target == "local", name="local-target"):
+                    registered = register_as("champion", "register")
+                    deploy(
+                        registered_model=registered.outputs["registered_model"],
+                        smoke_dataset=extracted.outputs["dataset"],
+                        endpoint_name=endpoint_name,
+                        canary_traffic_percentage=canary_traffic_percentage,
+                        port=port,
+                    ).set_display_name("deploy")
+                with dsl.Else(name="google-cloud-target"):
+                    registered_on_vertex = register_on_vertex_as("champion", "register-vertex")
+                    deploy_vertex(
+                        vertex_model=registered_on_vertex.outputs["vertex_model"],
+                        smoke_dataset=extracted.outputs["dataset"],
+                        endpoint_name=endpoint_name,
+                        project=project,
+                        vertex_region=vertex_region,
+                        vertex_api_endpoint=vertex_api_endpoint,
+                        machine_type=machine_type,
+                        canary_traffic_percentage=canary_traffic_percentage,
+                    ).set_display_name("deploy-vertex")
         with dsl.Else(name="keep-champion"):
             with dsl.If(target == "local", name="local-challenger"):
                 register_as("challenger", "register-challenger")

@@ -366,7 +366,7 @@ def test_a_body_sent_too_slowly_is_a_408(strict_server):
 def test_slow_uploaders_hold_at_most_the_buffering_limit_and_good_clients_keep_answers(strict_server, bundles):
     """200 slow uploaders (each has sent 64 KiB of a 1.5 MB body) against a limit of 8
     bodies buffered at once: 8 wait for their timeout, the others get 503 at once, and
-    a good client's every request is answered meanwhile (its latency: bench/bench_slow_clients.py)."""
+    a good client's every request is answered meanwhile."""
     head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1500000\r\n\r\n")  # fmt: skip
     slow = []

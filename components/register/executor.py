@@ -694,25 +694,16 @@ def vertex_lineage_labels(summary: dict[str, str]) -> dict[str, str]:
 
 def update_vertex_version(aiplatform: Any, versioned_name: str, labels: dict[str, str] | None = None,
                           version_description: str | None = None) -> None:
-    """Change one version's labels (merged into its own) or version description.
-
-    The SDK's ``Model.update`` always writes the model, not the version, so this calls
-    the Model Service with the versioned name (``.../models/<id>@<version>``)."""
-    from google.cloud.aiplatform.compat.types import model as gca_model
-    from google.protobuf import field_mask_pb2
-
-    current = aiplatform.Model(versioned_name)
-    paths, change = [], gca_model.Model(name=versioned_name)
+    """Merge ``labels`` into one version's own labels and/or set its version description,
+    with the SDK's ``ModelRegistry.update_version`` (``Model.update`` writes the model,
+    not the version)."""
+    resource_name, _, version_id = versioned_name.partition("@")
+    registry = aiplatform.models.ModelRegistry(resource_name)
+    merged = None
     if labels:
-        merged = {**dict(current.labels or {}), **labels}
+        merged = {**dict(registry.get_model(version_id).labels or {}), **labels}
         check_vertex_labels(merged)
-        change.labels = merged
-        paths.append("labels")
-    if version_description is not None:
-        change.version_description = version_description
-        paths.append("version_description")
-    if paths:
-        current.api_client.update_model(model=change, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    registry.update_version(version_id, version_description=version_description or None, labels=merged)
 
 
 def set_vertex_status(

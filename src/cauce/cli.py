@@ -19,6 +19,10 @@ app = typer.Typer(help="cauce: the ML lifecycle as Kubeflow / Vertex AI pipeline
 console = Console()
 err_console = Console(stderr=True)
 
+from cauce.models_cli import app as models_app  # noqa: E402 - sub-apps after the main app
+
+app.add_typer(models_app, name="models")
+
 
 def _fail(message: str, code: int = 1):
     err_console.print(f"[bold red]error:[/] {message}")
@@ -171,9 +175,16 @@ def _print_training_summary(result) -> None:
             f"{seconds.get(register.name, 0):.1f} s",
         )
     deploy = result.task("deploy")
+    pending = register and register.artifacts.get("registered_model", {}).get("metadata", {}).get("alias") == "pending"
+    waiting = (
+        f"[yellow]waiting for approval[/]: cauce models approve "
+        f"{register.artifacts['registered_model']['metadata'].get('model_name')}/{register.parameters.get('version')}"
+        if pending
+        else "skipped: the champion keeps serving"
+    )
     table.add_row(
         "deploy",
-        f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else "skipped: the champion keeps serving",
+        f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else waiting,
         f"{seconds.get(deploy.name, 0):.1f} s" if deploy else "",
     )
     table.add_row("total", "", f"{result.seconds:.1f} s")
