@@ -16,7 +16,10 @@ from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
 )
 def monitoring(
     baseline_uri: str,
-    request_log_dir: str,
+    # The requests: the local serving process's log folder, or (on Google Cloud) the
+    # endpoint's request-response log table bq://project.dataset.table.
+    request_log_dir: str = "",
+    request_log_table: str = "",
     numeric_features: list = DEMO_NUMERIC,
     categorical_features: list = DEMO_CATEGORICAL,
     baseline_split: str = "train",
@@ -43,6 +46,12 @@ def monitoring(
     endpoint_resource_name: str = "",
     training_data_source: str = "",
     target_field: str = "",
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
+    bigquery_read_api: str = "auto",
+    bigquery_storage_api_endpoint: str = "",
+    bigquery_staging_dataset: str = "",
+    maximum_bytes_billed: int = 0,
 ):
     baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
     monitored = monitor(
@@ -60,6 +69,14 @@ def monitoring(
         previous_window_end=previous_window_end,
         alert_webhook=alert_webhook,
         alert_topic=alert_topic,
+        request_log_table=request_log_table,
+        bigquery_project=project,
+        bigquery_location=bigquery_location,
+        bigquery_api_endpoint=bigquery_api_endpoint,
+        bigquery_read_api=bigquery_read_api,
+        bigquery_storage_api_endpoint=bigquery_storage_api_endpoint,
+        bigquery_staging_dataset=bigquery_staging_dataset,
+        maximum_bytes_billed=maximum_bytes_billed,
     ).set_display_name("monitor")
     with dsl.If(target == "google-cloud", name="google-cloud-target"):
         with dsl.If(endpoint_resource_name != "", name="vertex-endpoint-given"):

@@ -18,6 +18,7 @@ from cauce.components.monitor.executor import (
     compute_drift,
     linf_categorical,
     read_request_log,
+    report_metadata,
     run_monitor,
 )
 from cauce.tfdv_histograms import jensen_shannon_numeric
@@ -485,7 +486,6 @@ def test_run_monitor_writes_report_and_alerts(monitored, caplog):
     "overrides, message",
     [
         ({"numeric_features": ["fare", "tip"]}, "tip"),
-        ({"window_start": "2030-01-01T00:00:00Z"}, "no logged requests"),
         ({"baseline_split": "eval"}, "split 'eval' not found"),
     ],
 )
@@ -504,6 +504,20 @@ def test_run_monitor_errors_leave_no_output(monitored, overrides, message):
         run_monitor(**arguments)
     assert not output.exists()
     assert not [p for p in monitored.iterdir() if p.name.startswith(".report")]
+
+
+def test_a_window_without_requests_is_reported_and_alerts_nothing(monitored, caplog):
+    report = run_monitor(
+        baseline_dir=str(monitored / "baseline"), baseline_split="train", request_log_dir=str(monitored / "logs"),
+        output_dir=str(monitored / "report"), numeric_features=["fare"], categorical_features=["payment"],
+        window_start="2030-01-01T00:00:00Z", alert_webhook="http://127.0.0.1:9/never-called",
+    )
+    assert report["no_requests"].startswith("no logged requests with instances in")
+    assert "[2030-01-01T00:00:00Z, end)" in report["no_requests"]
+    assert report["flagged"] == {"drift_detected": False, "features": []}
+    assert report["current_rows"] == 0 and "alerts" not in report
+    assert "nothing compared, no alert" in (monitored / "report" / REPORT_HTML).read_text()
+    assert report_metadata(report)["no_requests"] == report["no_requests"]
 
 
 def test_run_monitor_non_numeric_serving_value_leaves_no_output(monitored):

@@ -32,11 +32,24 @@ def monitor(
     previous_window_end: str = "",
     alert_webhook: str = "",
     alert_topic: str = "",
+    request_log_table: str = "",
+    bigquery_project: str = "",
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
+    bigquery_read_api: str = "auto",
+    bigquery_storage_api_endpoint: str = "",
+    bigquery_staging_dataset: str = "",
+    maximum_bytes_billed: int = 0,
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drifted_features", list)]):
     """Drift/skew of serving requests against a baseline split, measured as TFDV does.
 
-    The requests are the JSON Lines logs in ``request_log_dir``, or, when it is empty,
-    in the log folder of ``endpoint`` (the local ``deploy`` step's output).
+    The requests are the JSON Lines logs in ``request_log_dir`` (the local serving
+    process's), or Vertex AI's request-response log table ``request_log_table``
+    (``bq://project.dataset.table``: read with a query whose window is in SQL, the
+    ``maximum_bytes_billed`` cost guard and the Storage Read API, as extract reads), or,
+    when both are empty, those of ``endpoint`` (``deploy``'s log folder or the table
+    ``deploy_vertex`` named). Both sources go through one code path and give the same
+    numbers for the same requests; a window without requests is reported and alerts nothing.
 
     Numeric features: approximate Jensen-Shannon divergence; categorical features:
     L-infinity distance. Skew compares the serving window with the baseline; with a
@@ -53,6 +66,7 @@ def monitor(
     from typing import NamedTuple
 
     from cauce.components.monitor.executor import (
+        BigQueryRead,
         copy_report_page,
         report_metadata,
         request_log_dir_of,
@@ -63,7 +77,9 @@ def monitor(
         baseline_dir=baseline.path,
         baseline_split=baseline_split,
         # An optional input that is not connected arrives as None.
-        request_log_dir=request_log_dir_of(request_log_dir, endpoint.metadata if endpoint is not None else None),
+        request_log_dir=request_log_dir_of(
+            request_log_dir, endpoint.metadata if endpoint is not None else None, request_log_table
+        ),
         output_dir=drift_report.path,
         numeric_features=numeric_features,
         categorical_features=categorical_features,
@@ -76,6 +92,15 @@ def monitor(
         previous_window_end=previous_window_end,
         alert_webhook=alert_webhook,
         alert_topic=alert_topic,
+        bigquery=BigQueryRead(
+            project=bigquery_project,
+            location=bigquery_location,
+            api_endpoint=bigquery_api_endpoint,
+            read_api=bigquery_read_api,
+            storage_api_endpoint=bigquery_storage_api_endpoint,
+            staging_dataset=bigquery_staging_dataset,
+            maximum_bytes_billed=maximum_bytes_billed,
+        ),
     )
     copy_report_page(drift_report.path, report_html.path)
     drift_report.metadata.update(report_metadata(report))

@@ -366,7 +366,9 @@ def _instances_of(
 ) -> list[dict]:
     """The instances of one logged request, or none if it was logged outside [start, end)."""
     if start is not None or end is not None:
-        logged_at = _parse_time(request.get("logging_time"), f"logging_time at {where}")
+        logged_at = request.get("logging_time")
+        if not isinstance(logged_at, dt.datetime):  # JSON Lines carry text; BigQuery a TIMESTAMP
+            logged_at = _parse_time(logged_at, f"logging_time at {where}")
         if (start is not None and logged_at < start) or (end is not None and logged_at >= end):
             return []
     instances = []
@@ -386,27 +388,42 @@ def _instances_of(
     return instances
 
 
-def read_request_log(log_dir: str, start: str = "", end: str = "") -> pa.Table:
-    """Instances from the serving request logs (``<log_dir>/requests-*.jsonl``) logged in [start, end).
+@dataclass(frozen=True)
+class BigQueryRead:
+    """How a request-log table is read: the extract step's BigQuery read path and its options
+    (``project`` runs and pays for the query; empty = the table's project)."""
+
+    project: str = ""
+    location: str = "US"
+    api_endpoint: str = ""
+    read_api: str = "auto"
+    storage_api_endpoint: str = ""
+    staging_dataset: str = ""
+    maximum_bytes_billed: int = 0
+    api_retry_timeout_s: float = 120.0
+    query_timeout_s: float | None = None
+
+
+def read_request_log(log_dir: str, start: str = "", end: str = "", bigquery: BigQueryRead | None = None) -> pa.Table:
+    """Instances logged in [start, end) from the serving request logs: a folder of
+    ``requests-*.jsonl`` files, or a ``bq://project.dataset.table`` request-response log table.
 
     ``start`` and ``end`` are ISO-8601 times; empty means unbounded. Each ``request_payload``
     element is a JSON string of one instance; the table has one row per instance and one
     column per key seen in any instance (null where an instance lacks it).
     """
-    return _read_request_log(log_dir, start, end)[0]
+    return _read_request_log(log_dir, start, end, bigquery)[0]
 
 
-def _read_request_log(log_dir: str, start: str, end: str) -> tuple[pa.Table, dict[str, list[str]]]:
-    """``read_request_log`` plus which endpoints and deployed models served those instances
-    (``{"endpoints": [...], "deployed_model_ids": [...]}``), for the alert's attributes."""
+def _window_text(start: str, end: str) -> str:
+    return f"[{start or 'beginning'}, {end or 'end'})"
+
+
+def _jsonl_requests(log_dir: str):
+    """(where, request record) of every line of the folder's JSON Lines logs, in file order."""
     directory = Path(log_dir)
     if not directory.is_dir():
         raise CauceError(f"request_log_dir {log_dir} does not exist or is not a directory")
-    start_time = _parse_time(start, "window_start") if start else None
-    end_time = _parse_time(end, "window_end") if end else None
-    instances: list[dict] = []
-    endpoints: set[str] = set()
-    models: set[str] = set()
     for path in sorted(directory.glob(REQUEST_LOG_GLOB)):
         with open(path) as handle:
             for number, line in enumerate(handle, start=1):
@@ -420,16 +437,93 @@ def _read_request_log(log_dir: str, start: str, end: str) -> tuple[pa.Table, dic
                     raise CauceError(f"{path}:{number} is not valid JSON ({error})") from None
                 if not isinstance(request, dict):
                     raise CauceError(f"{path}:{number} is not a request record (a JSON object)")
-                in_window = _instances_of(request, f"{path}:{number}", start_time, end_time)
-                if in_window:
-                    instances.extend(in_window)
-                    endpoints.add(str(request.get("endpoint") or ""))
-                    models.add(str(request.get("deployed_model_id") or ""))
+                yield f"{path}:{number}", request
+
+
+def bigquery_window_query(table_id: str, start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, dict]:
+    """The SQL that reads a window of a request-log table, and its TIMESTAMP parameters: the
+    window is applied in BigQuery (values as query parameters, never in the SQL text), so only
+    the window's rows are scanned past a partition filter and travel."""
+    conditions, parameters = [], {}
+    if start is not None:
+        conditions.append("logging_time >= @window_start")
+        parameters["window_start"] = start
+    if end is not None:
+        conditions.append("logging_time < @window_end")
+        parameters["window_end"] = end
+    where = f"\nWHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (
+        "SELECT endpoint, deployed_model_id, logging_time, request_payload\n"
+        f"FROM `{table_id}`{where}\nORDER BY logging_time"
+    )
+    return sql, parameters
+
+
+def _bigquery_requests(uri: str, start: dt.datetime | None, end: dt.datetime | None, options: BigQueryRead):
+    """(where, request record) of every row of a request-log table in the window, read
+    through the extract step's BigQuery path: dry run, cost guard, Storage Read (or REST)."""
+    from cauce.components.extract.executor import _BigQueryBackend, check_cost
+    from cauce.components.extract.local_engine import QueryParameter
+    from cauce.request_logs import bigquery_client, check_table, parse_table
+
+    project = options.project or parse_table(uri)[0]
+    client = bigquery_client(project, options.location, options.api_endpoint)
+    table_id = check_table(client, uri, options.api_retry_timeout_s)
+    sql, values = bigquery_window_query(table_id, start, end)
+    backend = _BigQueryBackend(
+        project=project,
+        location=options.location,
+        api_endpoint=options.api_endpoint,
+        parameters=[QueryParameter(name, "TIMESTAMP", value) for name, value in values.items()],
+        maximum_bytes_billed=options.maximum_bytes_billed,
+        api_retry_timeout_s=options.api_retry_timeout_s,
+        query_timeout_s=options.query_timeout_s,
+        read_api=options.read_api,
+        storage_api_endpoint=options.storage_api_endpoint,
+        staging_dataset=options.staging_dataset,
+    )
+    _, bytes_estimated = backend.dry_run(sql)
+    check_cost(bytes_estimated, options.maximum_bytes_billed)
+    output = backend.run(sql)
+    logger.info("read %d logged requests from %s (%s)", output.table.num_rows, table_id, output.details)
+    for number, request in enumerate(output.table.to_pylist(), start=1):
+        yield f"{table_id} row {number}", request
+
+
+def _read_request_log(
+    source: str, start: str, end: str, bigquery: BigQueryRead | None = None, allow_empty: bool = False
+) -> tuple[pa.Table, dict[str, list[str]]]:
+    """``read_request_log`` plus which endpoints and deployed models served those instances
+    (``{"endpoints": [...], "deployed_model_ids": [...]}``), for the alert's attributes.
+
+    One code path for both sources: each logged request (a JSON Lines record or a
+    BigQuery row, the same six fields) goes through :func:`_instances_of`. With
+    ``allow_empty`` a window without instances gives an empty table instead of an error.
+    """
+    from cauce.request_logs import is_bigquery_table
+
+    start_time = _parse_time(start, "window_start") if start else None
+    end_time = _parse_time(end, "window_end") if end else None
+    if is_bigquery_table(source):
+        requests = _bigquery_requests(source, start_time, end_time, bigquery or BigQueryRead())
+    else:
+        requests = _jsonl_requests(source)
+    instances: list[dict] = []
+    endpoints: set[str] = set()
+    models: set[str] = set()
+    for where, request in requests:
+        in_window = _instances_of(request, where, start_time, end_time)
+        if in_window:
+            instances.extend(in_window)
+            endpoints.add(str(request.get("endpoint") or ""))
+            models.add(str(request.get("deployed_model_id") or ""))
+    sources = {"endpoints": sorted(endpoints - {""}), "deployed_model_ids": sorted(models - {""})}
     if not instances:
-        window = f"[{start or 'beginning'}, {end or 'end'})"
-        raise CauceError(
-            f"no logged requests with instances in {log_dir} ({REQUEST_LOG_GLOB}) in the window {window}"
-        )
+        where = source if is_bigquery_table(source) else f"{source} ({REQUEST_LOG_GLOB})"
+        message = f"no logged requests with instances in {where} in the window {_window_text(start, end)}"
+        if allow_empty:
+            return pa.table({}), {**sources, "empty": message}
+        raise CauceError(message)
     names = list(dict.fromkeys(name for instance in instances for name in instance))
     columns = {}
     for name in names:
@@ -438,7 +532,6 @@ def _read_request_log(log_dir: str, start: str, end: str) -> tuple[pa.Table, dic
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             columns[name] = _text_array(values)
-    sources = {"endpoints": sorted(endpoints - {""}), "deployed_model_ids": sorted(models - {""})}
     return pa.table(columns), sources
 
 
@@ -513,7 +606,9 @@ def render_html(report: dict) -> str:
     """A self-contained page (no scripts, no external assets): summary, ranked table, charts."""
     ranked = sorted(report["features"].items(), key=_severity_order)
     escape = html.escape
-    if report["drift_detected"]:
+    if report.get("no_requests"):
+        summary = f'<p class="banner warn">{escape(report["no_requests"])}: nothing compared, no alert.</p>'
+    elif report["drift_detected"]:
         summary = (
             f'<p class="banner drift">Drift detected in {report["num_drifted"]} of {report["num_features"]} '
             f"features: {escape(', '.join(report['drifted_features']))}</p>"
@@ -645,9 +740,16 @@ def run_monitor(
     alert_webhook: str = "",
     alert_topic: str = "",
     alert_timeout: float = ALERT_TIMEOUT_S,
+    bigquery: BigQueryRead | None = None,
 ) -> dict:
     """Compare the serving window with the baseline split (skew) and, when a previous
     window is given, with that window (drift); write report.json and report.html.
+
+    ``request_log_dir`` is a folder of the local serving process's JSON Lines logs or
+    Vertex AI's request-response log table ``bq://project.dataset.table`` (read with
+    ``bigquery``'s options); both are read by one code path and give the same numbers
+    for the same requests. A serving window without requests is reported as such
+    (``report["no_requests"]``) and alerts nothing.
 
     ``report["flagged"]`` joins both: the features over their threshold in either
     comparison. When anything is flagged, an alert is logged and sent, once the report is
@@ -666,16 +768,23 @@ def run_monitor(
         validate_alert_topic(alert_topic)
     features = _validate_features(numeric_features, categorical_features)
     baseline = read_split(baseline_dir, baseline_split, columns=features)
-    current, sources = _read_request_log(request_log_dir, window_start, window_end)
-    report = compute_drift(
-        baseline,
-        current,
-        numeric_features,
-        categorical_features,
-        thresholds,
-        default_numeric_threshold,
-        default_categorical_threshold,
-    )
+    current, sources = _read_request_log(request_log_dir, window_start, window_end, bigquery, allow_empty=True)
+    empty = sources.pop("empty", None)
+    if empty:
+        logger.warning("%s: nothing to compare, no alert", empty)
+        _validated_thresholds(thresholds, features, default_numeric_threshold, default_categorical_threshold)
+        report = _no_requests_report(baseline, numeric_features, categorical_features, empty,
+                                     default_numeric_threshold, default_categorical_threshold)
+    else:
+        report = compute_drift(
+            baseline,
+            current,
+            numeric_features,
+            categorical_features,
+            thresholds,
+            default_numeric_threshold,
+            default_categorical_threshold,
+        )
     report["baseline"] = {"dir": os.fspath(baseline_dir), "split": baseline_split}
     report["serving"] = {
         "request_log_dir": os.fspath(request_log_dir),
@@ -684,8 +793,8 @@ def run_monitor(
         **sources,
     }
     flagged = set(report["drifted_features"])
-    if previous_window_start or previous_window_end:
-        previous = read_request_log(request_log_dir, previous_window_start, previous_window_end)
+    if not empty and (previous_window_start or previous_window_end):
+        previous = read_request_log(request_log_dir, previous_window_start, previous_window_end, bigquery)
         window = compute_drift(
             previous,
             current,
@@ -723,17 +832,57 @@ def run_monitor(
     return report
 
 
+def _no_requests_report(
+    baseline: pa.Table,
+    numeric_features: list[str],
+    categorical_features: list[str],
+    message: str,
+    default_numeric_threshold: float,
+    default_categorical_threshold: float,
+) -> dict:
+    """The report of a serving window without requests: nothing compared, nothing flagged."""
+    return {
+        "drift_detected": False,
+        "drifted_features": [],
+        "not_computable_features": [],
+        "no_requests": message,
+        "num_features": len(numeric_features) + len(categorical_features),
+        "num_drifted": 0,
+        "numeric_features": list(numeric_features),
+        "categorical_features": list(categorical_features),
+        "default_thresholds": {
+            "numeric": float(default_numeric_threshold),
+            "categorical": float(default_categorical_threshold),
+        },
+        "baseline_rows": baseline.num_rows,
+        "current_rows": 0,
+        "features": {},
+    }
+
+
 # ---------------------------------------------------------------------------- alerts
 
-def request_log_dir_of(request_log_dir: str, endpoint_metadata: dict | None) -> str:
-    """The request logs to read: ``request_log_dir``, else the endpoint artifact's log folder."""
+def request_log_dir_of(request_log_dir: str, endpoint_metadata: dict | None, request_log_table: str = "") -> str:
+    """The request logs to read: ``request_log_dir`` (a folder) or ``request_log_table``
+    (``bq://project.dataset.table``), else the connected endpoint's: the local deploy step's
+    log folder, or the request-log table ``deploy_vertex`` named."""
+    if request_log_dir and request_log_table:
+        raise CauceError(
+            f"give request_log_dir ({request_log_dir!r}) or request_log_table ({request_log_table!r}), not both"
+        )
+    if request_log_table:
+        from cauce.request_logs import parse_table
+
+        project, dataset, table = parse_table(request_log_table)
+        return f"bq://{project}.{dataset}.{table}"
     if request_log_dir:
         return request_log_dir
-    if endpoint_metadata and endpoint_metadata.get("request_log_dir"):
-        return endpoint_metadata["request_log_dir"]
+    for key in ("request_log_table", "request_log_dir"):
+        if endpoint_metadata and endpoint_metadata.get(key):
+            return endpoint_metadata[key]
     raise CauceError(
-        "request_log_dir is empty and no endpoint with a request_log_dir is connected: give the folder "
-        "of the serving request logs, or the local deploy step's endpoint"
+        "request_log_dir and request_log_table are empty and no endpoint with request logs is connected: give "
+        "the folder of the serving request logs, the request-log table, or the deploy step's endpoint"
     )
 
 
@@ -754,6 +903,7 @@ def report_metadata(report: dict) -> dict:
         "num_drifted": report["num_drifted"],
         "baseline_rows": report["baseline_rows"],
         "serving_rows": report["current_rows"],
+        "no_requests": report.get("no_requests", ""),
         "undelivered_alerts": [
             delivery["target"] for delivery in report.get("alerts", []) if not delivery["delivered"]
         ],
