@@ -208,12 +208,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):
             # The approval gate: a blessed model waits as "pending", deployed by
             # `cauce models approve` through the same canary path, or never (`reject`).
-            with dsl.If(require_approval == True, name="await-approval"):
-                with dsl.If(target == "local", name="local-pending"):
-                    register_as("pending", "register-pending")
-                with dsl.Else(name="google-cloud-pending"):
-                    register_on_vertex_as("pending", "register-vertex-pending")
-            with dsl.Else(name="promote"):
+            with dsl.If(require_approval == False, name="promote"):
                 with dsl.If(target == "local", name="local-target"):
                     registered = register_as("champion", "register")
                     deploy(
@@ -235,6 +230,11 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
                         machine_type=machine_type,
                         canary_traffic_percentage=canary_traffic_percentage,
                     ).set_display_name("deploy-vertex")
+            with dsl.Else(name="await-approval"):
+                with dsl.If(target == "local", name="local-pending"):
+                    register_as("pending", "register-pending")
+                with dsl.Else(name="google-cloud-pending"):
+                    register_on_vertex_as("pending", "register-vertex-pending")
         with dsl.Else(name="keep-champion"):
             with dsl.If(target == "local", name="local-challenger"):
                 register_as("challenger", "register-challenger")

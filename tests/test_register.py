@@ -183,8 +183,13 @@ def test_register_component_runs_under_kfp_local(tmp_path, monkeypatch):
     assert artifacts["registered_model"]["artifacts"][0]["metadata"]["model_uri"] == "models:/churn/1"
     [registered] = artifacts["registered_model"]["artifacts"]
     # The registered version is a plain Model (no google.VertexModel in MLflow mode), the trained files.
-    assert set(artifacts) == {"registered_model"}
+    assert set(artifacts) == {"registered_model", "lineage"}
     assert registered["uri"] == str(model_dir)
+    # Registered outside a training run: the lineage record says what it lacks.
+    lineage_uri = artifacts["lineage"]["artifacts"][0]["uri"]
+    record = json.loads((Path(lineage_uri) / "lineage.json").read_text())
+    assert record["model"]["name"] == "churn" and record["source"] is None and record["champion"] is None
+    assert client.get_model_version("churn", "1").tags["cauce.lineage_uri"] == str(Path(lineage_uri) / "lineage.json")
 
 
 # -- Vertex AI -------------------------------------------------------------------------------
