@@ -5,9 +5,9 @@ register as challenger and leave the deployed champion serving.
 One compiled spec serves both places; only parameter values differ:
 * locally (defaults): the local BigQuery engine, Beam's DirectRunner, MLflow on
   sqlite, and a serving process on 127.0.0.1:8080;
-* on Vertex: ``target="google-cloud"``, ``backend="bigquery"``, ``project``/``vertex_region`` set,
-  ``runner="DataflowRunner"`` with its ``pipeline_options``; the model goes to the
-  Vertex Model Registry and a Vertex endpoint.
+* on Vertex: ``target="google-cloud"`` and ``project``/``vertex_region`` set: the data comes
+  from BigQuery, the model goes to the Vertex Model Registry and a Vertex endpoint;
+  ``runner="DataflowRunner"`` with the ``dataflow`` options runs transform on Dataflow.
 """
 
 from kfp import dsl
@@ -45,7 +45,6 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         categorical_features: list = DEMO_CATEGORICAL,
         slice_features: list = ["payment_type"],
         splits: dict = {"train": 0.8, "eval": 0.2},
-        backend: str = "local",
         local_database: str = "",
         bigquery_location: str = "US",
         query_parameters: dict = {},
@@ -55,22 +54,21 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         # The full declarative transform (docs/recipes.md); give it with
         # numeric_features=[] and categorical_features=[], which are its shorthand.
         transform_recipe: dict = {},
-        runner: str = "DirectRunner",  # "DataflowRunner" on Google Cloud, with the dataflow_* values
+        runner: str = "DirectRunner",  # "DataflowRunner" on Google Cloud, with the dataflow options
         pipeline_options: dict = {},
-        dataflow_temp_location: str = "",
-        dataflow_service_account: str = "",
-        dataflow_machine_type: str = "",
-        dataflow_max_workers: int = 0,
-        dataflow_subnetwork: str = "",
-        dataflow_sdk_container_image: str = BEAM_IMAGE,
+        # Dataflow options (cauce.beam_pipelines.DATAFLOW_FIELDS), e.g. {"region": "us-central1",
+        # "temp_location": "gs://bucket/tmp", "max_num_workers": 20}; workers run the beam
+        # image this spec was compiled with unless it names an sdk_container_image.
+        dataflow: dict = {},
         task: str = "binary",
         hyperparameters: dict = {},  # empty: the trainer's defaults for its framework
         thresholds: dict = {"auc": 0.7},
         change_thresholds: dict = {"auc": 0.0},
         model_name: str = "taxi-tips",
         endpoint_name: str = "taxi-tips",
-        # "local": MLflow registry and the local serving process; "google-cloud": Vertex AI
-        # Model Registry and a Vertex endpoint in project/vertex_region.
+        # "local": the local query engine, MLflow registry and the local serving process;
+        # "google-cloud": BigQuery, Vertex AI Model Registry and a Vertex endpoint in
+        # project/vertex_region.
         target: str = "local",
         project: str = "",
         vertex_region: str = "us-central1",
@@ -103,10 +101,10 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             source=source,
             key_column=key_column,
             splits=splits,
-            backend=backend,
+            target=target,
             local_database=local_database,
             project=project,
-            location=bigquery_location,
+            bigquery_location=bigquery_location,
             query_parameters=query_parameters,
             identifiers=source_identifiers,
             maximum_bytes_billed=maximum_bytes_billed,
@@ -128,18 +126,14 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             runner=runner,
             pipeline_options=pipeline_options,
             project=project,
-            location=vertex_region,
-            dataflow_temp_location=dataflow_temp_location,
-            dataflow_service_account=dataflow_service_account,
-            dataflow_machine_type=dataflow_machine_type,
-            dataflow_max_workers=dataflow_max_workers,
-            dataflow_subnetwork=dataflow_subnetwork,
-            dataflow_sdk_container_image=dataflow_sdk_container_image,
+            dataflow=dataflow,
+            # Fixed at compile time: the running step does not know which release compiled it.
+            beam_image=BEAM_IMAGE,
             task=task,
         ).set_display_name("transform").after(validated)
         trained = train_op(
             transformed=transformed.outputs["transformed"],
-            transform_fn=transformed.outputs["transform_fn"],
+            fitted_transform=transformed.outputs["fitted_transform"],
             hyperparameters=hyperparameters,
             task=task,
         ).set_display_name("train")

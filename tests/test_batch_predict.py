@@ -40,7 +40,7 @@ def registry(tmp_path_factory, trained_model):
 def test_registered_champion_scores_every_eval_row_with_its_key(tmp_path, registry, raw_dataset, trained_model):
     out = tmp_path / "predictions"
     result = run_batch_predict_from_registry(
-        "taxi", "champion", registry, output_dir=str(out), key_column=DEMO_KEY,
+        "taxi", "champion", mlflow_tracking_uri=registry, output_dir=str(out), key_column=DEMO_KEY,
         input_dataset_dir=raw_dataset, input_split="eval", batch_size=300,
     )
     rows = data.read_split(raw_dataset, "eval")
@@ -104,9 +104,9 @@ def test_bigquery_table_through_the_real_client(tmp_path, bigquery_emulator, raw
     bigquery_emulator.load_table("scoring.trips", rows)
     out = tmp_path / "outputs" / "predictions"
     result = run_batch_predict(
-        trained_model[3], str(out), DEMO_KEY, source="scoring.trips", backend="bigquery",
-        project=bigquery_emulator.project, location=bigquery_emulator.location,
-        api_endpoint=bigquery_emulator.endpoint, api_retry_timeout_s=5.0, query_timeout_s=30.0,
+        trained_model[3], str(out), DEMO_KEY, source="scoring.trips", target="google-cloud",
+        project=bigquery_emulator.project, bigquery_location=bigquery_emulator.location,
+        bigquery_api_endpoint=bigquery_emulator.endpoint, api_retry_timeout_s=5.0, query_timeout_s=30.0,
     )
     assert result["rows"] == 200 and result["input"]["source"] == "scoring.trips"
     got = aligned(predictions_of(out), rows)
@@ -152,7 +152,7 @@ def test_errors_name_the_problem_and_leave_no_output(tmp_path, raw_dataset, trai
 def test_unknown_alias_is_refused(tmp_path, registry, raw_dataset):
     with pytest.raises(CauceError, match="model 'taxi' has no version with alias 'staging' in the MLflow registry"):
         run_batch_predict_from_registry(
-            "taxi", "staging", registry, output_dir=str(tmp_path / "p"), key_column=DEMO_KEY,
+            "taxi", "staging", mlflow_tracking_uri=registry, output_dir=str(tmp_path / "p"), key_column=DEMO_KEY,
             input_dataset_dir=raw_dataset, input_split="eval",
         )
     assert not (tmp_path / "p").exists()
@@ -200,9 +200,11 @@ def test_both_input_styles_compile_for_vertex(tmp_path):
 
     @dsl.pipeline(name="score-both-ways")
     def both(project: str, source: str):
-        table = batch_predict(model_name="taxi", key_column=DEMO_KEY, source=source, backend="bigquery", project=project)
-        dataset = extract(source=source, key_column=DEMO_KEY, backend="bigquery", project=project)
-        batch_predict(model_name="taxi", key_column=DEMO_KEY, input_dataset=dataset.outputs["dataset"], project=project).after(table)
+        table = batch_predict(model_name="taxi", key_column=DEMO_KEY, source=source, target="google-cloud", project=project)
+        dataset = extract(source=source, key_column=DEMO_KEY, target="google-cloud", project=project)
+        batch_predict(
+            model_name="taxi", key_column=DEMO_KEY, input_dataset=dataset.outputs["dataset"], target="google-cloud", project=project,
+        ).after(table)
 
     path = tmp_path / "both.yaml"
     compiler.Compiler().compile(both, str(path))

@@ -325,16 +325,37 @@ def test_runner_options_pass_direct_runner_options_through_and_check_dataflow_on
     from cauce.beam_pipelines import runner_options
 
     direct = {"direct_num_workers": 2}
-    assert runner_options("DirectRunner", direct, job_name_prefix="cauce-x", project="", region="") == direct
+    assert runner_options("DirectRunner", direct, job_name_prefix="cauce-x") == direct
+    dataflow = {"region": REGION, "temp_location": f"gs://{TEST_BUCKET}/tmp"}
     options = runner_options(
         "DataflowRunner",
         {"number_of_worker_harness_threads": 4},
         job_name_prefix="cauce-predict",
         project=PROJECT,
-        region=REGION,
-        temp_location=f"gs://{TEST_BUCKET}/tmp",
+        dataflow=dataflow,
+        beam_image="europe-docker.pkg.dev/cauce-test/cauce/cauce-beam:1.0",
     )
     assert options["job_name"].startswith("cauce-predict-") and options["project"] == PROJECT
     assert options["number_of_worker_harness_threads"] == 4
+    assert options["sdk_container_image"] == "europe-docker.pkg.dev/cauce-test/cauce/cauce-beam:1.0"
+    named = runner_options(
+        "DataflowRunner", {}, job_name_prefix="cauce-x", project=PROJECT,
+        dataflow={**dataflow, "sdk_container_image": "example.com/beam:2"}, beam_image="example.com/beam:1",
+    )  # fmt: skip
+    assert named["sdk_container_image"] == "example.com/beam:2"
     with pytest.raises(CauceError, match="temp_location"):
-        runner_options("DataflowRunner", {}, job_name_prefix="cauce-x", project=PROJECT, region=REGION, temp_location="")
+        runner_options("DataflowRunner", {}, job_name_prefix="cauce-x", project=PROJECT, dataflow={"region": REGION})
+    with pytest.raises(CauceError, match="temp_location"):
+        runner_options("DataflowRunner", {}, job_name_prefix="cauce-x", project=PROJECT, dataflow={**dataflow, "temp_location": "/tmp"})
+    # A misspelt field is refused on every runner, before any job.
+    with pytest.raises(CauceError, match="max_workers"):
+        runner_options("DirectRunner", {}, job_name_prefix="cauce-x", dataflow={"max_workers": 3})
+
+
+def test_the_dataflow_fields_are_dataflow_options_own():
+    import inspect
+
+    from cauce.beam_pipelines import DATAFLOW_FIELDS
+
+    parameters = set(inspect.signature(dataflow_options).parameters) - {"project", "job_name_prefix", "extra"}
+    assert set(DATAFLOW_FIELDS) == parameters

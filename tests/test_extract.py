@@ -56,8 +56,8 @@ def extract(request, tmp_path, local_database):
             emulator = request.getfixturevalue("bigquery_demo")
             backend_options = {
                 "project": emulator.project,
-                "location": emulator.location,
-                "api_endpoint": emulator.endpoint,
+                "bigquery_location": emulator.location,
+                "bigquery_api_endpoint": emulator.endpoint,
                 "api_retry_timeout_s": 5.0,
                 "query_timeout_s": 30.0,
             }
@@ -65,7 +65,7 @@ def extract(request, tmp_path, local_database):
             source=source,
             key_column=key_column,
             output_dir=tmp_path / "outputs" / output,
-            backend=backend,
+            target="local" if backend == "local" else "google-cloud",
             **backend_options,
             **options,
         )
@@ -376,9 +376,9 @@ def test_bigquery_server_errors_fail_fast_instead_of_retrying_for_minutes(accept
                 source=DEMO_TABLE,
                 key_column=DEMO_KEY,
                 output_dir=tmp_path / "outputs" / "dataset",
-                backend="bigquery",
+                target="google-cloud",
                 project="cauce-test",
-                api_endpoint=f"http://127.0.0.1:{server.server_port}",
+                bigquery_api_endpoint=f"http://127.0.0.1:{server.server_port}",
                 api_retry_timeout_s=1.0,
             )
     finally:
@@ -464,9 +464,9 @@ def test_cost_guard_refuses_a_query_over_the_limit_before_running_it(bigquery_de
                 source=DEMO_TABLE,
                 key_column=DEMO_KEY,
                 output_dir=tmp_path / "outputs" / "dataset",
-                backend="bigquery",
+                target="google-cloud",
                 project=bigquery_demo.project,
-                api_endpoint=proxy.endpoint,
+                bigquery_api_endpoint=proxy.endpoint,
                 maximum_bytes_billed=10 * GiB,
                 api_retry_timeout_s=5.0,
             )
@@ -486,9 +486,9 @@ def test_cost_guard_runs_a_query_under_the_limit_and_bigquery_gets_the_limit_too
             source=DEMO_TABLE,
             key_column=DEMO_KEY,
             output_dir=tmp_path / "outputs" / "dataset",
-            backend="bigquery",
+            target="google-cloud",
             project=bigquery_demo.project,
-            api_endpoint=proxy.endpoint,
+            bigquery_api_endpoint=proxy.endpoint,
             maximum_bytes_billed=10 * 1024**2,
             api_retry_timeout_s=5.0,
         )
@@ -620,9 +620,9 @@ def test_storage_read_api_reads_batches_over_grpc_default_message_limit(bigquery
         source="wide.rows",
         key_column="id",
         output_dir=tmp_path / "outputs" / "dataset",
-        backend="bigquery",
+        target="google-cloud",
         project=bigquery_emulator.project,
-        api_endpoint=bigquery_emulator.endpoint,
+        bigquery_api_endpoint=bigquery_emulator.endpoint,
         storage_api_endpoint=bigquery_emulator.grpc_endpoint,
         read_api="storage",
         staging_dataset="staging",

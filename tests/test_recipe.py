@@ -409,7 +409,7 @@ def test_component_runs_a_recipe_under_kfp_local(kfp_local, tmp_path):
                             recipe=recipe)
 
     pipeline(dataset_uri=raw)
-    (fn_dir,) = kfp_local.glob("recipe-transform-*/transform/transform_fn")
+    (fn_dir,) = kfp_local.glob("recipe-transform-*/transform/fitted_transform")
     transform = FittedTransform.load(fn_dir)
     assert transform.to_dict()["recipe"] == recipe and transform.rows_analyzed == 200
     (encoded,) = kfp_local.glob("recipe-transform-*/transform/transformed")

@@ -31,7 +31,7 @@ def test_every_pipeline_validates_strictly(compiled, name):
 def test_training_spec_shape(compiled):
     info = spec.validate_spec(compiled["training"])
     assert {"extract", "transform", "train", "evaluate", "condition-blessed-1"} <= set(info["tasks"]) | {"condition-blessed-1"}
-    for parameter in ("backend", "project", "runner", "mlflow_tracking_uri", "thresholds"):
+    for parameter in ("target", "project", "runner", "dataflow", "mlflow_tracking_uri", "thresholds"):
         assert parameter in info["parameters"]
     text = compiled["training"].read_text()
     # No credentials or local paths baked into the spec that goes to Vertex.
@@ -45,15 +45,18 @@ def test_dataflow_workers_run_the_beam_image_the_spec_was_compiled_with(compiled
     document = yaml.safe_load(compiled["training"].read_text())
     parameters = document["root"]["inputDefinitions"]["parameters"]
     # Fixed at compile time: the running step does not know which release compiled it.
-    assert parameters["dataflow_sdk_container_image"]["defaultValue"] == BEAM_IMAGE
-    for name in ("dataflow_temp_location", "dataflow_service_account", "dataflow_max_workers", "transform_recipe"):
-        assert name in parameters
+    transform_inputs = document["root"]["dag"]["tasks"]["transform"]["inputs"]["parameters"]
+    assert transform_inputs["beam_image"]["runtimeValue"]["constant"] == BEAM_IMAGE
+    # Every Dataflow option reaches the pipeline, as one object the transform step checks.
+    assert transform_inputs["dataflow"]["componentInputParameter"] == "dataflow"
+    assert parameters["dataflow"]["parameterType"] == "STRUCT" and "transform_recipe" in parameters
+    assert not [name for name in parameters if name.startswith("dataflow_")]
 
 
 def test_vertex_pipeline_job_builds_offline_with_real_parameters(compiled):
-    job = spec._build_vertex_job(compiled["training"], {"project": "p", "backend": "bigquery", "port": 9000})
+    job = spec._build_vertex_job(compiled["training"], {"project": "p", "target": "google-cloud", "port": 9000})
     values = job._gca_resource.runtime_config.parameter_values
-    assert values["backend"] == "bigquery" and values["port"] == 9000
+    assert values["target"] == "google-cloud" and values["port"] == 9000
 
 
 def test_unknown_parameter_is_rejected_by_the_vertex_sdk(compiled):
@@ -116,7 +119,7 @@ def test_cli_submit_dry_run_builds_the_vertex_job():
     assert result.exit_code == 0, result.output
     body = json.loads(result.output[: result.output.rindex("}") + 1])
     parameters = body["runtimeConfig"]["parameterValues"]
-    assert parameters["project"] == "acme-ml" and parameters["backend"] == "bigquery"
+    assert parameters["project"] == "acme-ml" and parameters["target"] == "google-cloud"
     assert parameters["endpoint_name"] == "tips"
     assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://acme-ml-pipelines/root"
 

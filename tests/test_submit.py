@@ -43,7 +43,10 @@ def submit(server, pipeline, *extra):
 
 def test_submit_creates_the_pipeline_job_on_vertex(vertex, tmp_path):
     compiled = spec.compile_pipeline("training", tmp_path)
-    result = submit(vertex, "training", "--spec", compiled, "--param", "endpoint_name=tips", "--param", "port=9000")
+    result = submit(
+        vertex, "training", "--spec", compiled, "--param", "endpoint_name=tips", "--param", "port=9000",
+        "--param", 'dataflow={"temp_location": "gs://acme-ml-tmp/dataflow"}',
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     [job] = vertex.pipeline_jobs.values()
     assert f"submitted: {job['name']}" in result.output
@@ -51,9 +54,9 @@ def test_submit_creates_the_pipeline_job_on_vertex(vertex, tmp_path):
     assert job["serviceAccount"] == SERVICE_ACCOUNT
     values = job["runtimeConfig"]["parameterValues"]
     assert values["endpoint_name"] == "tips" and values["port"] == 9000  # typed by the signature
-    assert (values["target"], values["backend"], values["project"], values["vertex_region"]) == (
-        "google-cloud", "bigquery", "acme-ml", "europe-west4"
-    )
+    assert (values["target"], values["project"], values["vertex_region"]) == ("google-cloud", "acme-ml", "europe-west4")
+    # Dataflow runs in the job's region unless the dataflow options name one.
+    assert values["dataflow"] == {"region": "europe-west4", "temp_location": "gs://acme-ml-tmp/dataflow"}
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://acme-ml-pipelines/root"
     compiled_spec = yaml.safe_load(compiled.read_text())  # the spec file, not a fresh compile
     for key in ("pipelineInfo", "deploymentSpec", "components"):
@@ -68,7 +71,7 @@ def test_submit_sets_only_the_parameters_a_pipeline_has(vertex):
     result = submit(vertex, "monitoring", "--param", "baseline_uri=gs://b/data", "--param", "request_log_dir=gs://b/logs")
     assert result.exit_code == 0, result.output
     [job] = vertex.pipeline_jobs.values()
-    # monitoring has target, project and vertex_region (retraining, Vertex Model Monitoring) but no backend
+    # monitoring has target, project and vertex_region (retraining, Vertex Model Monitoring) but no dataflow
     values = job["runtimeConfig"]["parameterValues"]
     assert set(values) == {"baseline_uri", "request_log_dir", "target", "project", "vertex_region"}
     assert (values["target"], values["project"], values["vertex_region"]) == ("google-cloud", "acme-ml", "europe-west4")

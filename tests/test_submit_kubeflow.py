@@ -102,7 +102,7 @@ def test_kubeflow_gets_the_spec_and_parameters_vertex_gets(kfp_server, vertex, t
     parameters = run["runtime_config"]["parameters"]
     assert parameters == job["runtimeConfig"]["parameterValues"]
     assert parameters["port"] == 9000 and isinstance(parameters["port"], int)  # typed by the signature
-    assert (parameters["project"], parameters["backend"]) == ("acme-ml", "bigquery")  # --project: Google Cloud data
+    assert (parameters["project"], parameters["target"]) == ("acme-ml", "google-cloud")  # --project: Google Cloud data
     assert run["runtime_config"]["pipeline_root"] == job["runtimeConfig"]["gcsOutputDirectory"]
     assert run["service_account"] == "pipeline-runner"
     assert run["display_name"].startswith("cauce-training-")

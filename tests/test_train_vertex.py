@@ -25,7 +25,7 @@ def test_torch_component_runs_under_kfp_local(trained_model, kfp_local, tmp_path
         # Numbers in a dict parameter reach the component as floats (protobuf Struct).
         task = train(
             transformed=encoded.output,
-            transform_fn=fitted.output,
+            fitted_transform=fitted.output,
             framework="torch",
             hyperparameters={"hidden_units": [16], "epochs": 3, "batch_size": 256, "learning_rate": 0.01},
         )

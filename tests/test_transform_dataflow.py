@@ -4,8 +4,8 @@ Dataflow cannot run here. The component runs under kfp.local with
 ``runner="DataflowRunner"`` and Beam's real DataflowRunner submits the analyze
 pass to the local Dataflow + Cloud Storage stand-in
 (tests/fixtures/dataflow_server.py), which reports the job FAILED: the step
-must fail naming the job, after the job carried the worker settings given as
-component parameters.
+must fail naming the job, after the job carried the worker settings given in
+the component's ``dataflow`` parameter.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ IMAGE = "us-docker.pkg.dev/cauce-test/cauce/cauce-beam@sha256:" + "cd" * 32
 SERVICE_ACCOUNT = "dataflow-worker@cauce-test.iam.gserviceaccount.com"
 
 
-def run_on_dataflow(raw_dataset, dataflow_server, **dataflow) -> None:
+def run_on_dataflow(raw_dataset, dataflow_server, beam_image: str = "", **dataflow) -> None:
     """Run the transform component under kfp.local with ``runner="DataflowRunner"`` and
     ``dataflow``'s settings, pointed at the stand-in; the step is expected to fail."""
 
@@ -37,7 +37,8 @@ def run_on_dataflow(raw_dataset, dataflow_server, **dataflow) -> None:
             project="cauce-test",
             # Only what the stand-in needs: its endpoint, and no Google credentials.
             pipeline_options={"dataflow_endpoint": dataflow_server.endpoint, "no_auth": True},
-            **dataflow,
+            dataflow=dataflow,
+            beam_image=beam_image,
         )
 
     with pytest.raises(RuntimeError):
@@ -51,13 +52,13 @@ def test_transform_launches_a_dataflow_job_with_its_parameters(kfp_local, raw_da
     run_on_dataflow(
         raw_dataset,
         dataflow_server,
-        location="europe-west4",
-        dataflow_temp_location=f"gs://{TEST_BUCKET}/tmp",
-        dataflow_service_account=SERVICE_ACCOUNT,
-        dataflow_machine_type="n2-standard-8",
-        dataflow_max_workers=12,
-        dataflow_use_public_ips=False,
-        dataflow_sdk_container_image=IMAGE,
+        beam_image=IMAGE,
+        region="europe-west4",
+        temp_location=f"gs://{TEST_BUCKET}/tmp",
+        service_account_email=SERVICE_ACCOUNT,
+        machine_type="n2-standard-8",
+        max_num_workers=12,
+        use_public_ips=False,
     )
     step_log = capfd.readouterr().out
 
@@ -77,6 +78,6 @@ def test_transform_launches_a_dataflow_job_with_its_parameters(kfp_local, raw_da
 
 
 def test_dataflow_parameters_are_checked_before_any_job(kfp_local, raw_dataset, dataflow_server, capfd):
-    run_on_dataflow(raw_dataset, dataflow_server, dataflow_temp_location="/tmp/not-cloud-storage")
+    run_on_dataflow(raw_dataset, dataflow_server, region="europe-west4", temp_location="/tmp/not-cloud-storage")
     assert dataflow_server.jobs == {}
     assert "temp_location" in capfd.readouterr().out

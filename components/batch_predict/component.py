@@ -17,11 +17,10 @@ def batch_predict(
     input_dataset: dsl.Input[dsl.Dataset] = None,
     input_split: str = "",
     source: str = "",
-    backend: str = "local",
     local_database: str = "",
     project: str = "",
-    location: str = "US",
-    api_endpoint: str = "",
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
     query_parameters: dict = {},  # noqa: B006
     identifiers: dict = {},  # noqa: B006
     target: str = "local",
@@ -31,21 +30,15 @@ def batch_predict(
     runner: str = "DirectRunner",
     pipeline_options: dict = {},  # noqa: B006
     batch_size: int = 65536,
-    dataflow_temp_location: str = "",
-    dataflow_staging_location: str = "",
-    dataflow_service_account: str = "",
-    dataflow_machine_type: str = "",
-    dataflow_max_workers: int = 0,
-    dataflow_network: str = "",
-    dataflow_subnetwork: str = "",
-    dataflow_use_public_ips: bool = True,
-    dataflow_sdk_container_image: str = "",
+    dataflow: dict = {},  # noqa: B006
+    beam_image: str = "",
 ) -> NamedTuple("BatchPredictOutputs", [("rows", int), ("model_uri", str)]):
     """Apply a registered model (by alias) to a Parquet Dataset or a BigQuery table/query, in batches with Beam.
 
     Give exactly one input: ``input_dataset`` (a cauce Dataset, e.g. extract's output) or
-    ``source`` (read the way extract reads it). The model is the registry version that
-    ``alias`` names: Vertex AI Model Registry with ``target="google-cloud"``, MLflow with ``"local"``.
+    ``source`` (read the way extract reads it). ``target`` says where both live: ``"local"``
+    (the embedded query engine, MLflow) or ``"google-cloud"`` (BigQuery, Vertex AI Model
+    Registry in ``project``); the model is the registry version that ``alias`` names.
     The output Dataset has one split ``predictions``: the key column plus, by task,
     ``label``/``score`` (binary), ``label``/``score_<class>`` (multiclass) or ``value``
     (regression).
@@ -58,31 +51,27 @@ def batch_predict(
         input_dataset: cauce Dataset to score (leave unset when reading source).
         input_split: split of input_dataset to score; empty = its only split.
         source: BigQuery table (dataset.table or project.dataset.table) or query (SELECT/WITH) to score.
-        backend: how source is read: "local" (embedded DuckDB engine) or "bigquery".
         local_database: DuckDB file of the local engine; empty = cauce's default.
-        project: Google Cloud project: runs the BigQuery query and holds the Vertex AI Model Registry.
-        location: BigQuery location of the query job.
-        api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
+        project: Google Cloud project: runs the BigQuery query and the Dataflow job, and holds
+            the Vertex AI Model Registry.
+        bigquery_location: BigQuery location of the query job.
+        bigquery_api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
         query_parameters: @name -> scalar or list, sent as typed query parameters.
         identifiers: ${name} placeholders of source -> project/dataset/table ids (as extract's).
-        target: where the registry is: "local" (MLflow) or "google-cloud" (Vertex AI Model Registry in project).
+        target: "local" (source on the embedded engine, MLflow registry) or "google-cloud"
+            (source on BigQuery, Vertex AI Model Registry in project).
         vertex_region: Vertex AI region of the model registry.
         vertex_api_endpoint: Vertex AI API endpoint other than the region's.
         mlflow_tracking_uri: MLflow registry of the local target; empty = cauce's local default.
         runner: Beam runner: DirectRunner or DataflowRunner (the job runs in project and
-            region, and is cancelled if the step is cancelled).
+            dataflow's region, and is cancelled if the step is cancelled).
         pipeline_options: any other Beam option; names that look like credentials are refused.
         batch_size: rows per model call.
-        dataflow_temp_location: gs://bucket/path for Dataflow's temporary files (required on Dataflow).
-        dataflow_staging_location: gs://bucket/path for staged files; empty = the temp location.
-        dataflow_service_account: the workers' service account e-mail; empty = the project's default.
-        dataflow_machine_type: worker machine type; empty = Dataflow's default.
-        dataflow_max_workers: autoscaling ceiling; 0 = Dataflow's default.
-        dataflow_network: VPC network of the workers; empty = default.
-        dataflow_subnetwork: subnetwork of the workers.
-        dataflow_use_public_ips: False keeps workers on private IPs (needs Private Google Access).
-        dataflow_sdk_container_image: the workers' image; pass the beam image your pipeline was
-            compiled with (cauce.images.BEAM_IMAGE); empty = the release tag.
+        dataflow: Dataflow options (DataflowRunner only), as transform's: region and
+            temp_location required; see cauce.beam_pipelines.DATAFLOW_FIELDS.
+        beam_image: the image Dataflow workers run unless dataflow names an sdk_container_image;
+            pass the beam image your pipeline was compiled with (cauce.images.BEAM_IMAGE);
+            empty = the release tag.
     """
     from collections import namedtuple
 
@@ -90,20 +79,7 @@ def batch_predict(
     from cauce.components.batch_predict.executor import run_batch_predict_from_registry
 
     options = runner_options(
-        runner,
-        pipeline_options,
-        job_name_prefix="cauce-predict",
-        project=project,
-        region=vertex_region,
-        temp_location=dataflow_temp_location,
-        staging_location=dataflow_staging_location,
-        service_account_email=dataflow_service_account,
-        machine_type=dataflow_machine_type,
-        max_num_workers=dataflow_max_workers,
-        sdk_container_image=dataflow_sdk_container_image,
-        network=dataflow_network,
-        subnetwork=dataflow_subnetwork,
-        use_public_ips=dataflow_use_public_ips,
+        runner, pipeline_options, job_name_prefix="cauce-predict", project=project, dataflow=dataflow, beam_image=beam_image
     )
 
     result = run_batch_predict_from_registry(
@@ -121,11 +97,10 @@ def batch_predict(
         input_dataset_uri=input_dataset.uri if input_dataset is not None else "",
         input_split=input_split,
         source=source,
-        backend=backend,
         local_database=local_database,
         project=project,
-        location=location,
-        api_endpoint=api_endpoint,
+        bigquery_location=bigquery_location,
+        bigquery_api_endpoint=bigquery_api_endpoint,
         query_parameters=query_parameters,
         identifiers=identifiers,
         runner=runner,

@@ -40,11 +40,11 @@ import pyarrow.dataset as ds
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
 from cauce.features import FittedTransform
+from cauce.targets import TARGETS
 
 log = logging.getLogger(__name__)
 
 SPLIT = "predictions"
-BACKENDS = ("local", "bigquery")
 
 
 # --------------------------------------------------------------------------- model side
@@ -148,8 +148,8 @@ def _check_input_columns(schema: pa.Schema, key_column: str, signature: dict, wh
         raise CauceError(f"key_column {key_column!r} has the name of a prediction column {outputs}: rename it")
 
 
-def _stage_bigquery(source, key_column, staging_dir, backend, local_database, project, location, api_endpoint,
-                    query_parameters, timeouts, identifiers=None):
+def _stage_source(source, key_column, staging_dir, target, local_database, project, bigquery_location,
+                  bigquery_api_endpoint, query_parameters, timeouts, identifiers=None):
     from cauce.components.extract.executor import run_extract
 
     result = run_extract(
@@ -158,11 +158,11 @@ def _stage_bigquery(source, key_column, staging_dir, backend, local_database, pr
         key_column=key_column,
         output_dir=staging_dir,
         splits={SPLIT: 1.0},
-        backend=backend,
+        target=target,
         local_database=local_database,
         project=project,
-        location=location,
-        api_endpoint=api_endpoint,
+        bigquery_location=bigquery_location,
+        bigquery_api_endpoint=bigquery_api_endpoint,
         query_parameters=query_parameters,
         identifiers=identifiers,
     )
@@ -177,11 +177,11 @@ def run_batch_predict(
     input_dataset_dir: str = "",
     input_split: str = "",
     source: str = "",
-    backend: str = "local",
+    target: str = "local",
     local_database: str = "",
     project: str = "",
-    location: str = "US",
-    api_endpoint: str = "",
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
     runner: str = "DirectRunner",
     pipeline_options: dict | None = None,
     batch_size: int = 65536,
@@ -201,8 +201,8 @@ def run_batch_predict(
         input_dataset_dir: a cauce Dataset to score (with ``input_split``) ...
         input_split: ... the split of it to score; empty = its only split.
         source: ... or a BigQuery table (``dataset.table``) or query (SELECT/WITH).
-        backend, local_database, project, location, api_endpoint, query_parameters, identifiers:
-            how ``source`` is read, exactly as the extract step reads it.
+        target, local_database, project, bigquery_location, bigquery_api_endpoint, query_parameters,
+            identifiers: how ``source`` is read, exactly as the extract step reads it.
         runner, pipeline_options: the Beam runner (``cauce.beam_pipelines.make_pipeline``).
         batch_size: rows per model call.
         input_dataset_uri, output_uri: the same locations as Beam workers on Dataflow
@@ -221,8 +221,8 @@ def run_batch_predict(
         )
     if not isinstance(key_column, str) or not key_column:
         raise CauceError("key_column is empty: name the input column to copy next to each prediction")
-    if backend not in BACKENDS:
-        raise CauceError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if target not in TARGETS:
+        raise CauceError(f"target must be one of {TARGETS}, got {target!r}")
     if int(batch_size) < 1:
         raise CauceError(f"batch_size must be >= 1, got {batch_size}")
     batch_size = int(batch_size)
@@ -246,10 +246,11 @@ def run_batch_predict(
             staging_dir = tempfile.mkdtemp(prefix=".batch-input-", dir=parent)
             os.rmdir(staging_dir)  # run_extract writes it atomically
             staging_uri = staging_dir if local or not output_uri else f"{output_uri.rsplit('/', 1)[0]}/{Path(staging_dir).name}"
-            input_info = {"source": source, "backend": backend}
+            input_info = {"source": source, "backend": "local" if target == "local" else "bigquery"}
             input_info.update(
-                {k: v for k, v in _stage_bigquery(
-                    source, key_column, staging_dir, backend, local_database, project, location, api_endpoint,
+                {k: v for k, v in _stage_source(
+                    source, key_column, staging_dir, target, local_database, project, bigquery_location,
+                    bigquery_api_endpoint,
                     query_parameters or {},
                     {"api_retry_timeout_s": api_retry_timeout_s, "query_timeout_s": query_timeout_s},
                     identifiers or {},
@@ -350,5 +351,5 @@ def run_batch_predict_from_registry(
     if not model_dir:
         where = f"Vertex project {registry_project!r}" if target == "google-cloud" else "the MLflow registry"
         raise CauceError(f"model {model_name!r} has no version with alias {alias!r} in {where}")
-    result = run_batch_predict(model_dir, **kwargs)
+    result = run_batch_predict(model_dir, target=target, **kwargs)
     return {**result, "model_name": model_name, "alias": alias}

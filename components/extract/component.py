@@ -15,11 +15,11 @@ def extract(
     key_column: str,
     dataset: dsl.Output[dsl.Dataset],
     splits: dict = {"train": 0.8, "eval": 0.2},  # noqa: B006
-    backend: str = "local",
+    target: str = "local",
     local_database: str = "",
     project: str = "",
-    location: str = "US",
-    api_endpoint: str = "",
+    bigquery_location: str = "US",
+    bigquery_api_endpoint: str = "",
     query_parameters: dict = {},  # noqa: B006
     maximum_bytes_billed: int = 0,
     read_api: str = "auto",
@@ -35,11 +35,11 @@ def extract(
         key_column: the column whose FARM_FINGERPRINT decides each row's split.
         dataset: output cauce Dataset: one Parquet folder per split + _schema.json.
         splits: split name -> ratio (> 0, summing to 1).
-        backend: "local" (embedded DuckDB engine) or "bigquery".
+        target: where the query runs: "local" (the embedded DuckDB engine) or "google-cloud" (BigQuery).
         local_database: DuckDB file of the local engine; empty = cauce's default.
         project: BigQuery project that runs (and pays for) the query; empty = the credentials' default.
-        location: BigQuery location of the query job.
-        api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
+        bigquery_location: BigQuery location of the query job.
+        bigquery_api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
         query_parameters: @name -> scalar or list, sent as typed query parameters.
         maximum_bytes_billed: cost guard: refuse a query whose dry-run estimate is over it (and BigQuery
             fails a job that would bill more); 0 = no limit.
@@ -60,11 +60,11 @@ def extract(
         key_column=key_column,
         output_dir=dataset.path,
         splits=splits,
-        backend=backend,
+        target=target,
         local_database=local_database,
         project=project,
-        location=location,
-        api_endpoint=api_endpoint,
+        bigquery_location=bigquery_location,
+        bigquery_api_endpoint=bigquery_api_endpoint,
         query_parameters=query_parameters,
         maximum_bytes_billed=maximum_bytes_billed,
         read_api=read_api,

@@ -36,12 +36,12 @@ import pyarrow.compute as pc
 
 from cauce.artifacts import CauceError, atomic_dir
 from cauce.data import write_schema, write_split
+from cauce.targets import TARGETS
 
 from .local_engine import QueryParameter, run_query
 
 _log = logging.getLogger(__name__)
 
-TARGETS = ("local", "google-cloud")  # where the query runs: the embedded engine or BigQuery
 READ_APIS = ("auto", "storage", "rest")
 # Streams asked of the Storage Read API; BigQuery may give fewer. Each is read by its own thread.
 STORAGE_READ_STREAMS = 8

@@ -15,7 +15,7 @@ FRAMEWORK_IMAGE_FAMILIES = {"sklearn": "base", "keras": "tf", "torch": "torch"}
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train(
     transformed: dsl.Input[dsl.Dataset],
-    transform_fn: dsl.Input[dsl.Artifact],
+    fitted_transform: dsl.Input[dsl.Artifact],
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     hyperparameters: dict = {},
@@ -47,7 +47,7 @@ def train(
 
     result = run_train(
         transformed_dir=transformed.path,
-        transform_dir=transform_fn.path,
+        transform_dir=fitted_transform.path,
         model_dir=model.path,
         hyperparameters=hyperparameters,
         train_split=train_split,

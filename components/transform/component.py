@@ -14,7 +14,7 @@ def transform(
     numeric_features: list,
     categorical_features: list,
     transformed: dsl.Output[dsl.Dataset],
-    transform_fn: dsl.Output[dsl.Artifact],
+    fitted_transform: dsl.Output[dsl.Artifact],
     analyze_split: str = "train",
     top_k: int = 100,
     runner: str = "DirectRunner",
@@ -22,16 +22,8 @@ def transform(
     task: str = "binary",
     recipe: dict = {},
     project: str = "",
-    location: str = "us-central1",
-    dataflow_temp_location: str = "",
-    dataflow_staging_location: str = "",
-    dataflow_service_account: str = "",
-    dataflow_machine_type: str = "",
-    dataflow_max_workers: int = 0,
-    dataflow_network: str = "",
-    dataflow_subnetwork: str = "",
-    dataflow_use_public_ips: bool = True,
-    dataflow_sdk_container_image: str = "",
+    dataflow: dict = {},
+    beam_image: str = "",
 ) -> NamedTuple("TransformOutputs", [("features_out", int)]):
     """Fit a feature transform on the training split (Beam full pass) and encode every split.
 
@@ -50,18 +42,16 @@ def transform(
             job per pass, cancelled if the step is cancelled).
         pipeline_options: any other Beam option; names that look like credentials are refused.
         project: Google Cloud project of the Dataflow job (DataflowRunner only).
-        location: Dataflow region, e.g. us-central1.
-        dataflow_temp_location: gs://bucket/path for Dataflow's temporary files (required on Dataflow).
-        dataflow_staging_location: gs://bucket/path for staged files; empty = the temp location.
-        dataflow_service_account: the workers' service account e-mail; empty = the project's default.
-        dataflow_machine_type: worker machine type, e.g. n2-standard-4; empty = Dataflow's default.
-        dataflow_max_workers: autoscaling ceiling; 0 = Dataflow's default.
-        dataflow_network: VPC network of the workers; empty = default.
-        dataflow_subnetwork: subnetwork of the workers (regions/<region>/subnetworks/<name> or URL).
-        dataflow_use_public_ips: False keeps workers on private IPs (needs Private Google Access).
-        dataflow_sdk_container_image: the workers' SDK harness image. Pipelines pass the beam
-            image they were compiled with (the `training` pipeline does); empty = the
-            image cauce.images names in the running step, the release tag by default.
+        dataflow: Dataflow options (DataflowRunner only; see cauce.beam_pipelines.DATAFLOW_FIELDS):
+            region and temp_location (gs://) required; staging_location, service_account_email,
+            machine_type, max_num_workers, network, subnetwork, use_public_ips,
+            sdk_container_image, labels, job_name optional. Checked before any job.
+        beam_image: the image Dataflow workers run unless dataflow names an sdk_container_image:
+            pipelines pass the beam image they were compiled with (the `training` pipeline
+            does); empty = the image cauce.images names in the running step.
+        transformed: output: the encoded splits.
+        fitted_transform: output: the fitted transform (transform.json) that training,
+            evaluation, serving and batch prediction apply.
     """
     from collections import namedtuple
 
@@ -69,20 +59,7 @@ def transform(
     from cauce.components.transform.executor import run_transform
 
     options = runner_options(
-        runner,
-        pipeline_options,
-        job_name_prefix="cauce-transform",
-        project=project,
-        region=location,
-        temp_location=dataflow_temp_location,
-        staging_location=dataflow_staging_location,
-        service_account_email=dataflow_service_account,
-        machine_type=dataflow_machine_type,
-        max_num_workers=dataflow_max_workers,
-        sdk_container_image=dataflow_sdk_container_image,
-        network=dataflow_network,
-        subnetwork=dataflow_subnetwork,
-        use_public_ips=dataflow_use_public_ips,
+        runner, pipeline_options, job_name_prefix="cauce-transform", project=project, dataflow=dataflow, beam_image=beam_image
     )
 
     result = run_transform(
@@ -93,7 +70,7 @@ def transform(
         categorical_features=categorical_features,
         transformed_dir=transformed.path,
         transformed_uri=transformed.uri,
-        transform_dir=transform_fn.path,
+        transform_dir=fitted_transform.path,
         analyze_split=analyze_split,
         top_k=top_k,
         runner=runner,
@@ -102,5 +79,5 @@ def transform(
         recipe=recipe or None,
     )
     transformed.metadata.update(result.metadata)
-    transform_fn.metadata.update({"label": label, "feature_names": result.feature_names})
+    fitted_transform.metadata.update({"label": label, "feature_names": result.feature_names})
     return namedtuple("TransformOutputs", ["features_out"])(len(result.feature_names))

@@ -6,7 +6,9 @@ the Prism runner (fails offline; on Google Cloud it would fetch a binary at run
 time) and only then falls back to the FnApiRunner, which is what we want.
 
 Any other runner (``DataflowRunner``) is passed through with its options, built
-for Dataflow by ``dataflow_options``. ``run_pipeline`` then submits the job,
+for Dataflow by ``dataflow_options`` from a component's ``dataflow`` dict
+(``runner_options``: the one Dataflow options object of transform and batch
+prediction). ``run_pipeline`` then submits the job,
 logs its id and console URL, waits for it, and cancels it if the step is
 stopped (SIGTERM from Vertex/Kubeflow, Ctrl-C, any error while waiting): a job
 must never keep running, and billing, after the step that launched it is gone.
@@ -249,13 +251,73 @@ def dataflow_options(
     return options
 
 
-def runner_options(runner: str, pipeline_options: dict | None, *, job_name_prefix: str, **dataflow) -> dict:
-    """The Beam options of a component's step: ``pipeline_options`` as they are for the
-    DirectRunner; for Dataflow, ``dataflow_options(**dataflow)`` with ``pipeline_options``
-    as its extra options. The one mapping every Beam component's parameters go through."""
+# The fields of a component's ``dataflow`` parameter: dataflow_options's own, by Beam's
+# names; project comes from the component's ``project``, other Beam options from
+# ``pipeline_options``.
+DATAFLOW_FIELDS = (
+    "region",
+    "temp_location",
+    "staging_location",
+    "service_account_email",
+    "machine_type",
+    "max_num_workers",
+    "network",
+    "subnetwork",
+    "use_public_ips",
+    "sdk_container_image",
+    "labels",
+    "job_name",
+)
+_REQUIRED_DATAFLOW_FIELDS = ("region", "temp_location")
+
+
+def check_dataflow(dataflow: dict | None) -> dict:
+    """A component's ``dataflow`` parameter, its keys checked (on every runner, so a typo
+    shows before any job): a copy holding only ``DATAFLOW_FIELDS``."""
+    from cauce.artifacts import CauceError
+
+    if dataflow is None:
+        return {}
+    if not isinstance(dataflow, dict):
+        raise CauceError(f"dataflow must be a dict of Dataflow options, got {type(dataflow).__name__}")
+    unknown = sorted(set(dataflow) - set(DATAFLOW_FIELDS))
+    if unknown:
+        raise CauceError(
+            f"dataflow has unknown option(s) {unknown}: it takes {list(DATAFLOW_FIELDS)}; "
+            "put any other Beam option in pipeline_options"
+        )
+    return dict(dataflow)
+
+
+def runner_options(
+    runner: str,
+    pipeline_options: dict | None,
+    *,
+    job_name_prefix: str,
+    project: str = "",
+    dataflow: dict | None = None,
+    beam_image: str = "",
+) -> dict:
+    """The Beam options of a component's step, the one mapping every Beam component's
+    parameters go through: ``pipeline_options`` as they are for the DirectRunner; for
+    Dataflow, ``dataflow_options`` of ``project`` and the ``dataflow`` dict (its fields
+    are ``DATAFLOW_FIELDS``; ``region`` and ``temp_location`` required), with
+    ``pipeline_options`` as its extra options. Workers run ``dataflow["sdk_container_image"]``,
+    else ``beam_image`` (the image the pipeline was compiled with), else the release's."""
+    from cauce.artifacts import CauceError
+
+    fields = check_dataflow(dataflow)
     if runner != DATAFLOW_RUNNER:
         return dict(pipeline_options or {})
-    return dataflow_options(**dataflow, job_name_prefix=job_name_prefix, extra=pipeline_options)
+    missing = [name for name in _REQUIRED_DATAFLOW_FIELDS if not fields.get(name)]
+    if missing:
+        raise CauceError(
+            f"runner={DATAFLOW_RUNNER} needs dataflow {missing}, e.g. "
+            '{"region": "us-central1", "temp_location": "gs://bucket/tmp"}'
+        )
+    if beam_image:
+        fields.setdefault("sdk_container_image", beam_image)
+    return dataflow_options(project=project, **fields, job_name_prefix=job_name_prefix, extra=pipeline_options)
 
 
 # -- Submitting and waiting ---------------------------------------------------------------

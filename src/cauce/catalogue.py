@@ -348,7 +348,7 @@ def skew_check(project: str, request_log_dir: str):
         query="CREATE OR REPLACE TABLE fraud.training_snapshot AS SELECT * FROM fraud.transactions",
     )
     baseline = extract(
-        source="fraud.training_snapshot", key_column="transaction_id", backend="bigquery", project=project
+        source="fraud.training_snapshot", key_column="transaction_id", target="google-cloud", project=project
     ).after(snapshot)
     monitor(
         baseline=baseline.outputs["dataset"],

@@ -87,7 +87,7 @@ def _ensure_demo(pipeline: str, arguments: dict, rows: int) -> None:
     from cauce import demo
     from cauce.paths import local_database
 
-    uses_demo = pipeline == "training" and "source" not in arguments and arguments.get("backend", "local") == "local"
+    uses_demo = pipeline == "training" and "source" not in arguments and arguments.get("target", "local") == "local"
     if uses_demo:
         database = arguments.get("local_database") or str(local_database())
         with console.status(f"preparing the demo table {demo.DEMO_TABLE} ({rows:,} rows) …"):
@@ -309,7 +309,7 @@ def validate(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, 
 def submit(
     pipeline: str = typer.Argument(..., help="pipeline to submit"),
     project: str = typer.Option("", help="Google Cloud project (Vertex AI; with --kfp-host: sets the pipeline's project)"),
-    region: str = typer.Option("", help="Vertex AI region, e.g. us-central1 (with --kfp-host: sets the pipeline's location)"),
+    region: str = typer.Option("", help="Vertex AI region, e.g. us-central1 (with --kfp-host: sets the pipeline's vertex_region)"),
     pipeline_root: str = typer.Option("", help="folder for pipeline artifacts: gs:// on Vertex; Kubeflow's default if empty"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter name=value (repeatable)"),
     service_account: str = typer.Option("", help="service account the pipeline runs as (Kubernetes one with --kfp-host)"),
@@ -346,20 +346,22 @@ def submit(
             _fail(f"--pipeline-root must be a gs:// URI, got {pipeline_root!r}")
     try:
         values = spec.parse_params(pipeline, param)
-        # On Google Cloud the data comes from BigQuery and Google Cloud resources live in
-        # the job's project and region, unless --param says otherwise; only for pipelines
-        # that have these parameters (Vertex rejects unknown ones). On Kubeflow only when
-        # --project says the cluster works with Google Cloud.
+        # On Google Cloud (target: the data comes from BigQuery) Google Cloud resources
+        # live in the job's project and region, unless --param says otherwise; only for
+        # pipelines that have these parameters (Vertex rejects unknown ones). On Kubeflow
+        # only when --project says the cluster works with Google Cloud.
         declared = spec.get_pipeline(pipeline).component_spec.inputs or {}
         defaults = (
             ("target", "google-cloud" if project else ""),
             ("project", project),
             ("vertex_region", region),
-            ("backend", "bigquery" if project else ""),
         )
         for name, value in defaults:
             if name in declared and value:
                 values.setdefault(name, value)
+        # Dataflow jobs run in the same region unless the dataflow options name one.
+        if region and isinstance(values.get("dataflow"), dict):
+            values["dataflow"] = {"region": region, **values["dataflow"]}
         missing = [n for n, i in declared.items() if i.default is None and not i.optional and n not in values]
         if missing:
             raise CauceError(f"pipeline {pipeline!r} needs " + " ".join(f"--param {n}=..." for n in missing))
