@@ -1,5 +1,5 @@
-"""The evaluate step: real TensorFlow Model Analysis runs on a small model,
-checked against scikit-learn on the same predictions."""
+"""The evaluate step: real TensorFlow Model Analysis runs on a small model; every
+metric is checked against scikit-learn on the same predictions."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from cauce import data
 from cauce import model as cauce_model
@@ -27,18 +35,38 @@ from cauce.features import FeatureStatistics, FittedTransform
 ROWS = 3000
 SLICE = "payment_type"
 SLICE_WITH_NULLS = "company"
-# TFMA's AUC interpolates confusion matrices at 10 000 evenly spaced thresholds
-# instead of ranking every pair as sklearn does: only pairs whose scores share a
-# 1e-4 bucket can differ (measured: 2e-7 on this data).
-AUC_TOLERANCE = 1e-4
+# Every metric is computed exactly (components/evaluate/metrics.py), with
+# scikit-learn's definitions: agreement to the last few bits, whatever the scores.
+EXACT = 1e-9
 
 
-def build_model_bundle(directory: Path, train: pa.Table) -> Path:
+def sklearn_binary_metrics(labels, scores) -> dict:
+    """What evaluate must report, computed by scikit-learn itself on the scores
+    widened to float64 (as evaluate reads them: on float32 input scikit-learn
+    would compute the log loss in float32, clipped at float32's eps)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    predicted = scores > 0.5
+    metrics = {
+        "example_count": len(labels),
+        "auc": roc_auc_score(labels, scores),
+        "auc_precision_recall": average_precision_score(labels, scores),
+        "binary_accuracy": accuracy_score(labels, predicted),
+        # undefined (no predicted positive) is NaN here, None in evaluate's output
+        "precision": precision_score(labels, predicted, zero_division=np.nan),
+        "recall": recall_score(labels, predicted, zero_division=np.nan),
+        "binary_crossentropy": log_loss(labels, scores),
+    }
+    return {name: None if np.isnan(value) else value for name, value in metrics.items()}
+
+
+def build_model_bundle(directory: Path, train: pa.Table, coefficient_scale: float = 1.0) -> Path:
     """A cauce Model directory (scikit-learn logistic regression + fitted transform)."""
     stats = FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(train)
     fitted = FittedTransform.fit(stats, DEMO_LABEL)
     labels = train.column(DEMO_LABEL).to_numpy()
     estimator = LogisticRegression(max_iter=500).fit(fitted.transform_table(train), labels)
+    estimator.coef_ *= coefficient_scale  # a large scale pushes the scores against 0 and 1
+    estimator.intercept_ *= coefficient_scale
     directory.mkdir(parents=True)
     joblib.dump(estimator, directory / "model.joblib")
     fitted.save(directory)
@@ -95,13 +123,11 @@ def passed(bundle, tmp_path_factory):
 def test_overall_metrics_match_sklearn_on_the_same_predictions(labels_and_scores, passed):
     summary, _ = passed
     labels, scores = labels_and_scores
-    predicted = (scores > 0.5).astype(int)  # TFMA counts a score above the cut-off as positive
+    predicted = (scores > 0.5).astype(int)  # a score above the cut-off is a positive prediction
     metrics = summary["metrics"]
 
     assert metrics["example_count"] == ROWS
-    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=AUC_TOLERANCE)
-    assert metrics["binary_accuracy"] == accuracy_score(labels, predicted)
-    assert metrics["binary_crossentropy"] == pytest.approx(log_loss(labels, scores), rel=1e-6)
+    assert metrics == pytest.approx(sklearn_binary_metrics(labels, scores), abs=EXACT)
     assert summary["confusion_matrix"]["matrix"] == confusion_matrix(labels, predicted).tolist()
 
 
@@ -118,6 +144,8 @@ def test_every_slice_value_gets_its_own_metrics(bundle, labels_and_scores, passe
         assert entry["metrics"]["binary_accuracy"] == accuracy_score(labels[in_slice], scores[in_slice] > 0.5)
         # AUC is undefined, not 0, for a slice holding one class only
         assert (entry["metrics"]["auc"] is None) == (len(set(labels[in_slice])) < 2)
+        if entry["metrics"]["auc"] is not None:
+            assert entry["metrics"]["auc"] == pytest.approx(roc_auc_score(labels[in_slice], scores[in_slice]), abs=EXACT)
 
     # rows without a value form their own slice instead of disappearing
     counts = {
@@ -134,7 +162,7 @@ def test_passing_thresholds_bless_the_model(passed):
     assert summary["blessed"] is True and summary["reasons"] == []
     assert summary["thresholds"] == {"auc": {"lower_bound": 0.6}, "binary_accuracy": {"lower_bound": 0.55}}
     assert sorted(p.name for p in output_dir.iterdir()) == sorted([EVALUATION_FILE, REPORT_FILE, TFMA_DIR])
-    assert (output_dir / TFMA_DIR / "validations.tfrecord").exists()
+    assert (output_dir / TFMA_DIR / "eval_config.json").exists()
 
 
 def test_evaluation_json_and_report(passed):
@@ -164,7 +192,7 @@ def test_impossible_threshold_is_not_blessed_and_says_why(bundle, tmp_path):
     assert "Not blessed: auc" in (tmp_path / "out" / REPORT_FILE).read_text()
 
 
-def test_without_thresholds_tfma_does_not_bless(bundle, tmp_path):
+def test_without_thresholds_nothing_is_blessed(bundle, tmp_path):
     model_dir, dataset_dir, _ = bundle
     summary = run_evaluate(model_dir, dataset_dir, tmp_path / "out")
     assert summary["blessed"] is False and summary["reasons"][0].startswith("no thresholds were set")
@@ -264,10 +292,10 @@ def test_a_better_challenger_beats_the_champion_on_every_slice(bundle, weak_mode
     assert summary["metrics"]["auc"] > summary["champion"]["metrics"]["auc"]
     comparisons = summary["champion"]["comparisons"]
     assert {c["where"] for c in comparisons} == {"overall"} | {f"slice {SLICE}={s['value']}" for s in summary["slices"]}
-    # The champion's numbers are TFMA's, on the same rows: they match sklearn too.
+    # The champion's numbers are exact too, on the same rows.
     labels, _ = labels_and_scores
     champion_scores = cauce_model.load(weak_model).predict_scores(eval_table)
-    assert summary["champion"]["metrics"]["auc"] == pytest.approx(roc_auc_score(labels, champion_scores), abs=AUC_TOLERANCE)
+    assert summary["champion"]["metrics"] == pytest.approx(sklearn_binary_metrics(labels, champion_scores), abs=EXACT)
     assert "Challenger vs champion" in (tmp_path / "out" / "report.html").read_text()
 
 
@@ -300,12 +328,34 @@ def test_bad_change_thresholds_fail_clearly(bundle, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# ---- speed: weighted aggregation keeps TFMA's numbers ---------------------------
+# ---- saturated scores: the metrics stay exact ------------------------------------
 
 
-def test_aggregated_examples_give_tfma_the_same_numbers(tmp_path):
-    """TFMA on one weighted example per (label, slice, histogram bucket) equals TFMA
-    on every row: exactly for histogram and cut-off metrics, to 1e-8 for log loss."""
+def test_scores_within_1e_6_of_0_and_1_keep_every_metric_exact(bundle, tmp_path):
+    """TFMA's histogram AUC cannot rank scores inside one 1e-4 bucket; ours is
+    scikit-learn's on the same scores, overall and per slice."""
+    _, dataset_dir, eval_table = bundle
+    saturated = str(build_model_bundle(tmp_path / "model", generate_taxi_trips(ROWS, seed=1), coefficient_scale=40.0))
+    labels = eval_table.column(DEMO_LABEL).to_numpy()
+    scores = cauce_model.load(saturated).predict_scores(eval_table)
+    extreme = (scores < 1e-6) | (scores > 1 - 1e-6)
+    assert extreme.mean() > 0.5 and len(np.unique(scores[extreme])) > 100  # crowded, but still ranked
+
+    summary = run_evaluate(saturated, dataset_dir, tmp_path / "out", slice_features=[SLICE], thresholds={"auc": 0.5})
+    assert summary["metrics"] == pytest.approx(sklearn_binary_metrics(labels, scores), abs=1e-6)
+    slice_values = eval_table.column(SLICE).to_numpy(zero_copy_only=False)
+    for entry in summary["slices"]:
+        rows = slice_values == entry["value"]
+        if len(set(labels[rows])) == 2:
+            assert entry["metrics"] == pytest.approx(sklearn_binary_metrics(labels[rows], scores[rows]), abs=1e-6)
+
+
+# ---- speed: weighted aggregation keeps TFMA's plots ------------------------------
+
+
+def test_aggregated_examples_give_tfma_the_same_plots(tmp_path):
+    """TFMA on one weighted example per (label, slice, histogram bucket) draws the
+    same ROC points and calibration counts as TFMA on every row."""
     from cauce.components.evaluate.executor import PREDICTION_KEY, WEIGHT_KEY, _run_tfma, aggregate_for_tfma
 
     rng = np.random.default_rng(4)
@@ -323,17 +373,12 @@ def test_aggregated_examples_give_tfma_the_same_numbers(tmp_path):
     assert aggregated.column(WEIGHT_KEY).to_numpy().sum() == rows
     plain = table.append_column(WEIGHT_KEY, pa.array(np.ones(rows)))
 
-    bounds = {"auc": {"lower_bound": 0.6}}
-    ours = _run_tfma(aggregated, DEMO_LABEL, [(SLICE,)], bounds, tmp_path / "aggregated")
-    theirs = _run_tfma(plain, DEMO_LABEL, [(SLICE,)], bounds, tmp_path / "plain")
-    assert ours["roc"] == theirs["roc"] and ours["confusion_matrix"] == theirs["confusion_matrix"]
-    for mine, reference in [(ours["metrics"], theirs["metrics"])] + [
-        (a["metrics"], b["metrics"]) for a, b in zip(ours["slices"], theirs["slices"], strict=True)
-    ]:
-        for name, value in reference.items():
-            tolerance = 1e-8 if name == "binary_crossentropy" else 1e-12
-            assert mine[name] == pytest.approx(value, rel=tolerance), name
-    assert ours["blessed"] == theirs["blessed"] is True
+    ours = _run_tfma(aggregated, DEMO_LABEL, [(SLICE,)], tmp_path / "aggregated")
+    theirs = _run_tfma(plain, DEMO_LABEL, [(SLICE,)], tmp_path / "plain")
+    assert ours["roc"] == theirs["roc"] and ours["example_counts"] == theirs["example_counts"]
+    for mine, reference in zip(ours["calibration"], theirs["calibration"], strict=True):
+        assert mine == pytest.approx(reference, rel=1e-12)
+    assert theirs["example_counts"][None] == rows
 
 
 def test_slice_crosses_and_per_slice_thresholds(bundle, tmp_path):

@@ -1,10 +1,15 @@
-"""Evaluate a binary classifier on a dataset split with TensorFlow Model Analysis.
+"""Evaluate a model on a dataset split: exact metrics, TFMA slices and plots.
 
 The model scores the split here, in plain Python, through the same fitted
-transform serving uses; TFMA then runs model-agnostic on (label, prediction,
-slice features): it computes the overall and per-slice metrics, and its own
-validator decides the blessing from the thresholds. This module only shapes
-TFMA's output into ``evaluation.json`` and a readable ``report.html``.
+transform serving uses. Every metric evaluate reports and gates on is computed
+exactly from those scores, overall and per slice, with scikit-learn's
+definitions (``metrics.py``): TFMA 0.52's AUC comes from a 10 000-bucket
+histogram and misreads scores crowded near 0 or 1. TensorFlow Model Analysis
+runs model-agnostic on (label, prediction, slice features) for the slices'
+plots (ROC and calibration; the k x k confusion matrix for multiclass), and its
+example counts are checked against ours slice by slice. The thresholds and the
+champion comparison are checked here, on the exact numbers. This module shapes
+both into ``evaluation.json`` and a readable ``report.html``.
 
 TensorFlow Model Analysis (and with it TensorFlow and Beam) is imported inside
 :func:`_run_tfma` only, so importing this module stays cheap.
@@ -24,15 +29,16 @@ import pyarrow.compute as pc
 
 from cauce import model as cauce_model
 from cauce.artifacts import CauceError, atomic_dir, write_json
+from cauce.components.evaluate import metrics as exact
 from cauce.data import read_split
 
 TFMA_DIR = "tfma"
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.html"
 
-# The scalar metrics computed on every slice: TFMA metric class -> the name TFMA
-# reports it under (the name thresholds use). All are TFMA-native metrics, so no
-# Keras metric wrapper is involved.
+# The metrics reported (and usable in thresholds) per task, computed exactly by
+# metrics.py; the keys are the TFMA metric classes of the same names, kept for
+# callers that map one to the other.
 SCALAR_METRICS = {
     "ExampleCount": "example_count",
     "AUC": "auc",
@@ -42,7 +48,6 @@ SCALAR_METRICS = {
     "Recall": "recall",
     "BinaryCrossEntropy": "binary_crossentropy",
 }
-# The same for the other tasks the trainers support.
 TASK_METRICS = {
     "binary": SCALAR_METRICS,
     "multiclass": {
@@ -54,9 +59,10 @@ TASK_METRICS = {
         "ExampleCount": "example_count",
         "MeanSquaredError": "mean_squared_error",
         "MeanAbsoluteError": "mean_absolute_error",
+        "RootMeanSquaredError": "root_mean_squared_error",
     },
 }
-DECISION_THRESHOLD = 0.5  # the cut-off of accuracy, precision, recall and the confusion matrix
+DECISION_THRESHOLD = exact.DECISION_THRESHOLD  # a score above it is a positive prediction
 ROC_THRESHOLDS = 100  # ConfusionMatrixPlot cuts at -1e-6, 0, 1/100, ..., 1: 102 ROC points
 CALIBRATION_BUCKETS = 10
 BEAM_BATCH_ROWS = 50_000  # rows per Arrow record batch handed to TFMA
@@ -94,42 +100,34 @@ def run_evaluate(
     """Evaluate the model in ``model_dir`` on ``split`` of the raw dataset in ``dataset_dir``.
 
     With ``champion_model_dir`` (the registry's current champion), both models are
-    scored on the same rows in one TFMA run, and ``change_thresholds`` (metric ->
+    scored on the same rows, and ``change_thresholds`` (metric ->
     margin, e.g. ``{"auc": 0.005}``) require the candidate to beat the champion by
     at least the margin on the overall slice *and on every slice*.
     ``slice_thresholds`` (same form as ``thresholds``) bound every slice of every
     slicing, so a model that is good on average but bad for one group is not
     blessed. ``slice_features`` entries are columns or crosses (``"a,b"``). For a loss
-    (``binary_crossentropy``) "beat" means lower. TFMA 0.52 applies its own change
-    thresholds only with an EvalSharedModel baseline, not model-agnostically, so
-    the margins are checked here, on TFMA's numbers for both models.
+    (``binary_crossentropy``) "beat" means lower. The margins are checked on the
+    exact metrics of both models.
 
     ``thresholds`` maps a metric name (see ``SCALAR_METRICS``) to a lower bound,
     or to ``{"lower_bound": x, "upper_bound": y}`` (either key may be left out;
     an upper bound is what a loss such as ``binary_crossentropy`` needs). They
-    apply to the overall slice; the model is blessed when TFMA's validation of
-    them passes; with no thresholds TFMA does not bless.
+    apply to the overall slice; the model is blessed when every bound holds on
+    the exact metrics; with no thresholds at all it is not blessed.
 
-    Writes ``output_dir`` atomically: ``tfma/`` (TFMA's eval config, metrics,
-    plots and validation result), ``evaluation.json`` and ``report.html``.
+    Writes ``output_dir`` atomically: ``tfma/`` (TFMA's eval config, example
+    counts and plots), ``evaluation.json`` and ``report.html``.
     Returns the summary: ``blessed``, ``metrics``, ``slices``,
     ``confusion_matrix``, ``roc``, ``calibration``, ``thresholds``, ``reasons``.
     """
     slicings = parse_slicings(slice_features)
     slice_features = sorted({name for slicing in slicings for name in slicing})
+    cauce_model.passive_openmp_waits()  # before the model's library (LightGBM, scikit-learn) loads
     model = cauce_model.load(model_dir)
     task = model.task
     bounds = normalize_thresholds(thresholds, task)
     slice_bounds = normalize_thresholds(slice_thresholds, task)
     margins = normalize_change_thresholds(change_thresholds, task)
-    table = read_split(dataset_dir, split)
-    labels = _labels(table, model, split)
-    _check_slice_features(table, slice_features, model.label, split)
-
-    columns = {model.label: labels, PREDICTION_KEY: _predictions(model.predict_scores(table), task)}
-    for feature in slice_features:
-        column = pc.cast(table.column(feature), pa.string())
-        columns[feature] = pc.fill_null(column, MISSING_SLICE_VALUE)
     champion = None
     if champion_model_dir:
         champion = cauce_model.load(cauce_model.fetch_model_dir(str(champion_model_dir)))
@@ -138,21 +136,51 @@ def run_evaluate(
                 f"the champion at {champion_model_dir} predicts {champion.label!r} ({champion.task}), the candidate "
                 f"{model.label!r} ({task}): they cannot be compared"
             )
-        columns[CHAMPION_PREDICTION_KEY] = _predictions(champion.predict_scores(table), task)
-    eval_table = pa.table(columns)
+    table = read_split(dataset_dir, split)
+    labels = _labels(table, model, split)
+    _check_slice_features(table, slice_features, model.label, split)
+
+    outputs = model.predict_scores(table)
+    slice_columns = {
+        feature: pc.fill_null(pc.cast(table.column(feature), pa.string()), MISSING_SLICE_VALUE).combine_chunks()
+        for feature in slice_features
+    }
+    rows = table.num_rows
+    label_values = labels.to_numpy()
+    slice_values = {feature: column.to_numpy(zero_copy_only=False) for feature, column in slice_columns.items()}
+    overall, slices = exact.sliced_metrics(task, label_values, outputs, slice_values, slicings)
+    champion_summary = None
+    if champion is not None:
+        champion_overall, champion_slices = exact.sliced_metrics(
+            task, label_values, champion.predict_scores(table), slice_values, slicings
+        )
+        champion_summary = {"metrics": champion_overall, "slices": champion_slices}
+    del table
+
+    # TFMA reads the candidate only: its plots are the candidate's, and without a
+    # second prediction column a binary split collapses into few weighted examples.
+    eval_table = pa.table({model.label: labels, PREDICTION_KEY: _predictions(outputs, task), **slice_columns})
     if task == "binary":
         eval_table = aggregate_for_tfma(eval_table, [model.label, *slice_features])
     else:  # the histogram argument of aggregate_for_tfma holds for binary scores only
         eval_table = eval_table.append_column(WEIGHT_KEY, pa.array(np.ones(eval_table.num_rows)))
-    rows = table.num_rows
 
     with atomic_dir(output_dir) as out:
-        summary = _run_tfma(
-            eval_table, model.label, slicings, bounds, out / TFMA_DIR, champion is not None, slice_bounds, task,
-            model.classes,
-        )
-        summary["slice_thresholds"] = slice_bounds
-        summary["change_thresholds"] = margins
+        plots = _run_tfma(eval_table, model.label, slicings, out / TFMA_DIR, task)
+        _check_example_counts(plots.pop("example_counts"), overall, slices)
+        reasons = threshold_failures(overall, slices, bounds, slice_bounds)
+        summary = {
+            "champion": champion_summary,
+            "blessed": (bool(bounds) or bool(slice_bounds)) and not reasons,
+            "metrics": overall,
+            "slices": slices,
+            "thresholds": bounds,
+            "reasons": reasons,
+            "confusion_matrix": _confusion_matrix(task, label_values, outputs, model.classes),
+            **plots,
+            "slice_thresholds": slice_bounds,
+            "change_thresholds": margins,
+        }
         if champion is not None:
             comparisons = compare_with_champion(summary, margins)
             summary["champion"]["comparisons"] = comparisons
@@ -166,6 +194,40 @@ def run_evaluate(
         write_json(out / EVALUATION_FILE, summary)
         (out / REPORT_FILE).write_text(render_report(summary))
     return summary
+
+
+def threshold_failures(overall: dict, slices: list[dict], bounds: dict, slice_bounds: dict) -> list[str]:
+    """One sentence per bound that does not hold: ``bounds`` on the overall
+    metrics, ``slice_bounds`` on every slice. A metric undefined where it is
+    bound (the AUC of a slice holding one class) fails: nothing shows it holds."""
+    if not bounds and not slice_bounds:
+        return ["no thresholds were set: a model is blessed only by passing thresholds"]
+    places = [("overall", overall, bounds)]
+    places += [(f"slice {s['feature']}={s['value']}", s["metrics"], slice_bounds) for s in slices]
+    reasons = []
+    for where, values, bounds_here in places:
+        for name, bound in bounds_here.items():
+            value = values.get(name)
+            limits = []
+            if "lower_bound" in bound:
+                limits.append(f">= {bound['lower_bound']:g}")
+            if "upper_bound" in bound:
+                limits.append(f"<= {bound['upper_bound']:g}")
+            if value is None:
+                reasons.append(f"{name} ({where}): undefined here, required {' and '.join(limits)}")
+            elif not bound.get("lower_bound", -math.inf) <= value <= bound.get("upper_bound", math.inf):
+                reasons.append(f"{name} ({where}) = {value:.4f}, required {' and '.join(limits)}")
+    return reasons
+
+
+def _check_example_counts(tfma_counts: dict, overall: dict, slices: list[dict]) -> None:
+    """TFMA's weighted example count of every slice must be ours: the plots and
+    the metrics then describe the same rows."""
+    ours = {None: overall["example_count"]} | {(s["feature"], s["value"]): s["metrics"]["example_count"] for s in slices}
+    theirs = {key: round(value) for key, value in tfma_counts.items()}
+    if ours != theirs:
+        differ = sorted((str(k), ours.get(k), theirs.get(k)) for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        raise CauceError(f"TFMA's slices disagree with the exact metrics' (slice, ours, TFMA's): {differ[:5]}")
 
 
 def normalize_thresholds(thresholds: dict | None, task: str = "binary") -> dict[str, dict[str, float]]:
@@ -390,19 +452,17 @@ def _run_tfma(
     eval_table: pa.Table,
     label: str,
     slicings: list[tuple[str, ...]],
-    bounds: dict,
     tfma_dir: Path,
-    with_champion: bool = False,
-    slice_bounds: dict | None = None,
     task: str = "binary",
-    classes: list | None = None,
 ) -> dict:
-    """Run TFMA over ``eval_table`` into ``tfma_dir`` and summarize what it wrote."""
+    """Run TFMA over ``eval_table`` into ``tfma_dir``: every slice's example count
+    and plots. Returns the overall ROC and calibration (binary; None otherwise)
+    and ``example_counts`` by slice (``None`` for overall, else ``(feature, value)``)."""
     import apache_beam as beam
     import tensorflow_model_analysis as tfma
     from tfx_bsl.arrow import table_util
 
-    eval_config = build_eval_config(label, slicings, bounds, with_champion, slice_bounds, task)
+    eval_config = build_eval_config(label, slicings, task)
     # TFMA reads Arrow record batches whose columns are lists (one list per
     # example); plain columns give no error but no metrics either.
     batches = [
@@ -418,13 +478,11 @@ def _run_tfma(
             >> tfma.ExtractEvaluateAndWriteResults(eval_config=eval_config, output_path=str(tfma_dir))
         )
 
-    slices: dict = {}
-    champion_slices: dict = {}
+    counts = {}
     for metrics_for_slice in tfma.load_metrics(str(tfma_dir)):
-        key = _slice_of(metrics_for_slice.slice_key)
         for item in metrics_for_slice.metric_keys_and_values:
-            target = champion_slices if item.key.model_name == CHAMPION else slices
-            target.setdefault(key, {})[item.key.name] = item.value
+            if item.key.name == "example_count":
+                counts[_slice_of(metrics_for_slice.slice_key)] = item.value.double_value.value
     # TFMA's writer merges every plot of a slice into one PlotData under a
     # nameless key, so the plots are told apart by field, not by name.
     overall_plots = None
@@ -434,132 +492,42 @@ def _run_tfma(
             for plots_for_slice in tfma.load_plots(str(tfma_dir))
             if not plots_for_slice.slice_key.single_slice_keys
         )
-    validation = tfma.load_validation_result(str(tfma_dir))
-    overall = slices.pop(None)
-    champion = None
-    if with_champion:
-        champion_overall = champion_slices.pop(None)
-        champion = {
-            "metrics": _scalars(champion_overall, task),
-            "slices": [
-                {"feature": feature, "value": value, "metrics": _scalars(values, task)}
-                for (feature, value), values in sorted(champion_slices.items())
-            ],
-        }
-
     return {
-        "champion": champion,
-        "blessed": bool(validation.validation_ok),
-        "metrics": _scalars(overall, task),
-        "slices": [
-            {"feature": feature, "value": value, "metrics": _scalars(values, task)}
-            for (feature, value), values in sorted(slices.items())
-        ],
-        "thresholds": bounds,
-        "reasons": _failure_reasons(validation),
-        "confusion_matrix": (
-            _confusion_matrix(overall["confusion_matrix_at_thresholds"])
-            if task == "binary"
-            else _multiclass_confusion_matrix(overall["multi_class_confusion_matrix_at_thresholds"], classes or [])
-            if task == "multiclass"
-            else None
-        ),
         "roc": _roc_points(overall_plots.confusion_matrix_at_thresholds) if overall_plots else None,
         "calibration": _calibration_buckets(overall_plots.calibration_histogram_buckets) if overall_plots else None,
         "tfma_output": TFMA_DIR,
+        "example_counts": counts,
     }
 
 
-def build_eval_config(
-    label: str,
-    slicings: list[tuple[str, ...]],
-    bounds: dict,
-    with_champion: bool = False,
-    slice_bounds: dict | None = None,
-    task: str = "binary",
-):
-    """The TFMA EvalConfig: overall + one slicing per feature, our metrics, thresholds on the overall slice.
-
-    With a champion, a second model-agnostic model spec reads the champion's
-    predictions; its metrics spec carries no thresholds (only the candidate must
-    pass them), and the plots are computed for the candidate only.
-    """
+def build_eval_config(label: str, slicings: list[tuple[str, ...]], task: str = "binary"):
+    """The TFMA EvalConfig: overall + one slicing per feature or cross; the
+    example count (checked against the exact metrics') and the task's plots:
+    binary ROC (``ConfusionMatrixPlot``) and calibration, multiclass the k x k
+    confusion matrix. The scalar metrics are exact, computed outside TFMA."""
     from tensorflow_model_analysis.proto import config_pb2
 
     slicings = parse_slicings(slicings)
-    overall = config_pb2.SlicingSpec()
-    slice_specs = [config_pb2.SlicingSpec(feature_keys=list(names)) for names in slicings]
-    candidate_spec = config_pb2.MetricsSpec(
-        metrics=_metric_configs(bounds, overall, slice_bounds or {}, slice_specs, task), model_names=[CANDIDATE]
-    )
-    model_specs = [
-        config_pb2.ModelSpec(
-            name=CANDIDATE, label_key=label, prediction_key=PREDICTION_KEY, example_weight_key=WEIGHT_KEY
-        )
-    ]
-    metrics_specs = [candidate_spec]
-    if with_champion:
-        model_specs.append(
-            config_pb2.ModelSpec(
-                name=CHAMPION, label_key=label, prediction_key=CHAMPION_PREDICTION_KEY, example_weight_key=WEIGHT_KEY
-            )
-        )
-        champion_metrics = [config_pb2.MetricConfig(class_name=class_name) for class_name in TASK_METRICS[task]]
-        if task == "binary":  # _scalars reads it to tell undefined AUCs apart
-            champion_metrics.append(
-                config_pb2.MetricConfig(
-                    class_name="ConfusionMatrixAtThresholds", config=f'"thresholds": [{DECISION_THRESHOLD}]'
-                )
-            )
-        metrics_specs.append(config_pb2.MetricsSpec(metrics=champion_metrics, model_names=[CHAMPION]))
-    for spec in metrics_specs:  # every example carries a weight (see aggregate_for_tfma)
-        spec.example_weights.weighted = True
-        spec.example_weights.unweighted = False
+    metrics = [config_pb2.MetricConfig(class_name="ExampleCount")]
+    if task == "binary":
+        metrics += [
+            config_pb2.MetricConfig(class_name="ConfusionMatrixPlot", config=f'"num_thresholds": {ROC_THRESHOLDS}'),
+            config_pb2.MetricConfig(class_name="CalibrationPlot", config=f'"num_buckets": {CALIBRATION_BUCKETS}'),
+        ]
+    elif task == "multiclass":
+        metrics.append(config_pb2.MetricConfig(class_name="MultiClassConfusionMatrixPlot"))
+    spec = config_pb2.MetricsSpec(metrics=metrics, model_names=[CANDIDATE])
+    spec.example_weights.weighted = True  # every example carries a weight (see aggregate_for_tfma)
+    spec.example_weights.unweighted = False
     return config_pb2.EvalConfig(
-        model_specs=model_specs,
-        slicing_specs=[overall, *slice_specs],
-        metrics_specs=metrics_specs,
+        model_specs=[
+            config_pb2.ModelSpec(
+                name=CANDIDATE, label_key=label, prediction_key=PREDICTION_KEY, example_weight_key=WEIGHT_KEY
+            )
+        ],
+        slicing_specs=[config_pb2.SlicingSpec()] + [config_pb2.SlicingSpec(feature_keys=list(s)) for s in slicings],
+        metrics_specs=[spec],
     )
-
-
-def _metric_configs(bounds: dict, overall, slice_bounds: dict, slice_specs: list, task: str = "binary"):
-    from tensorflow_model_analysis.proto import config_pb2
-
-    metrics = []
-    for class_name, name in TASK_METRICS[task].items():
-        metric = config_pb2.MetricConfig(class_name=class_name)
-        if name in slice_bounds and slice_specs:
-            value_threshold = config_pb2.GenericValueThreshold()
-            for key, value in slice_bounds[name].items():
-                getattr(value_threshold, key).value = value
-            metric.per_slice_thresholds.add(
-                slicing_specs=slice_specs, threshold=config_pb2.MetricThreshold(value_threshold=value_threshold)
-            )
-        if name in bounds:
-            value_threshold = config_pb2.GenericValueThreshold()
-            for key, value in bounds[name].items():
-                getattr(value_threshold, key).value = value
-            # A MetricConfig.threshold would apply to every slice; this one
-            # applies to the overall slice only.
-            metric.per_slice_thresholds.add(
-                slicing_specs=[overall],
-                threshold=config_pb2.MetricThreshold(value_threshold=value_threshold),
-            )
-        metrics.append(metric)
-    if task == "multiclass":
-        metrics.append(config_pb2.MetricConfig(class_name="MultiClassConfusionMatrixAtThresholds", config='"thresholds": [0.0]'))
-    if task != "binary":
-        return metrics
-    metrics += [
-        config_pb2.MetricConfig(
-            class_name="ConfusionMatrixAtThresholds", config=f'"thresholds": [{DECISION_THRESHOLD}]'
-        ),
-        config_pb2.MetricConfig(
-            class_name="ConfusionMatrixPlot", config=f'"num_thresholds": {ROC_THRESHOLDS}'
-        ),
-        config_pb2.MetricConfig(class_name="CalibrationPlot", config=f'"num_buckets": {CALIBRATION_BUCKETS}'),
-    ]
-    return metrics
 
 
 def _slice_of(slice_key) -> tuple[str, str] | None:
@@ -575,83 +543,26 @@ def _slice_of(slice_key) -> tuple[str, str] | None:
     return ",".join(columns), ",".join(values)
 
 
-def _scalars(values: dict, task: str = "binary") -> dict[str, float | None]:
-    """The scalar metrics of one slice, with None where a metric is undefined.
-
-    TFMA reports NaN for some undefined metrics (precision without predicted
-    positives) but 0 for the AUCs of a slice holding one class only; the
-    slice's own confusion matrix tells those apart.
-    """
-    scalars = {}
-    for name in TASK_METRICS[task].values():
-        value = values[name].double_value.value
-        scalars[name] = value if math.isfinite(value) else None
-    if task == "regression" and scalars["mean_squared_error"] is not None:
-        scalars["root_mean_squared_error"] = math.sqrt(scalars["mean_squared_error"])
-    if task != "binary":
-        return scalars
-    counts = _confusion_matrix(values["confusion_matrix_at_thresholds"])
-    positives = counts["true_positives"] + counts["false_negatives"]
-    negatives = counts["true_negatives"] + counts["false_positives"]
-    if positives == 0 or negatives == 0:
-        scalars["auc"] = None
-    if positives == 0:
-        scalars["auc_precision_recall"] = None
-    return scalars
-
-
-def _failure_reasons(validation) -> list[str]:
-    """One sentence per threshold TFMA's validator failed."""
-    if validation.missing_thresholds:
-        return ["no thresholds were set: TFMA blesses a model only by checking it against thresholds"]
-    reasons = []
-    for per_slice in validation.metric_validations_per_slice:
-        where = (
-            "overall"
-            if not per_slice.slice_key.single_slice_keys
-            else "slice " + "=".join(_slice_of(per_slice.slice_key))
-        )
-        for failure in per_slice.failures:
-            name = failure.metric_key.name
-            bound = failure.metric_threshold.value_threshold
-            if not failure.HasField("metric_value"):
-                reasons.append(f"{name} ({where}): {failure.message or 'not computed'}")
-                continue
-            value = failure.metric_value.double_value.value
-            limits = []
-            if bound.HasField("lower_bound"):
-                limits.append(f">= {bound.lower_bound.value:g}")
-            if bound.HasField("upper_bound"):
-                limits.append(f"<= {bound.upper_bound.value:g}")
-            reasons.append(f"{name} ({where}) = {value:.4f}, required {' and '.join(limits)}")
-    return reasons
-
-
-def _confusion_matrix(metric) -> dict:
-    (matrix,) = metric.confusion_matrix_at_thresholds.matrices
-    tn, fp = int(matrix.true_negatives), int(matrix.false_positives)
-    fn, tp = int(matrix.false_negatives), int(matrix.true_positives)
-    return {
-        "threshold": matrix.threshold,
-        "labels": ["0", "1"],
-        # rows: actual class, columns: predicted class (the layout KFP's ClassificationMetrics expects)
-        "matrix": [[tn, fp], [fn, tp]],
-        "true_negatives": tn,
-        "false_positives": fp,
-        "false_negatives": fn,
-        "true_positives": tp,
-    }
-
-
-def _multiclass_confusion_matrix(metric, classes: list) -> dict:
-    """k x k counts (rows: actual class, columns: predicted class = the argmax)."""
-    (matrix,) = metric.multi_class_confusion_matrix_at_thresholds.matrices
-    size = len(classes)
-    counts = [[0] * size for _ in range(size)]
-    for entry in matrix.entries:
-        if 0 <= entry.actual_class_id < size and 0 <= entry.predicted_class_id < size:
-            counts[entry.actual_class_id][entry.predicted_class_id] = int(entry.num_weighted_examples)
-    return {"labels": [str(c) for c in classes], "matrix": counts}
+def _confusion_matrix(task: str, labels: np.ndarray, outputs: np.ndarray, classes: list) -> dict | None:
+    """Binary: the counts at ``DECISION_THRESHOLD``; multiclass: k x k (rows the
+    actual class, columns the argmax); the layout KFP's ClassificationMetrics expects."""
+    if task == "binary":
+        counts = exact.confusion_counts(labels, outputs)
+        return {
+            "threshold": DECISION_THRESHOLD,
+            "labels": ["0", "1"],
+            "matrix": [
+                [counts["true_negatives"], counts["false_positives"]],
+                [counts["false_negatives"], counts["true_positives"]],
+            ],
+            **counts,
+        }
+    if task == "multiclass":
+        return {
+            "labels": [str(c) for c in classes],
+            "matrix": exact.multiclass_confusion(labels, outputs, len(classes)),
+        }
+    return None
 
 
 def _roc_points(matrices) -> dict:
