@@ -114,6 +114,32 @@ def test_mlflow_same_content_registers_nothing_new(tmp_path, tracking_uri):
     assert len(client.search_runs([experiment.experiment_id])) == 1
 
 
+def test_content_hash_ignores_when_a_model_was_made(tmp_path):
+    """The same model trained again (another created_at, training time and zip entry
+    timestamps) is the same content; a changed weight or metric is not."""
+    import time
+    import zipfile
+
+    from cauce.components.register.executor import content_hash
+
+    def bundle(path: Path, created: str, seconds: float, weights: bytes = b"w") -> Path:
+        make_model_dir(path)
+        card = json.loads((path / "cauce_model.json").read_text())
+        (path / "cauce_model.json").write_text(json.dumps({**card, "created_at": created, "training_seconds": seconds}))
+        with zipfile.ZipFile(path / "model.keras", "w") as archive:
+            archive.writestr(zipfile.ZipInfo("model.weights.h5", time.localtime()[:6]), weights)
+        return path
+
+    first = content_hash(bundle(tmp_path / "a", "2026-01-01T00:00:00Z", 1.5))
+    time.sleep(2)  # zip timestamps have a 2-second resolution
+    assert content_hash(bundle(tmp_path / "b", "2026-03-01T10:00:00Z", 2.7)) == first
+    assert content_hash(bundle(tmp_path / "c", "2026-01-01T00:00:00Z", 1.5, weights=b"x")) != first
+    changed = bundle(tmp_path / "d", "2026-01-01T00:00:00Z", 1.5)
+    card = json.loads((changed / "cauce_model.json").read_text())
+    (changed / "cauce_model.json").write_text(json.dumps({**card, "metrics": {"auc": 0.5}}))
+    assert content_hash(changed) != first
+
+
 def test_mlflow_new_content_becomes_version_2_and_takes_the_alias(tmp_path, tracking_uri, monkeypatch):
     import mlflow
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +65,50 @@ def read_model_card(model_dir: str | os.PathLike) -> dict[str, Any]:
 CONTENT_LABEL = "cauce-content"  # Vertex label with the model files' hash: makes registering idempotent
 
 
+# Keys of the model card that say when and how fast a model was made, not what it is:
+# left out of the content hash, so retraining the same model on the same data is the
+# same registry version (and deploying it again a no-op).
+VOLATILE_CARD_KEYS = ("created_at", "training_seconds")
+
+
+def _content_bytes(path: Path, relative: str):
+    """The bytes of one file as the content hash sees them: the model card without its
+    volatile keys; a zip archive (``model.keras``, torch's ``model.pt``) as its members'
+    names and bytes, without the entries' timestamps; any other file as it is."""
+    if relative == MODEL_CARD:
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError):
+            card = None
+        if isinstance(card, dict):
+            stable = {k: v for k, v in card.items() if k not in VOLATILE_CARD_KEYS}
+            yield json.dumps(stable, sort_keys=True, default=str).encode()
+            return
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for member in sorted(archive.namelist()):
+                data = archive.read(member)
+                yield f"{member}\0{len(data)}\0".encode()
+                yield data
+        return
+    with path.open("rb") as handle:
+        yield from iter(lambda: handle.read(1 << 20), b"")
+
+
 def content_hash(model_dir: str | os.PathLike) -> str:
-    """SHA-256 over every file's relative path, size and bytes, in path order."""
+    """SHA-256 over every file's relative path and content, in path order: the same
+    model trained again (same data, seed and code) hashes the same, whenever it was
+    trained (see ``_content_bytes``)."""
     directory = Path(model_dir)
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        # Path and size delimit each file, so moving bytes between files changes the hash.
-        digest.update(f"{path.relative_to(directory).as_posix()}\0{path.stat().st_size}\0".encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        relative = path.relative_to(directory).as_posix()
+        content = hashlib.sha256()
+        for chunk in _content_bytes(path, relative):
+            content.update(chunk)
+        # The path and each file's own digest delimit files, so moving bytes between
+        # files changes the hash.
+        digest.update(f"{relative}\0{content.hexdigest()}\0".encode())
     return digest.hexdigest()
 
 
