@@ -1,0 +1,97 @@
+"""validate's statistics at scale: the in-process pass against the Beam combiner
+(components/validate/beam_statistics.py) on the FnApiRunner, on the same rows.
+
+    .venv/bin/python bench/bench_scale.py [--rows 5000000]
+
+Prints the time of each path and whether the statistics are identical (counts, missing,
+min/max, zeros, string frequencies, histograms and quantiles exactly; mean and standard
+deviation to 1e-12 / 1e-9 relative, as parallel updates round differently). ``fare_fine``
+has more distinct values than the quantile summary keeps (SUMMARY_SIZE): its quantiles
+are approximate on both paths, and the largest difference between the two is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cauce import data  # noqa: E402
+from cauce.components.validate.beam_statistics import compute_statistics_beam  # noqa: E402
+from cauce.components.validate.statistics import compute_statistics  # noqa: E402
+
+
+def make(root: Path, rows: int) -> str:
+    rng = np.random.default_rng(1)
+    chunk = 1_000_000
+    for index, start in enumerate(range(0, rows, chunk)):
+        n = min(chunk, rows - start)
+        fare = rng.gamma(2.0, 6.0, n)
+        table = pa.table({
+            "fare": np.round(fare, 1),
+            "fare_fine": np.round(fare, 4),
+            "hour": rng.integers(0, 24, n),
+            "payment": rng.choice(["card", "cash", "mobile", "unknown"], n, p=[0.5, 0.3, 0.15, 0.05]),
+            "company": pa.array([f"c{i}" for i in rng.integers(0, 300, n)]),
+        })
+        data.write_split(root / f"part{index}", "train", table)
+    out = root / "dataset"
+    (out / "train").mkdir(parents=True)
+    for index, part_dir in enumerate(sorted(root.glob("part*"))):
+        for part in sorted((part_dir / "train").glob("*.parquet")):
+            part.rename(out / "train" / f"part-{index:05d}.parquet")
+    data.write_schema(out, table.schema, {"train": rows})
+    return str(out)
+
+
+def compare(beam_stats, local_stats) -> tuple[list[str], float]:
+    """(features that differ beyond float rounding, largest histogram difference of fare_fine)."""
+    differing, fine_gap = [], 0.0
+    for got, want in zip(beam_stats.datasets[0].features, local_stats.datasets[0].features):
+        name = got.path.step[0]
+        if want.HasField("num_stats"):
+            g, w = got.num_stats, want.num_stats
+            if abs(g.mean - w.mean) > 1e-12 * abs(w.mean) or abs(g.std_dev - w.std_dev) > 1e-9 * abs(w.std_dev):
+                differing.append(f"{name} (mean/std)")
+            g.mean, g.std_dev = w.mean, w.std_dev
+            if name == "fare_fine":
+                for gh, wh in zip(g.histograms, w.histograms):
+                    for gb, wb in zip(gh.buckets, wh.buckets):
+                        fine_gap = max(fine_gap, abs(gb.sample_count - wb.sample_count), abs(gb.low_value - wb.low_value))
+                continue
+        if got != want:
+            differing.append(name)
+    return differing, fine_gap
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temp:
+        root = Path(temp)
+        started = time.perf_counter()
+        dataset = make(root, args.rows)
+        print(f"rows: {args.rows:,}  (generated in {time.perf_counter() - started:.1f} s)")
+        started = time.perf_counter()
+        local, _ = compute_statistics(dataset)
+        local_s = time.perf_counter() - started
+        started = time.perf_counter()
+        on_beam = compute_statistics_beam(dataset, str(root / "work"))
+        beam_s = time.perf_counter() - started
+        differing, fine_gap = compare(on_beam, local)
+        print(f"in-process statistics: {local_s:.1f} s")
+        print(f"Beam combiner (FnApiRunner): {beam_s:.1f} s  ({beam_s / local_s:.2f}x the in-process time)")
+        print(f"identical features: {'all except ' + str(differing) if differing else 'all'}"
+              f"; fare_fine (> SUMMARY_SIZE distinct values) largest histogram difference: {fine_gap:g}")
+
+
+if __name__ == "__main__":
+    main()
