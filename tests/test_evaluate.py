@@ -361,8 +361,11 @@ def test_aggregated_examples_give_tfma_the_same_plots(tmp_path):
     rng = np.random.default_rng(4)
     rows = 6000
     labels = rng.integers(0, 2, rows)
-    # Two decimals: many rows share a TFMA histogram bucket, as a real model's scores do.
-    scores = np.round(1 / (1 + np.exp(-(1.6 * labels - 0.8 + rng.normal(0, 1, rows)))), 2)
+    scores = 1 / (1 + np.exp(-(1.6 * labels - 0.8 + rng.normal(0, 1, rows))))
+    # Scores on and next to every kind of edge: the plots' cuts (multiples of 1/100
+    # and 1/10, 0 and 1) and TFMA's histogram buckets (multiples of 1/10 000).
+    edges = np.r_[0.0, 1.0, np.arange(101) / 100, np.arange(0, 10001, 37) / 10000]
+    scores[: 3 * len(edges)] = np.r_[edges, np.nextafter(edges, 1.0), np.nextafter(edges, 0.0)].clip(0, 1)
     table = pa.table({
         DEMO_LABEL: pa.array(labels),
         PREDICTION_KEY: pa.array(scores),
