@@ -20,8 +20,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 from cauce.models_cli import app as models_app  # noqa: E402 - sub-apps after the main app
+from cauce.schedule_cli import app as schedule_app  # noqa: E402
 
 app.add_typer(models_app, name="models")
+app.add_typer(schedule_app, name="schedule")
+
+from cauce.load_cli import load_command, tables_command  # noqa: E402
+
+app.command("load")(load_command)
+app.command("tables")(tables_command)
 
 
 def _fail(message: str, code: int = 1):
