@@ -1,6 +1,7 @@
 """The `monitoring` pipeline: compare a window of served requests with the
 training data (skew) and the previous window (drift), per feature, with TFDV's
-measures; alert on drift, and start the training pipeline when a parameter says so."""
+measures; alert on drift, and, inside ``dsl.If`` on the drift flag and
+``retrain_on_drift``, start the training pipeline."""
 
 from kfp import dsl
 
@@ -100,15 +101,17 @@ def monitoring(
                 default_numeric_threshold=default_numeric_threshold,
                 default_categorical_threshold=default_categorical_threshold,
             ).set_display_name("vertex-monitoring")
-    retrain(
-        drift_detected=monitored.outputs["drift_detected"],
-        retrain_on_drift=retrain_on_drift,
-        training_spec=training_spec,
-        parameter_values=training_parameters,
-        target=target,
-        project=project,
-        vertex_region=vertex_region,
-        pipeline_root=pipeline_root,
-        service_account=service_account,
-        vertex_api_endpoint=vertex_api_endpoint,
-    ).set_display_name("retrain")
+    # Retraining is decided here, in the graph: on the monitor's drift flag (its single bool
+    # output: kfp.local 2.17 silently skips a dsl.If on a NamedTuple field) and the parameter.
+    with dsl.If(monitored.outputs["Output"] == True, name="drift"):  # noqa: E712 - a KFP condition, not a Python test
+        with dsl.If(retrain_on_drift == True, name="retrain-on-drift"):  # noqa: E712
+            retrain(
+                training_spec=training_spec,
+                parameter_values=training_parameters,
+                target=target,
+                project=project,
+                vertex_region=vertex_region,
+                pipeline_root=pipeline_root,
+                service_account=service_account,
+                vertex_api_endpoint=vertex_api_endpoint,
+            ).set_display_name("retrain")

@@ -536,8 +536,6 @@ def test_run_monitor_non_numeric_serving_value_leaves_no_output(monitored):
 
 
 def test_component_runs_under_kfp_local(monitored):
-    from typing import NamedTuple
-
     from kfp import compiler, dsl, local
 
     from cauce.components.monitor.component import monitor
@@ -545,12 +543,8 @@ def test_component_runs_under_kfp_local(monitored):
     compiler.Compiler().compile(monitor, str(monitored / "monitor.yaml"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(monitored / "root"))
 
-    class Outputs(NamedTuple):
-        drift_detected: bool
-        drifted_features: list
-
     @dsl.pipeline(name="monitor-test")
-    def monitor_pipeline(baseline_uri: str, request_log_dir: str) -> Outputs:
+    def monitor_pipeline(baseline_uri: str, request_log_dir: str) -> bool:
         baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
         task = monitor(
             baseline=baseline.output,
@@ -559,19 +553,19 @@ def test_component_runs_under_kfp_local(monitored):
             categorical_features=["payment"],
             thresholds={"hour": 0.5},
         )
-        return Outputs(task.outputs["drift_detected"], task.outputs["drifted_features"])
+        return task.outputs["Output"]  # the drift flag: the step's one parameter output
 
     run = monitor_pipeline(baseline_uri=str(monitored / "baseline"), request_log_dir=str(monitored / "logs"))
-    assert run.outputs["drift_detected"] is True
-    assert run.outputs["drifted_features"] == ["fare"]
+    assert run.output is True
     html_copies = [p for p in (monitored / "root").rglob("report_html") if p.is_file()]
     report_dirs = [p for p in (monitored / "root").rglob("drift_report") if p.is_dir()]
     assert len(html_copies) == 1 and html_copies[0].read_text().startswith("<!doctype html>")
-    assert json.loads((report_dirs[0] / REPORT_JSON).read_text())["features"]["hour"]["threshold"] == 0.5
+    report = json.loads((report_dirs[0] / REPORT_JSON).read_text())
+    assert report["features"]["hour"]["threshold"] == 0.5 and report["flagged"]["features"] == ["fare"]
 
     # The same requests found through a deploy step's endpoint artifact instead of a folder name.
     @dsl.pipeline(name="monitor-endpoint-test")
-    def monitor_endpoint_pipeline(baseline_uri: str, request_log_dir: str) -> Outputs:
+    def monitor_endpoint_pipeline(baseline_uri: str, request_log_dir: str) -> bool:
         baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
         endpoint = dsl.importer(
             artifact_uri="http://127.0.0.1:8080/predict", artifact_class=dsl.Artifact,
@@ -584,10 +578,10 @@ def test_component_runs_under_kfp_local(monitored):
             categorical_features=["payment"],
             thresholds={"hour": 0.5},
         )
-        return Outputs(task.outputs["drift_detected"], task.outputs["drifted_features"])
+        return task.outputs["Output"]
 
     again = monitor_endpoint_pipeline(baseline_uri=str(monitored / "baseline"), request_log_dir=str(monitored / "logs"))
-    assert (again.outputs["drift_detected"], again.outputs["drifted_features"]) == (True, ["fare"])
+    assert again.output is True
 
 
 def _window_logs(log_dir: Path, rng) -> None:

@@ -171,8 +171,8 @@ def test_the_monitoring_pipeline_compiled_for_vertex_reads_the_table(logged, tmp
     }, pipeline_root=tmp_path / "runs")
     monitor = run.task("monitor")
     local = _monitor(logged, logged["log_dir"], "report-pipeline-jsonl", window_start="2024-05-01T10:30:00Z")
-    assert monitor.parameters["drift_detected"] is True
-    assert sorted(monitor.parameters["drifted_features"]) == local["flagged"]["features"]
+    assert monitor.parameters["Output"] is True  # the drift flag
+    assert sorted(monitor.artifacts["drift_report"]["metadata"]["drifted_features"]) == local["flagged"]["features"]
 
 
 def test_the_schema_is_the_one_vertex_writes():

@@ -4,7 +4,6 @@
 A thin shell: the logic lives in ``executor.py`` (plain Python, tested without KFP).
 """
 
-from typing import NamedTuple
 
 from kfp import dsl
 
@@ -40,7 +39,7 @@ def monitor(
     bigquery_storage_api_endpoint: str = "",
     bigquery_staging_dataset: str = "",
     maximum_bytes_billed: int = 0,
-) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drifted_features", list)]):
+) -> bool:
     """Drift/skew of serving requests against a baseline split, measured as TFDV does.
 
     The requests are the JSON Lines logs in ``request_log_dir`` (the local serving
@@ -53,8 +52,10 @@ def monitor(
 
     Numeric features: approximate Jensen-Shannon divergence; categorical features:
     L-infinity distance. Skew compares the serving window with the baseline; with a
-    previous window, drift compares the two windows too; ``drift_detected`` and
-    ``drifted_features`` cover both. With ``alert_webhook`` a flagged run POSTs a JSON
+    previous window, drift compares the two windows too. The step returns the drift flag
+    (True when any feature of either comparison is above its threshold): one bool output,
+    so pipelines branch on it with ``dsl.If(task.outputs["Output"] == True)``; the flagged
+    features are ``drift_report``'s ``drifted_features`` metadata. With ``alert_webhook`` a flagged run POSTs a JSON
     alert there; with ``alert_topic`` (``projects/<project>/topics/<topic>``) it publishes
     the same JSON as one Pub/Sub message with filterable attributes (``kind``,
     ``features``, ``endpoint``, ``model``). Alerts go out after the report is written; a
@@ -63,8 +64,6 @@ def monitor(
     ``google.VertexEndpoint`` with the same thresholds.) ``drift_report`` holds report.json and report.html; ``report_html``
     is the same page as a single file, which the Vertex AI console renders.
     """
-    from typing import NamedTuple
-
     from cauce.components.monitor.executor import (
         BigQueryRead,
         copy_report_page,
@@ -104,12 +103,7 @@ def monitor(
     )
     copy_report_page(drift_report.path, report_html.path)
     drift_report.metadata.update(report_metadata(report))
-
-    class MonitorOutputs(NamedTuple):
-        drift_detected: bool
-        drifted_features: list
-
-    return MonitorOutputs(report["flagged"]["drift_detected"], report["flagged"]["features"])
+    return report["flagged"]["drift_detected"]
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

@@ -7,9 +7,7 @@ from cauce.images import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def retrain(
-    drift_detected: bool,
-    retrain_on_drift: bool,
-    training_spec: str = "",
+    training_spec: str,
     parameter_values: dict = {},  # noqa: B006 - KFP takes parameter defaults from the signature
     target: str = "local",
     project: str = "",
@@ -18,16 +16,16 @@ def retrain(
     service_account: str = "",
     vertex_api_endpoint: str = "",
 ) -> str:
-    """Start the training pipeline when drift was detected and ``retrain_on_drift`` is set.
+    """Start a run of the training pipeline.
 
-    ``training_spec`` is the compiled training pipeline: with ``target="google-cloud"``
+    The monitoring pipeline decides when, in its own graph: it runs this step inside
+    ``dsl.If`` on the monitor's drift flag and on ``retrain_on_drift``. ``training_spec`` is the compiled training pipeline: with ``target="google-cloud"``
     a file, ``gs://`` object or Artifact Registry template URL (submitted as a Vertex AI
     PipelineJob with ``parameter_values``); with ``"local"`` a local file for kfp.local
-    (run detached). Returns the started run, or "" when nothing was started.
+    (run detached). Returns the started run: the Vertex AI PipelineJob's resource name,
+    or ``local:<pid>:<log file>``.
 
     Args:
-        drift_detected: the monitor's verdict.
-        retrain_on_drift: start a run only when this is set.
         training_spec: the compiled training pipeline.
         parameter_values: the training run's parameter values.
         target: "local" (kfp.local) or "google-cloud" (Vertex AI Pipelines).
@@ -40,6 +38,5 @@ def retrain(
     from cauce.components.retrain.executor import start_training_run
 
     return start_training_run(
-        drift_detected, retrain_on_drift, training_spec, parameter_values,
-        target, project, vertex_region, pipeline_root, service_account, vertex_api_endpoint,
+        training_spec, parameter_values, target, project, vertex_region, pipeline_root, service_account, vertex_api_endpoint
     )

@@ -1,13 +1,11 @@
-"""Start a run of the training pipeline when monitoring flags drift.
+"""Start a run of the training pipeline (the monitoring pipeline runs this step when it
+flags drift and ``retrain_on_drift`` is set: the decision is a ``dsl.If`` in its graph).
 
 On Google Cloud (``target="google-cloud"``) the compiled training spec — a local file, a ``gs://``
 object or an Artifact Registry template URL (``https://REGION-kfp.pkg.dev/...``) —
 is submitted as a PipelineJob with the real SDK. Locally the same spec runs under
 kfp.local in a detached process (like a submitted job, the monitoring run does
 not wait for it); its log goes to ``$CAUCE_HOME/runs``.
-
-The decision is taken here, not by a ``dsl.If`` on the monitor's NamedTuple
-output, which kfp.local 2.17 cannot resolve.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ from cauce.targets import on_google_cloud
 
 
 def start_training_run(
-    drift_detected: bool,
-    retrain_on_drift: bool,
     training_spec: str,
     parameter_values: dict | None = None,
     target: str = "local",
@@ -35,13 +31,10 @@ def start_training_run(
     service_account: str = "",
     vertex_api_endpoint: str = "",
 ) -> str:
-    """The started run (Vertex job resource name, or ``local:<pid>:<log>``), or ``""``:
-    a Vertex AI PipelineJob for ``target="google-cloud"``, a detached kfp.local run for
-    ``"local"``."""
-    if not (drift_detected and retrain_on_drift):
-        return ""
+    """The started run (Vertex job resource name, or ``local:<pid>:<log>``): a Vertex AI
+    PipelineJob for ``target="google-cloud"``, a detached kfp.local run for ``"local"``."""
     if not training_spec:
-        raise CauceError("retrain_on_drift is set but training_spec is empty: give the compiled training pipeline")
+        raise CauceError("training_spec is empty: give the compiled training pipeline (retrain_on_drift is set)")
     parameter_values = dict(parameter_values or {})
     if on_google_cloud(target, project):
         return _submit_to_vertex(

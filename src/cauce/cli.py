@@ -220,8 +220,8 @@ def _print_monitoring_summary(result) -> None:
     if task is None:
         return
     report = task.artifacts.get("drift_report", {})
-    drifted = task.parameters.get("drifted_features") or []
-    flag = "[red]DRIFT DETECTED[/]" if task.parameters.get("drift_detected") else "[green]no drift[/]"
+    drifted = report.get("metadata", {}).get("drifted_features") or []
+    flag = "[red]DRIFT DETECTED[/]" if task.parameters.get("Output") else "[green]no drift[/]"
     console.print(f"monitor: {flag}" + (f" in {', '.join(drifted)}" if drifted else ""))
     html = Path(report.get("uri", "")) / "report.html"
     console.print(f"  report: {html if html.exists() else report.get('uri', '')}")
