@@ -11,6 +11,7 @@ from cauce.components.batch_predict.bigquery_output import write_predictions_tab
 from cauce.components.batch_predict.executor import run_batch_predict
 from cauce.demo import DEMO_KEY
 from tests.fixtures.bigquery_emulator import bigquery_emulator  # noqa: F401 - pytest fixture
+from tests.test_batch_predict import registry  # noqa: F401 - pytest fixture
 
 
 def _read_table(emulator, table_id):
@@ -41,3 +42,25 @@ def test_predictions_land_in_a_bigquery_table(tmp_path, bigquery_emulator, raw_d
 def test_a_bad_table_name_is_refused_before_any_request(tmp_path):
     with pytest.raises(CauceError, match="bigquery_output_table 'scored' must be a BigQuery table"):
         write_predictions_table(str(tmp_path), "scored", api_endpoint="http://127.0.0.1:9")
+
+
+def test_the_component_writes_the_table_under_kfp_local(kfp_local, tmp_path, registry, raw_dataset, bigquery_emulator):  # noqa: F811
+    from kfp import dsl
+
+    from cauce.components.batch_predict.component import batch_predict
+
+    table = f"bq://{bigquery_emulator.project}.scoring_component.trips"
+
+    @dsl.pipeline
+    def scoring():
+        raw = dsl.importer(artifact_uri=str(raw_dataset), artifact_class=dsl.Dataset, reimport=False)
+        batch_predict(
+            model_name="taxi", key_column=DEMO_KEY, input_dataset=raw.output, input_split="eval",
+            mlflow_tracking_uri=registry, bigquery_output_table=table,
+            bigquery_location=bigquery_emulator.location, bigquery_api_endpoint=bigquery_emulator.endpoint,
+        )
+
+    scoring()
+    written = _read_table(bigquery_emulator, table.removeprefix("bq://"))
+    assert written.num_rows == data.read_split(raw_dataset, "eval").num_rows
+    assert written.column_names == [DEMO_KEY, "label", "score"]

@@ -32,6 +32,7 @@ def batch_predict(
     batch_size: int = 65536,
     dataflow: dict = {},  # noqa: B006
     beam_image: str = "",
+    bigquery_output_table: str = "",
 ) -> NamedTuple("BatchPredictOutputs", [("rows", int), ("model_uri", str)]):
     """Apply a registered model (by alias) to a Parquet Dataset or a BigQuery table/query, in batches with Beam.
 
@@ -72,6 +73,9 @@ def batch_predict(
         beam_image: the image Dataflow workers run unless dataflow names an sdk_container_image;
             pass the beam image your pipeline was compiled with (cauce.images.BEAM_IMAGE);
             empty = the release tag.
+        bigquery_output_table: also write the predictions to this BigQuery table
+            (bq://project.dataset.table), as Vertex AI batch prediction does: one load job,
+            replacing the table's rows; the dataset is created in bigquery_location if missing.
     """
     from collections import namedtuple
 
@@ -107,5 +111,11 @@ def batch_predict(
         pipeline_options=options,
         batch_size=batch_size,
     )
+    if bigquery_output_table:
+        from cauce.components.batch_predict.bigquery_output import write_predictions_table
+
+        result.update(write_predictions_table(
+            predictions.path, bigquery_output_table, bigquery_location, bigquery_api_endpoint, predictions.uri
+        ))
     predictions.metadata.update(result)
     return namedtuple("BatchPredictOutputs", ["rows", "model_uri"])(result["rows"], result["model"])
