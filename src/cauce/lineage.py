@@ -243,7 +243,12 @@ def rebuild_arguments(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
         extract["local_database"] = source["local_engine"]["database"]
     splits = model.get("splits") or {}
     train = {
-        "hyperparameters": model.get("hyperparameters") or {},
+        # The card keeps the estimator's resolved parameters; the model type picks the estimator.
+        "hyperparameters": {
+            **({"model_type": model["model_type"]} if model.get("model_type") and model.get("framework") == "sklearn" else {}),
+            # None is the estimator's own default, and KFP parameters cannot carry it.
+            **{k: v for k, v in (model.get("hyperparameters") or {}).items() if v is not None},
+        },
         "seed": model.get("seed"),
         "framework": _framework_key(model.get("framework")),
         "task": model.get("task"),
