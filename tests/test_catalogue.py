@@ -91,3 +91,36 @@ def test_family_of_reads_the_image_repository():
     assert catalogue.family_of("us-docker.pkg.dev/p/r/cauce-beam@sha256:" + "0" * 64) == "beam"
     assert catalogue.family_of("localhost:5000/cauce-serving") == "serving"
     assert catalogue.family_of("python:3.11") == "custom"
+
+
+def test_every_component_folder_has_a_generated_readme_that_keeps_its_prose(tmp_path):
+    """components/<phase>/README.md carries the reference generated from the signatures and
+    docstrings (between the markers; `cauce export --check` fails when it is stale) and
+    keeps the hand-written prose outside them."""
+    root = catalogue.components_dir()
+    phases = sorted({entry.phase for entry in ENTRIES})
+    assert {"champion", "retrain"} <= set(phases)
+    assert phases == sorted(p.parent.name for p in root.glob("*/component.py"))
+    tests = catalogue.components_dir().parent / "tests"
+    for phase in phases:
+        readme = (root / phase / "README.md").read_text()
+        assert readme.count(catalogue.README_BEGIN) == readme.count(catalogue.README_END) == 1, phase
+        for entry in (e for e in ENTRIES if e.phase == phase):
+            assert f"## {entry.name}\n" in readme and f"`{entry.yaml_path.as_posix()}`" in readme
+            for name in entry.spec.inputs or {}:
+                assert f"| `{name}` |" in readme, (phase, name)
+        assert list(tests.glob(f"test_{phase}*.py")), f"no tests/test_{phase}*.py, which the README names"
+        # Regenerating keeps the file as it is (idempotent), prose included.
+        assert catalogue.component_readme(ENTRIES, phase, readme) == readme
+
+    # A hand-written README without markers gets the reference after its title; its prose stays.
+    fresh = catalogue.component_readme(ENTRIES, "retrain", "# retrain\n\nWhy retraining is a step.\n")
+    assert fresh.startswith("# retrain\n\n" + catalogue.README_BEGIN) and fresh.endswith("Why retraining is a step.\n")
+    # An edited generated part is stale for `cauce export --check`; the prose around it is not.
+    (tmp_path / "components" / "retrain").mkdir(parents=True)
+    edited = (root / "retrain" / "README.md").read_text().replace("| `training_spec` |", "| `spec` |")
+    (tmp_path / "components" / "retrain" / "README.md").write_text(edited + "\nMore prose.\n")
+    stale = catalogue.stale_files(tmp_path)
+    assert catalogue.Path("components/retrain/README.md") in stale
+    rendered = catalogue.rendered_files(root=tmp_path)[catalogue.Path("components/retrain/README.md")]
+    assert "| `training_spec` |" in rendered and rendered.endswith("\nMore prose.\n")

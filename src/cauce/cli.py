@@ -518,11 +518,14 @@ def upload(
 
 @app.command("export")
 def export_(
-    root: Path = typer.Option(Path("."), help="write components/<phase>/*.yaml and docs/components.md under this folder"),
+    root: Path = typer.Option(
+        Path("."), help="write components/<phase>/*.yaml, their README.md reference and docs/components.md under this folder"
+    ),
     check: bool = typer.Option(False, help="write nothing; fail if the files under --root are missing or stale"),
     require_digests: bool = typer.Option(False, help="fail unless every image is named by digest"),
 ):
-    """Export every component as a standalone YAML, and the catalogue page."""
+    """Export every component as a standalone YAML, the catalogue page, and each component
+    folder's README reference (generated from the signatures and docstrings)."""
     from cauce import catalogue
 
     try:
@@ -530,7 +533,7 @@ def export_(
             stale = catalogue.stale_files(root)
             if stale:
                 _fail(f"stale or missing: {', '.join(map(str, stale))}; regenerate them with `cauce export`")
-            console.print(f"[green]up to date[/]: the component YAMLs and {catalogue.CATALOGUE_PAGE}")
+            console.print(f"[green]up to date[/]: the component YAMLs, their READMEs and {catalogue.CATALOGUE_PAGE}")
             return
         written = catalogue.export(root, require_digests)
     except CauceError as error:
