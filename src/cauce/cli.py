@@ -15,7 +15,37 @@ from rich.table import Table
 
 from cauce.artifacts import CauceError
 
-app = typer.Typer(help="cauce: the ML lifecycle as Kubeflow / Vertex AI pipelines.", no_args_is_help=True, add_completion=False)
+# Whether a failure shows its traceback: `cauce --verbose ...` (or `cauce run --verbose`,
+# or CAUCE_VERBOSE=1). Without it every failure is one or two lines.
+_verbose = False
+
+
+class _Cli(typer.Typer):
+    """The app, with one rule for failures no command caught: a line naming the exception
+    (its traceback with --verbose), never Typer's screen of framed source."""
+
+    def __call__(self, *args, **kwargs):
+        global _verbose
+        import os
+
+        _verbose = _verbose or os.environ.get("CAUCE_VERBOSE", "") not in ("", "0")
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as error:  # a bug or an unforeseen failure: say what it was
+            if _verbose:
+                import traceback
+
+                traceback.print_exception(error)
+            else:
+                err_console.print(
+                    f"[bold red]error:[/] {type(error).__name__}: {error}".rstrip()
+                    + "\n[dim](cauce --verbose ... shows the traceback)[/]",
+                    highlight=False,
+                )
+            sys.exit(1)
+
+
+app = _Cli(help="cauce: the ML lifecycle as Kubeflow / Vertex AI pipelines.", no_args_is_help=True, add_completion=False)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -32,8 +62,29 @@ app.command("tables")(tables_command)
 
 
 def _fail(message: str, code: int = 1):
-    err_console.print(f"[bold red]error:[/] {message}")
+    """One or two lines naming the cause; with --verbose first the traceback of the
+    error being handled (for a failed pipeline run, the failing step's, from its log)."""
+    if _verbose:
+        _print_traceback()
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    error = sys.exc_info()[1]
+    if error is None:
+        return
+    log_file = getattr(error, "log_file", None)
+    if log_file is not None and Path(log_file).is_file():
+        # A step's traceback is in the run's log, not in this process.
+        text = Path(log_file).read_text(errors="replace")
+        start = text.rfind("Traceback (most recent call last):")
+        if start >= 0:
+            sys.stderr.write(text[start:].rstrip() + "\n")
+            return
+    traceback.print_exception(error)
 
 
 def _print_version(value: bool) -> None:
@@ -49,8 +100,11 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print cauce's version and exit."
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the traceback when a command fails."),
 ):
     """cauce: the ML lifecycle as Kubeflow / Vertex AI pipelines."""
+    global _verbose
+    _verbose = _verbose or verbose
 
 
 # --------------------------------------------------------------------------- run
