@@ -17,6 +17,26 @@ def test_no_champion_yet_is_an_empty_answer(tmp_path):
     assert resolve_champion("never-registered", mlflow_tracking_uri=uri) == ""
 
 
+def test_no_champion_is_found_without_importing_mlflow(tmp_path):
+    """A registry file that does not exist yet, or has no such alias, answers from
+    sqlite directly: importing MLflow and opening its store cost seconds."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_mlflow(make_model_dir(tmp_path / "v1", auc=0.8), "tips", uri, alias="challenger")
+    code = f"""
+import sys
+from cauce.components.champion.executor import find_champion
+assert find_champion("tips", mlflow_tracking_uri={uri!r}) == ("", "")
+assert find_champion("other", mlflow_tracking_uri="sqlite:///{tmp_path / 'absent.db'}") == ("", "")
+assert "mlflow" not in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert resolve_champion("tips", alias="challenger", mlflow_tracking_uri=uri).endswith("model")
+
+
 def test_mlflow_champion_resolves_to_a_loadable_directory(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register_mlflow(make_model_dir(tmp_path / "v1", auc=0.8), "tips", uri, alias="champion")

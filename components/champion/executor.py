@@ -10,6 +10,8 @@ whose ``artifact_uri`` is a ``gs://`` folder.
 from __future__ import annotations
 
 import logging
+from contextlib import closing
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from cauce.artifacts import CauceError
@@ -25,10 +27,13 @@ def resolve_mlflow(model_name: str, alias: str = "champion", tracking_uri: str =
 
 def find_mlflow(model_name: str, alias: str = "champion", tracking_uri: str = "") -> tuple[str, str]:
     """The alias's model directory and version number, or ``("", "")``."""
+    tracking_uri = tracking_uri or default_mlflow_uri()
+    if _sqlite_registry_lacks_alias(tracking_uri, model_name, alias):
+        log.info("no %s for model %r in %s", alias, model_name, tracking_uri)
+        return "", ""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    tracking_uri = tracking_uri or default_mlflow_uri()
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         version = client.get_model_version_by_alias(model_name, alias)
@@ -47,6 +52,32 @@ def find_mlflow(model_name: str, alias: str = "champion", tracking_uri: str = ""
     path = unquote(parsed.path) if parsed.scheme in ("file", "") else uri
     log.info("%s of %r is version %s at %s", alias, model_name, version.version, path)
     return path, str(version.version)
+
+
+def _sqlite_registry_lacks_alias(tracking_uri: str, model_name: str, alias: str) -> bool:
+    """True when a local ``sqlite:///`` registry certainly has no ``alias`` for
+    ``model_name``: its file does not exist yet, or its alias table has no such row.
+
+    Importing MLflow and opening its store (schema checks, and migrations on a new
+    file) took 5-7 s of the champion step; the first run of a model name, and every
+    run of the benchmark, has no champion to find. Anything else (the alias exists,
+    another backend, a schema this query does not know) goes through MlflowClient.
+    """
+    import sqlite3
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return False
+    path = Path(unquote(tracking_uri[len("sqlite:///") :]))
+    if not path.exists() or path.stat().st_size == 0:
+        return True
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT 1 FROM registered_model_aliases WHERE name = ? AND alias = ? LIMIT 1", (model_name, alias)
+            ).fetchone()
+    except sqlite3.Error:  # not (yet) MLflow's schema, locked, ...: ask MLflow
+        return False
+    return row is None
 
 
 def resolve_vertex(
