@@ -17,33 +17,52 @@ from cauce.components.champion.component import champion
 from cauce.components.deploy.component import deploy, deploy_vertex
 from cauce.components.evaluate.component import evaluate
 from cauce.components.extract.component import extract
+from cauce.components.preflight.component import preflight
 from cauce.components.register.component import register, register_vertex
-from cauce.components.train.component import train
+from cauce.components.train.component import FRAMEWORK_IMAGE_FAMILIES, train_component
 from cauce.components.transform.component import transform
 from cauce.components.validate.component import validate
-from cauce.demo import DEMO_CATEGORICAL, DEMO_KEY, DEMO_LABEL, DEMO_NUMERIC, DEMO_TABLE
 from cauce.images import BEAM_IMAGE, SERVING_IMAGE
+from cauce.kfp_local_compat import allow_oneof_artifacts
+
+allow_oneof_artifacts()  # kfp.local resolves dsl.OneOf over the train branches' model as Vertex does
 
 
-def build_training_pipeline(train_op=train, name: str = "cauce-training"):
-    """Build the training pipeline around ``train_op``.
+def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-training"):
+    """Build the training pipeline with one train task per framework of ``train_ops``.
 
-    ``train_op`` is the train component itself (default) or a variant of it, for
-    example GCPC's ``create_custom_training_job_from_component(train, ...)`` to run
-    the same step as a Vertex AI CustomJob with chosen machines and accelerators.
+    ``train_ops`` maps a framework to its train op (default: the train component in
+    each framework's image family, ``train_component``: sklearn in base, keras in tf,
+    torch in torch). The ``framework`` parameter picks the branch that runs (``dsl.If``);
+    the model reaches evaluate, register and deploy through ``dsl.OneOf``. A variant may
+    build only one framework, e.g. GCPC's ``create_custom_training_job_from_component``
+    (pipelines/vertex_training.py); preflight then refuses any other framework.
     """
+    train_ops = dict(train_ops or {framework: train_component(framework) for framework in FRAMEWORK_IMAGE_FAMILIES})
+    frameworks = list(train_ops)
+    images = lineage.component_images(
+        extract, validate, transform, train_ops[frameworks[0]], champion, evaluate, register, register_vertex, deploy,
+        deploy_vertex,
+    )  # fmt: skip
+    for framework_name, op in train_ops.items():  # the image each framework's train step runs in
+        images.update({f"train-{framework_name}": image for image in lineage.component_images(op).values()})
 
     @dsl.pipeline(
         name=name,
         description="Extract from BigQuery, validate (TFDV statistics, schema, anomalies), transform with Beam, train, evaluate with TFMA, register and deploy if blessed.",
     )
     def training(
-        source: str = DEMO_TABLE,
-        key_column: str = DEMO_KEY,
-        label: str = DEMO_LABEL,
-        numeric_features: list = DEMO_NUMERIC,
-        categorical_features: list = DEMO_CATEGORICAL,
-        slice_features: list = ["payment_type"],
+        # The data: a table (DATASET.TABLE; `cauce load` loads files into the local engine)
+        # or a BigQuery SELECT; the column identifying a row (decides its split); the label.
+        source: str = "",
+        key_column: str = "",
+        label: str = "",
+        # Empty lists and no transform_recipe: every other column, numbers as numeric
+        # features and strings as categorical ones (preflight resolves them).
+        numeric_features: list = [],
+        categorical_features: list = [],
+        # Columns (or crosses "a,b") whose every value must also pass the gate; empty: overall only.
+        slice_features: list = [],
         splits: dict = {"train": 0.8, "eval": 0.2},
         local_database: str = "",
         bigquery_location: str = "US",
@@ -60,12 +79,18 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         # "temp_location": "gs://bucket/tmp", "max_num_workers": 20}; workers run the beam
         # image this spec was compiled with unless it names an sdk_container_image.
         dataflow: dict = {},
-        task: str = "binary",
+        task: str = "binary",  # "binary" | "multiclass" | "regression"
+        # "sklearn" (LightGBM and scikit-learn, base image) | "keras" (tf image) | "torch" (torch image)
+        framework: str = frameworks[0],
         hyperparameters: dict = {},  # empty: the trainer's defaults for its framework
-        thresholds: dict = {"auc": 0.7},
-        change_thresholds: dict = {"auc": 0.0},
-        model_name: str = "taxi-tips",
-        endpoint_name: str = "taxi-tips",
+        # Metric -> lower bound (or {"lower_bound", "upper_bound"}), metric names per task in
+        # cauce.tasks; empty: the task's defaults (binary {"auc": 0.5}, others none).
+        thresholds: dict = {},
+        # Metric -> margin the new model must beat the champion by; empty: the task's
+        # defaults (auc / sparse_categorical_accuracy / root_mean_squared_error, margin 0).
+        change_thresholds: dict = {},
+        model_name: str = "cauce-model",
+        endpoint_name: str = "cauce-model",
         # "local": the local query engine, MLflow registry and the local serving process;
         # "google-cloud": BigQuery, Vertex AI Model Registry and a Vertex endpoint in
         # project/vertex_region.
@@ -93,10 +118,78 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         # Set by monitoring's retrain step (the drift that started the run); recorded in lineage.
         trigger: dict = {},
         # Compile-time: cauce's version, the images this spec names, the repository's commit.
-        code_version: dict = lineage.code_version(lineage.component_images(
-            extract, validate, transform, train_op, champion, evaluate, register, register_vertex, deploy, deploy_vertex
-        )),  # fmt: skip
+        code_version: dict = lineage.code_version(images),
     ):
+        """Train, evaluate against the champion, register and deploy a model of your data.
+
+        Args:
+            source: the data: a table (DATASET.TABLE; `cauce load` loads files into the local engine, `cauce tables` lists them) or a BigQuery SELECT query.
+            key_column: the column that identifies a row; a hash of it decides the row's split, the same on every run and engine.
+            label: the column to predict (transform drops rows where it is missing before training).
+            numeric_features: numeric feature columns (z-scored). With categorical_features empty too and no transform_recipe: every other column by type.
+            categorical_features: categorical feature columns (one-hot over the most frequent values).
+            slice_features: columns or crosses "a,b" on whose every value the model must also pass the gate; empty: overall only.
+            splits: split name -> fraction; needs "train" and "eval".
+            local_database: the local engine's DuckDB file; empty: $CAUCE_HOME/bigquery/local.duckdb.
+            bigquery_location: BigQuery location of the query job (target google-cloud).
+            query_parameters: values of @name parameters of a source query (typed BigQuery parameters).
+            source_identifiers: values of ${name} placeholders in source for project/dataset/table ids.
+            maximum_bytes_billed: BigQuery refuses a query that would bill more; 0: no limit.
+            transform_recipe: the full declarative transform (docs/recipes.md); give it instead of the feature lists.
+            runner: Beam runner of transform: DirectRunner locally, DataflowRunner on Google Cloud.
+            pipeline_options: further Beam pipeline options.
+            dataflow: Dataflow options (region, temp_location, max_num_workers, ...; cauce.beam_pipelines.DATAFLOW_FIELDS).
+            task: binary | multiclass | regression. Metrics: binary auc, auc_precision_recall, binary_accuracy, precision, recall, binary_crossentropy; multiclass sparse_categorical_accuracy, sparse_categorical_crossentropy; regression root_mean_squared_error, mean_squared_error, mean_absolute_error (all: example_count).
+            framework: sklearn (LightGBM / scikit-learn, base image) | keras (tf image) | torch (torch image).
+            hyperparameters: the framework's (components/train/README.md); empty: its defaults.
+            thresholds: metric -> lower bound, or {"lower_bound", "upper_bound"}; empty: the task's defaults (binary {"auc": 0.5}; multiclass and regression none).
+            change_thresholds: metric -> margin by which the model must beat the champion, overall and on every slice; empty: binary auc, multiclass sparse_categorical_accuracy, regression root_mean_squared_error, margin 0.
+            model_name: the registered model's name (MLflow locally, Vertex Model Registry on Google Cloud).
+            endpoint_name: the endpoint that serves it (a local serving process, or a Vertex endpoint).
+            target: local (local engine, MLflow, local serving) | google-cloud (BigQuery, Vertex AI in project/vertex_region).
+            project: Google Cloud project (target google-cloud).
+            vertex_region: Vertex AI region.
+            vertex_api_endpoint: a Vertex AI API endpoint other than the region's.
+            mlflow_tracking_uri: MLflow registry; empty: sqlite under $CAUCE_HOME.
+            serving_image: the image Vertex serves the model with.
+            machine_type: machine type of the Vertex endpoint.
+            canary_traffic_percentage: 1..100; below 100 a model replacing a serving one first takes this share, is smoke-tested, then promoted or rolled back.
+            port: local serving port.
+            validation_policy: fail (anomalies stop the run before transform) | warn.
+            baseline_schema_uri: a schema to validate against; empty: inferred from the train split.
+            max_out_of_domain_fraction: share of an eval split's values that may fall outside a training domain before it is an anomaly.
+            require_approval: true: a blessed model is registered as pending and waits for `cauce models approve`.
+            trigger: set by monitoring's retrain step; recorded in lineage.
+            code_version: compile-time: cauce's version, the images of this spec, the commit.
+        """
+        # Every parameter checked against the source's schema and the task, in seconds,
+        # before any heavy step; it also resolves empty feature lists and thresholds.
+        checked = preflight(
+            source=source,
+            key_column=key_column,
+            label=label,
+            numeric_features=numeric_features,
+            categorical_features=categorical_features,
+            slice_features=slice_features,
+            transform_recipe=transform_recipe,
+            task=task,
+            framework=framework,
+            frameworks=frameworks,
+            hyperparameters=hyperparameters,
+            thresholds=thresholds,
+            change_thresholds=change_thresholds,
+            splits=splits,
+            validation_policy=validation_policy,
+            canary_traffic_percentage=canary_traffic_percentage,
+            port=port,
+            endpoint_name=endpoint_name,
+            target=target,
+            local_database=local_database,
+            project=project,
+            bigquery_location=bigquery_location,
+            query_parameters=query_parameters,
+            identifiers=source_identifiers,
+        ).set_display_name("preflight")
         extracted = extract(
             source=source,
             key_column=key_column,
@@ -108,7 +201,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             query_parameters=query_parameters,
             identifiers=source_identifiers,
             maximum_bytes_billed=maximum_bytes_billed,
-        ).set_display_name("extract")
+        ).set_display_name("extract").after(checked)
         validated = validate(
             dataset=extracted.outputs["dataset"],
             baseline_schema_uri=baseline_schema_uri,
@@ -120,8 +213,8 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
         transformed = transform(
             dataset=extracted.outputs["dataset"],
             label=label,
-            numeric_features=numeric_features,
-            categorical_features=categorical_features,
+            numeric_features=checked.outputs["numeric_features"],
+            categorical_features=checked.outputs["categorical_features"],
             recipe=transform_recipe,
             runner=runner,
             pipeline_options=pipeline_options,
@@ -131,12 +224,33 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             beam_image=BEAM_IMAGE,
             task=task,
         ).set_display_name("transform").after(validated)
-        trained = train_op(
-            transformed=transformed.outputs["transformed"],
-            fitted_transform=transformed.outputs["fitted_transform"],
-            hyperparameters=hyperparameters,
-            task=task,
-        ).set_display_name("train")
+        # One train task per framework, each in its image family; the framework
+        # parameter picks the one that runs.
+        def train_with(op):
+            return op(
+                transformed=transformed.outputs["transformed"],
+                fitted_transform=transformed.outputs["fitted_transform"],
+                hyperparameters=hyperparameters,
+                task=task,
+                framework=framework,
+            ).set_display_name("train")
+
+        if len(train_ops) == 1:
+            trained_model = train_with(train_ops[frameworks[0]]).outputs["model"]
+        else:
+            # OneOf needs an Else branch; preflight has refused any other framework by then.
+            branches = []
+            for index, (framework_name, op) in enumerate(train_ops.items()):
+                if index == 0:
+                    branch = dsl.If(framework == framework_name, name=f"train-{framework_name}")
+                elif index < len(train_ops) - 1:
+                    branch = dsl.Elif(framework == framework_name, name=f"train-{framework_name}")
+                else:
+                    branch = dsl.Else(name=f"train-{framework_name}")
+                with branch:
+                    branches.append(train_with(op))
+            trained_model = dsl.OneOf(*(task_.outputs["model"] for task_ in branches))
+
         current_champion = champion(
             model_name=model_name,
             target=target,
@@ -146,12 +260,12 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
             vertex_api_endpoint=vertex_api_endpoint,
         ).set_display_name("champion")
         evaluated = evaluate(
-            model=trained.outputs["model"],
+            model=trained_model,
             dataset=extracted.outputs["dataset"],
             slice_features=slice_features,
-            thresholds=thresholds,
+            thresholds=checked.outputs["thresholds"],
             baseline_model=current_champion.outputs["champion_model"],
-            change_thresholds=change_thresholds,
+            change_thresholds=checked.outputs["change_thresholds"],
         ).set_display_name("evaluate")
 
         # What every registered version records about its making (cauce.lineage); the
@@ -174,7 +288,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
 
         def register_as(alias: str, display_name: str):
             return register(
-                model=trained.outputs["model"],
+                model=trained_model,
                 model_name=model_name,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 alias=alias,
@@ -183,7 +297,7 @@ def build_training_pipeline(train_op=train, name: str = "cauce-training"):
 
         def register_on_vertex_as(alias: str, display_name: str):
             return register_vertex(
-                model=trained.outputs["model"],
+                model=trained_model,
                 model_name=model_name,
                 project=project,
                 vertex_region=vertex_region,

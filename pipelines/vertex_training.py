@@ -84,10 +84,9 @@ def build_vertex_training_pipeline(
         service_account=service_account,
     )
 
-    def train_op(**inputs):
-        return custom_train(framework=framework, **inputs)
-
-    return build_training_pipeline(train_op=train_op, name=name or f"cauce-training-vertex-{framework}")
+    # Only this framework is built into the variant: its `framework` parameter defaults to
+    # it, and preflight refuses any other.
+    return build_training_pipeline(train_ops={framework: custom_train}, name=name or f"cauce-training-vertex-{framework}")
 
 
 def compile_vertex_training_pipeline(package_path: str, pipeline_parameters: dict | None = None, **build_options) -> str:

@@ -30,8 +30,9 @@ def test_every_pipeline_validates_strictly(compiled, name):
 
 def test_training_spec_shape(compiled):
     info = spec.validate_spec(compiled["training"])
-    assert {"extract", "transform", "train", "evaluate", "condition-blessed-1"} <= set(info["tasks"]) | {"condition-blessed-1"}
-    for parameter in ("target", "project", "runner", "dataflow", "mlflow_tracking_uri", "thresholds"):
+    # The train tasks sit in the framework branches (one per image family: test_preflight.py).
+    assert {"preflight", "extract", "transform", "evaluate"} <= set(info["tasks"])
+    for parameter in ("target", "project", "runner", "dataflow", "mlflow_tracking_uri", "thresholds", "framework"):
         assert parameter in info["parameters"]
     text = compiled["training"].read_text()
     # No credentials or local paths baked into the spec that goes to Vertex.

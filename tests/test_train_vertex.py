@@ -92,7 +92,10 @@ def test_customjob_variant_compiles_and_validates_strictly(tmp_path):
     assert pool["container_spec"]["image_uri"] == image_for("torch")
     assert "kfp.dsl.executor_main" in " ".join(pool["container_spec"]["command"])
     train_task = document["root"]["dag"]["tasks"]["train"]
-    assert train_task["inputs"]["parameters"]["framework"]["runtimeValue"]["constant"] == "torch"
+    # framework is the pipeline's parameter, defaulting to the one framework this variant builds
+    # (preflight refuses any other: tests/test_preflight.py)
+    assert train_task["inputs"]["parameters"]["framework"]["componentInputParameter"] == "framework"
+    assert document["root"]["inputDefinitions"]["parameters"]["framework"]["defaultValue"] == "torch"
     # the training pipeline's default hyperparameters are scikit-learn's: this variant defaults to torch's own
     assert document["root"]["inputDefinitions"]["parameters"]["hyperparameters"]["defaultValue"] == {}
 

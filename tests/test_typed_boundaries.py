@@ -139,12 +139,26 @@ def test_mismatched_artifact_types_are_refused_at_definition():
 def test_training_spec_carries_the_lineage_edges(tmp_path):
     document = yaml.safe_load(compile_pipeline("training", tmp_path).read_text())
     edges = _artifact_edges(document)
+    # The model comes from the framework branch that ran (dsl.OneOf over one train task
+    # per image family): the branches group's output selects each train task's model.
+    oneof = "pipelinechannel--condition-branches-1-oneof-1"
+    selectors = document["components"]["comp-condition-branches-1"]["dag"]["outputs"]["artifacts"][oneof]
+    dags = _dags(document)
+    chosen = set()
+    for selector in selectors["artifactSelectors"]:
+        branch = document["components"]["comp-condition-branches-1"]["dag"]["tasks"][selector["producerSubtask"]]
+        inner = dags[branch["componentRef"]["name"]]
+        (source,) = document["components"][branch["componentRef"]["name"]]["dag"]["outputs"]["artifacts"][
+            selector["outputArtifactKey"]
+        ]["artifactSelectors"]
+        chosen.add((source["producerSubtask"], source["outputArtifactKey"], source["producerSubtask"] in inner))
+    assert chosen == {("train", "model", True), ("train-2", "model", True), ("train-3", "model", True)}
     assert {
         ("champion", "champion_model", "evaluate", "baseline_model"),
-        ("train", "model", "evaluate", "model"),
-        ("train", "model", "register", "model"),
+        ("condition-branches-1", oneof, "evaluate", "model"),
+        ("condition-branches-1", oneof, "register", "model"),
         ("register", "registered_model", "deploy", "registered_model"),
-        ("train", "model", "register-vertex", "model"),
+        ("condition-branches-1", oneof, "register-vertex", "model"),
         ("register-vertex", "vertex_model", "deploy-vertex", "vertex_model"),
         ("extract", "dataset", "deploy", "smoke_dataset"),
     } <= edges

@@ -145,11 +145,15 @@ def _run_with_progress(pipeline: str, arguments: dict, verbose: bool, runner: st
 
 
 def _ensure_demo(pipeline: str, arguments: dict, rows: int) -> None:
+    """Training without a source runs on the demo table: the demo's parameters (only
+    cauce.demo names taxi columns) fill what the command line did not set."""
     from cauce import demo
     from cauce.paths import local_database
 
     uses_demo = pipeline == "training" and "source" not in arguments and arguments.get("target", "local") == "local"
     if uses_demo:
+        for name, value in demo.DEMO_PARAMETERS.items():
+            arguments.setdefault(name, value)
         database = arguments.get("local_database") or str(local_database())
         with console.status(f"preparing the demo table {demo.DEMO_TABLE} ({rows:,} rows) …"):
             created = demo.ensure_demo_table(database, rows)
@@ -157,20 +161,67 @@ def _ensure_demo(pipeline: str, arguments: dict, rows: int) -> None:
             console.print(f"  loaded {rows:,} generated taxi trips into the local engine ({database})")
 
 
-@app.command()
+def _preflight(pipeline: str, arguments: dict) -> None:
+    """The training pipeline's preflight checks, here before kfp.local starts (the
+    pipeline's first step runs them again where it runs)."""
+    if pipeline != "training":
+        return
+    from cauce import spec
+    from cauce.components.preflight.executor import check_arguments
+
+    inputs = spec.get_pipeline(pipeline).component_spec.inputs or {}
+    defaults = {name: i.default for name, i in inputs.items() if i.default is not None}
+    with console.status("preflight: checking the parameters against the source …"):
+        check_arguments(arguments, defaults)
+
+
+def _print_pipeline_help(pipeline: str) -> None:
+    """Every parameter of the pipeline: type, default and meaning (from its signature and docstring)."""
+    from cauce import spec
+
+    compiled = spec.get_pipeline(pipeline)
+    console.print(f"[bold]cauce run {pipeline}[/] [--param name=value ...] [--rows N] [--runner R] [--verbose]\n")
+    if compiled.description:
+        console.print(compiled.description + "\n")
+    view = Table(title=f"{pipeline}: parameters (--param name=value; lists and dicts as JSON)", show_lines=False)
+    for column in ("parameter", "type", "default", "meaning"):
+        view.add_column(column, style="cyan" if column == "parameter" else None, overflow="fold")
+    for name, entry in (compiled.component_spec.inputs or {}).items():
+        default = "required" if entry.default is None and not entry.optional else json.dumps(entry.default)
+        if len(default) > 60:
+            default = default[:57] + "..."
+        view.add_row(name, entry.type, default, entry.description or "")
+    console.print(view)
+    if pipeline == "training":
+        from cauce import tasks
+
+        console.print("\n[bold]metrics per task[/] (names for thresholds / change_thresholds):")
+        console.print(tasks.describe(), markup=False)
+        console.print("\nWithout --param source the run uses the generated demo table (--rows) and its parameters.")
+
+
+@app.command(context_settings={"help_option_names": []})
 def run(
     pipeline: str = typer.Argument(..., help="training or monitoring"),
     rows: int = typer.Option(100_000, help="rows of the generated demo table (training on the local default)"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter name=value (repeatable)"),
     verbose: bool = typer.Option(False, help="stream every task's log to the terminal"),
     runner: str = typer.Option("subprocess", help=RUNNER_HELP),
+    help_: bool = typer.Option(False, "--help", "-h", help="list the pipeline's parameters (type, default, meaning) and exit"),
 ):
-    """Run a pipeline locally with kfp.local, from its compiled spec."""
+    """Run a pipeline locally with kfp.local, from its compiled spec. `cauce run PIPELINE --help`
+    lists its parameters."""
     from cauce import spec
 
+    global _verbose
+    _verbose = _verbose or verbose
     try:
+        if help_:
+            _print_pipeline_help(pipeline)
+            return
         arguments = spec.parse_params(pipeline, param)
         _ensure_demo(pipeline, arguments, rows)
+        _preflight(pipeline, arguments)
     except CauceError as error:
         _fail(str(error))
     result = _run_with_progress(pipeline, arguments, verbose, runner)
@@ -210,7 +261,17 @@ def _print_training_summary(result) -> None:
         table.add_row("transform", f"{int(transform.parameters.get('features_out', 0))} encoded features", f"{seconds.get(transform.name, 0):.1f} s")
     train = result.task("train")
     if train:
-        table.add_row("train", f"eval AUC {_fmt(train.parameters.get('eval_auc'))}", f"{seconds.get(train.name, 0):.1f} s")
+        model = train.artifacts.get("model", {}).get("metadata", {})
+        task = model.get("task", "binary")
+        from cauce import tasks
+
+        trained = model.get("metrics", {})
+        shown = ", ".join(f"{name} {_fmt(trained[name])}" for name in tasks.TRAIN_METRICS.get(task, ()) if name in trained)
+        table.add_row(
+            "train",
+            f"{model.get('framework', '?')} {model.get('model_type', '')} ({task}), {int(model.get('train_rows', 0)):,} rows; {shown}",
+            f"{seconds.get(train.name, 0):.1f} s",
+        )
     champion = result.task("champion")
     if champion:
         found = champion.artifacts.get("champion_model", {}).get("metadata", {})
@@ -223,7 +284,11 @@ def _print_training_summary(result) -> None:
     evaluate = result.task("evaluate")
     if evaluate:
         metrics = evaluate.artifacts.get("metrics", {}).get("metadata", {})
-        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in list(metrics.items())[:5])
+        from cauce import tasks
+
+        task = (train.artifacts.get("model", {}).get("metadata", {}).get("task") if train else None) or "binary"
+        headline = [name for name in tasks.HEADLINE_METRICS.get(task, ()) if name in metrics]
+        shown = ", ".join(f"{k} {_fmt(metrics[k])}" for k in headline or list(metrics)[:5])
         verdict = "[green]blessed → promote[/]" if evaluate.parameters.get("Output") else "[red]not blessed → keep champion[/]"
         table.add_row("evaluate", f"{verdict}; {shown}", f"{seconds.get(evaluate.name, 0):.1f} s")
     register = result.task("register")
@@ -292,15 +357,30 @@ def demo(
     runner: str = typer.Option("subprocess", help=RUNNER_HELP),
 ):
     """The whole lifecycle on your laptop: train and deploy, send traffic, monitor."""
+    from cauce import demo as demo_data
     from cauce.components.deploy.executor import smoke_instances_from
 
-    _ensure_demo("training", {}, rows)
-    training = _run_with_progress("training", {"port": port}, verbose, runner)
+    arguments = {"port": port}
+    try:
+        _ensure_demo("training", arguments, rows)
+        _preflight("training", arguments)
+    except CauceError as error:
+        _fail(str(error))
+    training = _run_with_progress("training", arguments, verbose, runner)
     deploy_task, extract_task, train_task = training.task("deploy"), training.task("extract"), training.task("train")
-    if deploy_task is None:
+    serving = _serving_endpoint(demo_data.DEMO_MODEL)
+    if deploy_task is None and serving is None:
         _print_training_summary(training)
-        _fail("the model was not blessed, so nothing was deployed; see the evaluate report")
-    url = deploy_task.parameters["endpoint_url"]
+        _fail("the model was not blessed and no champion serves yet, so nothing was deployed; see the evaluate report")
+    if deploy_task is None:
+        # Not better than the champion: it keeps serving, and the demo goes on with it.
+        console.print(
+            f"  the new model did not pass the gate: the champion ({serving.get('model_dir', '?')}) keeps serving at "
+            f"{serving['endpoint_url']}"
+        )
+        url, request_log_dir = serving["endpoint_url"], serving["request_log_dir"]
+    else:
+        url, request_log_dir = deploy_task.parameters["endpoint_url"], deploy_task.parameters["request_log_dir"]
     dataset_uri = extract_task.artifacts["dataset"]["uri"]
     instances = smoke_instances_from(dataset_uri, "eval", train_task.artifacts["model"]["uri"], rows=requests)
     if drift:
@@ -308,12 +388,28 @@ def demo(
     _send_traffic(url, instances)
     monitoring = _run_with_progress(
         "monitoring",
-        {"baseline_uri": dataset_uri, "request_log_dir": deploy_task.parameters["request_log_dir"]},
+        {"baseline_uri": dataset_uri, "request_log_dir": request_log_dir},
         verbose,
         runner,
     )
     _print_training_summary(training)
     _print_monitoring_summary(monitoring)
+
+
+def _serving_endpoint(endpoint_name: str) -> dict | None:
+    """The local endpoint's state if its server answers: endpoint_url, request_log_dir, model_dir."""
+    import urllib.request
+
+    from cauce.components.deploy.executor import endpoint_dir
+
+    try:
+        state = json.loads((endpoint_dir(endpoint_name) / "state.json").read_text())
+        with urllib.request.urlopen(state["health_url"], timeout=5) as response:  # noqa: S310 - our own loopback server
+            if response.status != 200:
+                return None
+    except (OSError, ValueError, KeyError, CauceError):
+        return None
+    return {**state, "endpoint_url": state["predict_url"], "request_log_dir": state.get("request_log_dir", "")}
 
 
 def _send_traffic(url: str, instances: list[dict]) -> None:
@@ -647,15 +743,22 @@ def serve(
 
 
 @app.command()
-def stop(endpoint_name: str = typer.Argument("taxi-tips", help="local endpoint to stop")):
-    """Stop a local serving process started by a deploy step."""
+def stop(endpoint_name: str = typer.Argument("", help="local endpoint to stop (default: every local endpoint)")):
+    """Stop a local serving process started by a deploy step (all of them without a name)."""
     from cauce.components.deploy.executor import stop_local
+    from cauce.paths import cauce_home
 
+    names = [endpoint_name] if endpoint_name else sorted(
+        p.name for p in (cauce_home() / "serving").glob("*") if (p / "state.json").exists()
+    )
     try:
-        stopped = stop_local(endpoint_name)
+        stopped = [name for name in names if stop_local(name)]
     except CauceError as error:
         _fail(str(error))
-    console.print("stopped" if stopped else f"no local endpoint {endpoint_name!r} running")
+    if stopped:
+        console.print(f"stopped {', '.join(stopped)}")
+    else:
+        console.print(f"no local endpoint {endpoint_name!r} running" if endpoint_name else "no local endpoint running")
 
 
 if __name__ == "__main__":

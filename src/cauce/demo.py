@@ -22,6 +22,21 @@ DEMO_KEY = "unique_key"
 DEMO_LABEL = "tipped_well"
 DEMO_NUMERIC = ["trip_miles", "trip_seconds", "fare", "pickup_hour", "pickup_latitude"]
 DEMO_CATEGORICAL = ["payment_type", "company", "pickup_community_area"]
+DEMO_MODEL = "taxi-tips"
+# The training pipeline's parameters for the demo table (`cauce demo`, and `cauce run
+# training` without a source); the pipeline's own defaults name no demo column.
+DEMO_PARAMETERS = {
+    "source": DEMO_TABLE,
+    "key_column": DEMO_KEY,
+    "label": DEMO_LABEL,
+    "numeric_features": DEMO_NUMERIC,
+    "categorical_features": DEMO_CATEGORICAL,
+    "slice_features": ["payment_type"],
+    "thresholds": {"auc": 0.7},
+    "change_thresholds": {"auc": 0.0},
+    "model_name": DEMO_MODEL,
+    "endpoint_name": DEMO_MODEL,
+}
 
 _PAYMENT = np.array(["Credit Card", "Cash", "Mobile", "Prcard", "No Charge", "Unknown"])
 _PAYMENT_P = np.array([0.46, 0.38, 0.08, 0.05, 0.02, 0.01])
