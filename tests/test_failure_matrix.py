@@ -206,6 +206,99 @@ def test_a_sigkilled_server_is_noticed_and_the_next_deploy_starts_fresh(serving,
     assert after["pid"] != before["pid"] and answers(after, bundles["instances"])
 
 
+# --------------------------------------------------------------------------- signals: partial outputs
+TRANSFORM_SCRIPT = """
+import sys
+from cauce.components.transform.executor import run_transform
+from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC
+raw, out = sys.argv[1], sys.argv[2]
+run_transform(raw, DEMO_LABEL, DEMO_NUMERIC, DEMO_CATEGORICAL, out + "/transformed", out + "/transform", batch_rows=100)
+"""
+
+
+@pytest.fixture(scope="module")
+def big_raw_dataset(tmp_path_factory):
+    """Enough rows that transform writes for a few seconds (small batches, many files)."""
+    sys.path.insert(0, str(REPO))
+    from conftest import make_raw_dataset
+
+    return make_raw_dataset(tmp_path_factory.mktemp("big") / "raw", rows=20000)
+
+
+def transform_killed_mid_write(raw: str, out: Path, sig: signal.Signals) -> tuple[subprocess.CompletedProcess, list[Path]]:
+    """Run transform in a real process; once the partial output holds written files,
+    send ``sig``. Returns the finished process and the partials seen before the signal."""
+    process = subprocess.Popen([sys.executable, "-c", TRANSFORM_SCRIPT, raw, str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".transformed.partial-*/*/part-*")):
+        assert process.poll() is None and time.monotonic() < deadline, "transform ended before any file was written"
+        time.sleep(0.01)
+    seen = list(out.glob(".transformed.partial-*"))
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), seen
+
+
+def test_sigterm_during_transform_removes_the_partial_output(big_raw_dataset, tmp_path):
+    """Before: the `.transformed.partial-*` directory stayed behind. Now SIGTERM unwinds
+    the step (cauce.artifacts.Terminated), the partial goes, and the exit status is 143."""
+    result, seen = transform_killed_mid_write(big_raw_dataset, tmp_path, signal.SIGTERM)
+    assert seen and result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "stopped by SIGTERM: removed the partial output" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no partial, no half output
+
+
+def test_a_partial_left_by_sigkill_is_swept_and_ignored_by_the_rerun(big_raw_dataset, tmp_path):
+    from cauce import data
+    from cauce.components.transform.executor import run_transform
+    from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC
+
+    result, seen = transform_killed_mid_write(big_raw_dataset, tmp_path, signal.SIGKILL)
+    assert result.returncode == -signal.SIGKILL
+    assert [p.exists() for p in seen] == [True]  # SIGKILL leaves it: nothing can run
+    run_transform(big_raw_dataset, DEMO_LABEL, DEMO_NUMERIC, DEMO_CATEGORICAL,
+                  str(tmp_path / "transformed"), str(tmp_path / "transform"))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["transform", "transformed"]
+    assert data.read_schema(str(tmp_path / "transformed"))["splits"]["train"] == 15000
+
+
+def test_a_partial_of_a_writer_that_still_runs_is_left_alone(bystander, tmp_path):
+    from cauce.artifacts import atomic_dir
+
+    host = socket.gethostname()
+    live = tmp_path / f".out.partial-{host}-{bystander.pid}-abc123"
+    other_host = tmp_path / f".out.partial-elsewhere-{bystander.pid + 1}-abc123"
+    dead = tmp_path / f".out.partial-{host}-999999999-abc123"
+    for partial in (live, other_host, dead):
+        partial.mkdir()
+    with atomic_dir(tmp_path / "out") as out:
+        (out / "x").write_text("1")
+    assert live.is_dir() and other_host.is_dir() and not dead.exists()
+    assert (tmp_path / "out" / "x").read_text() == "1"
+
+
+def test_sigterm_during_an_atomic_file_unwinds_and_handlers_of_others_are_kept(tmp_path):
+    from cauce.artifacts import Terminated, atomic_file, sigterm_unwinds
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def theirs(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, theirs)
+    try:
+        with sigterm_unwinds():
+            assert signal.getsignal(signal.SIGTERM) is theirs  # Beam's job cancellation keeps its own
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with pytest.raises(Terminated), atomic_file(tmp_path / "never-written") as handle:
+        handle.write("partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 # --------------------------------------------------------------------------- serving: the request log
 def logged_fares(log_dir: str) -> set[float]:
     fares = set()

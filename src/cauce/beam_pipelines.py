@@ -74,7 +74,7 @@ def run_pipeline(build, runner: str = "DirectRunner", options: dict | None = Non
     while waiting, and a job that ends FAILED or CANCELLED is a CauceError
     naming the job and its state.
     """
-    from cauce.artifacts import CauceError
+    from cauce.artifacts import CauceError, Terminated
 
     try:
         if runner == "DirectRunner":
@@ -89,8 +89,12 @@ def run_pipeline(build, runner: str = "DirectRunner", options: dict | None = Non
         while cause is not None:
             if isinstance(cause, CauceError):
                 raise CauceError(str(cause)) from error
+            if isinstance(cause, Terminated):  # SIGTERM inside a DoFn: Beam wraps it in a RuntimeError
+                raise Terminated() from None
             cause = cause.__cause__ or cause.__context__
         message = str(error)
+        if "cauce.artifacts.Terminated" in message:
+            raise Terminated() from None
         if "CauceError" in message:
             raise CauceError(_cauce_message(message)) from error
         raise
