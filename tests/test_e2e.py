@@ -35,6 +35,7 @@ def training_run(specs, tmp_path_factory):
         port = sock.getsockname()[1]
     arguments = training_run_arguments
     arguments.update({
+        **demo.DEMO_PARAMETERS,
         "local_database": str(database),
         "port": port,
         "endpoint_name": ENDPOINT,
@@ -158,12 +159,14 @@ def test_monitoring_spec_reports_drift_on_logged_requests(training_run, specs, t
 def test_bad_input_fails_the_pipeline_with_a_clear_message(specs, tmp_path):
     database = tmp_path / "local.duckdb"
     demo.ensure_demo_table(database, rows=200, seed=1)
-    with pytest.raises(PipelineFailed, match="label column 'no_such_label' not found"):
+    # preflight, the first step, refuses it before any work, naming the columns there are
+    with pytest.raises(PipelineFailed, match="label 'no_such_label' is not a column of the source; columns: unique_key STRING"):
         run_spec(
             specs["training"],
             # 200 rows: the eval split cannot cover training's 77 community areas, so validate
             # would (rightly) stop the run first; "warn" lets it reach transform's label check.
-            {"local_database": str(database), "label": "no_such_label", "endpoint_name": "e2e-bad", "validation_policy": "warn"},
+            {**demo.DEMO_PARAMETERS, "local_database": str(database), "label": "no_such_label", "endpoint_name": "e2e-bad",
+             "validation_policy": "warn"},
             pipeline_root=tmp_path / "runs",
         )
     # The failed step left no artifact that a later step could take for good.

@@ -404,11 +404,14 @@ def test_training_pipeline_stops_at_validate_when_the_data_breaks_the_baseline(t
     baseline = infer_schema(statistics.datasets[0], max_out_of_domain_fraction=0.05)
     baseline.feature.add(name="dropoff_latitude", type=schema_pb2.FLOAT).presence.min_count = 1
     (tmp_path / "schema.pbtxt").write_text(text_format.MessageToString(baseline))
+    from cauce.demo import DEMO_PARAMETERS
+
     compiled = spec.compile_pipeline("training", tmp_path / "specs")
     with pytest.raises(PipelineFailed, match=r"2 anomalies .*: eval/dropoff_latitude: missing_column; train/dropoff_latitude: missing_column\n"):
         run_spec(
             compiled,
-            {"local_database": str(database), "baseline_schema_uri": str(tmp_path), "endpoint_name": "validate-gate"},
+            {**DEMO_PARAMETERS, "local_database": str(database), "baseline_schema_uri": str(tmp_path),
+             "endpoint_name": "validate-gate"},
             pipeline_root=tmp_path / "runs",
         )
     run_dir = next(p for p in (tmp_path / "runs").glob("cauce-training-*") if p.is_dir())

@@ -335,8 +335,10 @@ def run_preflight(
                 notes.append(f"features from the source's types: numeric {numeric}, categorical {categorical}")
 
     if problems:
+        # One line: a pipeline log names a step's error by its line (cauce.local).
         raise CauceError(
-            f"preflight found {len(problems)} problem(s) before any work started:\n" + "\n".join(f"  - {p}" for p in problems)
+            f"preflight found {len(problems)} problem(s) before any work started: "
+            + " ".join(f"({n}) {p};" for n, p in enumerate(problems, 1)).rstrip(";")
         )
     for note in notes:
         log.info("preflight: %s", note)
