@@ -543,6 +543,62 @@ def test_a_select_with_cte_union_and_unnest_still_runs(local_database):
     assert table.column("id").to_pylist() == [0, 1, 7, 8]
 
 
+# --------------------------------------------------------------------------- extract: NULL keys
+@pytest.fixture(scope="module")
+def nullable_keys(tmp_path_factory):
+    """1000 rows whose key is NULL in every other row (half_null) or in 5 of them (few_null)."""
+    import duckdb
+
+    path = tmp_path_factory.mktemp("nullkeys") / "local.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE SCHEMA trips")
+        connection.execute("CREATE TABLE trips.half_null AS SELECT CASE WHEN i % 2 = 0 THEN NULL ELSE i END AS id, "
+                           "i * 1.5 AS fare FROM range(1000) t(i)")  # fmt: skip
+        connection.execute("CREATE TABLE trips.few_null AS SELECT CASE WHEN i < 5 THEN NULL ELSE i END AS id, "
+                           "i * 1.5 AS fare FROM range(1000) t(i)")  # fmt: skip
+    return str(path)
+
+
+def test_a_key_column_half_null_fails_extract_naming_the_count(nullable_keys, tmp_path):
+    """Before: the NULL-key rows all fell into one split, silently (half the data in eval)."""
+    from cauce.components.extract.executor import run_extract
+
+    with pytest.raises(CauceError, match=r"key_column 'id' is NULL in 500 of 1,000 rows \(50\.0%\), more than "
+                                         r"max_null_key_fraction=0\.01: .*belong to no split"):  # fmt: skip
+        run_extract("trips.half_null", "id", tmp_path / "dataset", local_database=nullable_keys)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a partial
+
+
+def test_a_few_null_keys_are_dropped_counted_and_stated(nullable_keys, tmp_path, caplog):
+    from cauce import data
+    from cauce.components.extract.executor import run_extract
+
+    result = run_extract("trips.few_null", "id", tmp_path / "dataset", local_database=nullable_keys)
+    assert result.metadata["null_key_rows"] == 5 and sum(result.split_rows.values()) == 995
+    assert data.read_schema(tmp_path / "dataset")["null_key_rows"] == 5
+    assert "key_column 'id' is NULL in 5 of 1000 rows (0.50%): those rows belong to no split and were dropped" in caplog.text
+    again = run_extract("trips.few_null", "id", tmp_path / "again", local_database=nullable_keys)
+    assert again.split_rows == result.split_rows  # the same rows in the same splits on every run
+
+
+def test_max_null_key_fraction_0_refuses_any_null_key_and_1_keeps_going(nullable_keys, tmp_path):
+    from cauce.components.extract.executor import run_extract
+
+    with pytest.raises(CauceError, match=r"NULL in 5 of 1,000 rows \(0\.5%\), more than max_null_key_fraction=0"):
+        run_extract("trips.few_null", "id", tmp_path / "strict", local_database=nullable_keys, max_null_key_fraction=0)
+    result = run_extract("trips.half_null", "id", tmp_path / "lax", local_database=nullable_keys, max_null_key_fraction=1)
+    assert result.metadata["null_key_rows"] == 500 and sum(result.split_rows.values()) == 500
+
+
+@pytest.mark.parametrize("fraction", [1.5, -0.1, True, "0.1"])
+def test_max_null_key_fraction_out_of_range_is_refused_before_the_query(nullable_keys, tmp_path, fraction):
+    from cauce.components.extract.executor import run_extract
+
+    with pytest.raises(CauceError, match=r"max_null_key_fraction must be a fraction in \[0, 1\]"):
+        run_extract("trips.few_null", "id", tmp_path / "dataset", local_database=nullable_keys, max_null_key_fraction=fraction)
+    assert not (tmp_path / "dataset").exists()
+
+
 # --------------------------------------------------------------------------- CLI
 def cauce(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cauce.cli", *arguments], capture_output=True, text=True, timeout=timeout)

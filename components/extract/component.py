@@ -26,6 +26,7 @@ def extract(
     storage_api_endpoint: str = "",
     staging_dataset: str = "",
     identifiers: dict = {},  # noqa: B006
+    max_null_key_fraction: float = 0.01,
 ) -> NamedTuple("ExtractOutputs", [("rows", int)]):
     """Run a BigQuery query (or read a table) and split its rows into a Dataset by a hashed key.
 
@@ -50,6 +51,8 @@ def extract(
         identifiers: ${name} placeholders of source -> project/dataset/table ids, checked by the kind
             the name ends with (e.g. {"source_dataset": "taxi"} for `${source_dataset}.trips`):
             what query parameters cannot carry.
+        max_null_key_fraction: rows whose key is NULL belong to no split: dropped and counted (metadata
+            ``null_key_rows``) up to this fraction of the rows; above it the step fails (0: any NULL key fails).
     """
     from collections import namedtuple
 
@@ -71,6 +74,7 @@ def extract(
         storage_api_endpoint=storage_api_endpoint,
         staging_dataset=staging_dataset,
         identifiers=identifiers,
+        max_null_key_fraction=max_null_key_fraction,
     )
     dataset.metadata.update(result.metadata)
     return namedtuple("ExtractOutputs", ["rows"])(result.metadata["rows"])

@@ -249,6 +249,9 @@ def _print_training_summary(result) -> None:
     if extract:
         splits = extract.artifacts.get("dataset", {}).get("metadata", {}).get("split_rows") or {}
         detail = ", ".join(f"{k} {int(v):,}" for k, v in splits.items()) or f"{int(extract.parameters.get('rows', 0)):,} rows"
+        null_keys = int(extract.artifacts.get("dataset", {}).get("metadata", {}).get("null_key_rows") or 0)
+        if null_keys:  # rows that belong to no split (their key is NULL): said, never silent
+            detail += f"; [yellow]{null_keys:,} rows with a NULL key dropped[/]"
         table.add_row("extract", f"rows: {detail}", f"{seconds.get(extract.name, 0):.1f} s")
     validate = result.task("validate")
     if validate:
