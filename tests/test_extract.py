@@ -505,7 +505,7 @@ def test_cost_guard_runs_a_query_under_the_limit_and_bigquery_gets_the_limit_too
     [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (10 * GiB, "10.0 GiB"), (3 * 1024**5, "3072.0 TiB")],
 )
 def test_format_bytes_uses_binary_units(count, text):
-    from cauce.components.extract.executor import format_bytes
+    from cauce.components.extract.bigquery_backend import format_bytes
 
     assert format_bytes(count) == text
 
@@ -540,7 +540,7 @@ def test_auto_reads_over_rest_when_the_storage_api_cannot_see_the_result(extract
     # bqemulator keeps no anonymous result table for a query, so its Storage Read API
     # answers NOT_FOUND for the job's destination: auto falls back, storage fails.
     endpoint = {"storage_api_endpoint": bigquery_demo.grpc_endpoint}
-    with caplog.at_level("WARNING", logger="cauce.components.extract.executor"):
+    with caplog.at_level("WARNING", logger="cauce.components.extract.bigquery_backend"):
         result = extract("bigquery", DEMO_TABLE, output="auto", read_api="auto", **endpoint)
     assert result.metadata["read_api"] == "rest" and result.metadata["rows"] == DEMO_ROWS
     assert "Storage Read API unavailable" in caplog.text and "staging_dataset" in caplog.text
@@ -583,7 +583,7 @@ def test_auto_falls_back_to_rest_when_the_storage_api_is_not_enabled(
 ):
     bigquery_demo.client().create_dataset("staging", exists_ok=True, timeout=10)
     options = {"storage_api_endpoint": storage_api_permission_denied, "staging_dataset": "staging"}
-    with caplog.at_level("WARNING", logger="cauce.components.extract.executor"):
+    with caplog.at_level("WARNING", logger="cauce.components.extract.bigquery_backend"):
         result = extract("bigquery", DEMO_TABLE, output="auto", read_api="auto", **options)
     assert result.metadata["read_api"] == "rest" and result.metadata["rows"] == DEMO_ROWS
     assert "not enabled or permission denied" in caplog.text

@@ -462,7 +462,7 @@ def bigquery_window_query(table_id: str, start: dt.datetime | None, end: dt.date
 def _bigquery_requests(uri: str, start: dt.datetime | None, end: dt.datetime | None, options: BigQueryRead):
     """(where, request record) of every row of a request-log table in the window, read
     through the extract step's BigQuery path: dry run, cost guard, Storage Read (or REST)."""
-    from cauce.components.extract.executor import _BigQueryBackend, check_cost
+    from cauce.components.extract.bigquery_backend import BigQueryBackend, check_cost
     from cauce.components.extract.local_engine import QueryParameter
     from cauce.request_logs import bigquery_client, check_table, parse_table
 
@@ -470,7 +470,7 @@ def _bigquery_requests(uri: str, start: dt.datetime | None, end: dt.datetime | N
     client = bigquery_client(project, options.location, options.api_endpoint)
     table_id = check_table(client, uri, options.api_retry_timeout_s)
     sql, values = bigquery_window_query(table_id, start, end)
-    backend = _BigQueryBackend(
+    backend = BigQueryBackend(
         project=project,
         location=options.location,
         api_endpoint=options.api_endpoint,

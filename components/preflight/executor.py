@@ -81,14 +81,14 @@ def source_schema(
         database = local_database or extract._default_local_database()
         schema = run_query(database, extract._schema_probe(query), parameters).schema
         return query, {f.name: extract.bigquery_type(f.type) for f in schema}
-    backend = extract._BigQueryBackend(
+    from cauce.components.extract.bigquery_backend import BigQueryBackend
+
+    backend = BigQueryBackend(
         project=project, location=bigquery_location, api_endpoint=bigquery_api_endpoint, parameters=parameters,
         maximum_bytes_billed=0, api_retry_timeout_s=30.0, query_timeout_s=60.0, read_api="rest",
         storage_api_endpoint="", staging_dataset="",
     )  # fmt: skip
-    config = backend._bigquery.QueryJobConfig(dry_run=True, use_query_cache=False, query_parameters=backend._query_parameters)
-    job = backend._call(query, lambda: backend._insert(query, config))
-    return query, {f.name: extract._standard_sql_type(f) for f in job.schema or []}
+    return query, backend.result_types(query)
 
 
 def _label_values(database: str, query: str, parameters: list, label: str) -> tuple[int, int, int, list]:
