@@ -197,6 +197,11 @@ def run_spec(
         kfp_runner = docker_runner(spec_path, home)
     else:
         kfp_runner = local.SubprocessRunner(use_venv=False)
+    # A spec whose DAG outputs use dsl.OneOf over artifacts (the training pipeline's model,
+    # from the train task of the chosen framework) needs this in kfp.local 2.17.
+    from cauce.kfp_local_compat import allow_oneof_artifacts
+
+    allow_oneof_artifacts()
     pipeline = components.load_component_from_file(str(spec_path))
     name = pipeline.component_spec.name
     log_file = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
