@@ -142,6 +142,117 @@ def test_deploy_with_a_canary_percentage_of_150_is_refused_before_anything_chang
     unchanged(name, before, bundles["instances"])
 
 
+# --------------------------------------------------------------------------- deploy: Vertex AI
+# The real aiplatform SDK against the stand-in (tests/fixtures/vertex_server.py), which
+# routes predictions by the traffic split and injects the failures.
+from tests.fixtures.vertex_server import VertexServerError  # noqa: E402
+from tests.test_deploy_vertex import INSTANCES, deploy, register_version  # noqa: E402
+
+
+def crashing(instances):
+    raise RuntimeError("model file is corrupt")
+
+
+@pytest.fixture
+def vertex_serving(vertex_server):
+    """Version 1 serving all the traffic of churn-endpoint; version 2 registered."""
+    first = deploy(vertex_server, register_version(vertex_server, "gs://bucket/churn/v1"), smoke_instances=INSTANCES)
+    version_2 = register_version(vertex_server, "gs://bucket/churn/v2")
+    [endpoint] = vertex_server.endpoints.values()
+    before = json.loads(json.dumps({k: endpoint[k] for k in ("deployedModels", "trafficSplit")}))
+    return vertex_server, first, version_2, endpoint, before
+
+
+def vertex_unchanged(endpoint: dict, before: dict) -> None:
+    assert {k: endpoint[k] for k in ("deployedModels", "trafficSplit")} == before
+
+
+def test_vertex_a_new_version_whose_predictions_fail_never_takes_the_traffic(vertex_serving):
+    """Before: the new version got 100 % at deploy time, and the smoke test ran on it alone."""
+    server, first, version_2, endpoint, before = vertex_serving
+    server.version_predict_handlers["2"] = crashing
+    with pytest.raises(CauceError, match=r"(?s)smoke test failed: .*model file is corrupt.*rolled back: deployment \d+ undeployed"):
+        deploy(server, version_2, smoke_instances=INSTANCES)
+    vertex_unchanged(endpoint, before)
+    [staged] = server.requests_to("POST", ":deployModel")[1:]
+    assert staged.body["trafficSplit"][first["deployed_model_id"]] == 90  # the old one kept 90 % meanwhile
+
+
+def test_vertex_a_new_version_answering_the_wrong_count_is_rolled_back(vertex_serving):
+    server, _, version_2, endpoint, before = vertex_serving
+    server.version_predict_handlers["2"] = lambda instances: instances[:1]
+    with pytest.raises(CauceError, match=r"returned 1 predictions for 2 instances \(deployment \d+\).*rolled back"):
+        deploy(server, version_2, smoke_instances=INSTANCES)
+    vertex_unchanged(endpoint, before)
+
+
+def test_vertex_a_deploy_operation_that_fails_changes_nothing(vertex_serving):
+    server, _, version_2, endpoint, before = vertex_serving
+    server.failing_deploys["2"] = "container did not become healthy within 1800 s"
+    with pytest.raises(CauceError, match=r"(?s)deploying .*models/\d+@2 to endpoint 'churn-endpoint' .*failed: .*"
+                                         r"container did not become healthy.*rolled back"):  # fmt: skip
+        deploy(server, version_2, smoke_instances=INSTANCES)
+    vertex_unchanged(endpoint, before)
+
+
+def test_vertex_a_promotion_that_fails_restores_the_split(vertex_serving):
+    server, _, version_2, endpoint, before = vertex_serving
+    server.fail_next("PATCH", r"/endpoints/\d+$", VertexServerError(503, "UNAVAILABLE", "the service is unavailable"))
+    with pytest.raises(CauceError, match=r"(?s)rolling out .*failed: .*the service is unavailable.*rolled back"):
+        deploy(server, version_2, smoke_instances=INSTANCES)
+    vertex_unchanged(endpoint, before)
+
+
+def test_vertex_a_broken_canary_leaves_the_serving_version_at_100(vertex_serving):
+    server, _, version_2, endpoint, before = vertex_serving
+    server.version_predict_handlers["2"] = crashing
+    with pytest.raises(CauceError, match="rolled back"):
+        deploy(server, version_2, smoke_instances=INSTANCES, traffic_percentage=20, promote=True)
+    vertex_unchanged(endpoint, before)
+
+
+def test_vertex_the_smoke_test_reaches_the_new_version_and_its_answers_are_its_own(vertex_serving):
+    server, first, version_2, endpoint, _ = vertex_serving
+    answered = []
+
+    def version_2_answers(instances):
+        answered.append(len(instances))
+        return [{"label": 1, "score": 0.9} for _ in instances]
+
+    server.version_predict_handlers["2"] = version_2_answers
+    result = deploy(server, version_2, smoke_instances=INSTANCES)
+    assert answered == [2] and result["traffic_percentage"] == 100 and result["left_deployed"] == []
+    assert endpoint["trafficSplit"] == {result["deployed_model_id"]: 100}
+    # At 10 % the round robin reaches it within 10 requests (the first deploy sent one).
+    assert 2 <= len(server.requests_to("POST", ":predict")) <= 11
+
+
+def test_vertex_an_old_deployment_that_cannot_be_undeployed_is_named_not_fatal(vertex_serving):
+    server, first, version_2, endpoint, _ = vertex_serving
+    server.fail_next("POST", r":undeployModel$", VertexServerError(503, "UNAVAILABLE", "try again"))
+    result = deploy(server, version_2, smoke_instances=INSTANCES)
+    assert result["left_deployed"] == [first["deployed_model_id"]]
+    assert endpoint["trafficSplit"] == {result["deployed_model_id"]: 100}  # the new version serves alone
+
+
+def test_vertex_logging_settings_change_only_after_a_successful_deploy(vertex_serving):
+    server, _, version_2, endpoint, _ = vertex_serving
+    had = endpoint.get("predictRequestResponseLoggingConfig")
+    server.version_predict_handlers["2"] = crashing
+    with pytest.raises(CauceError, match="rolled back"):
+        deploy(server, version_2, smoke_instances=INSTANCES, request_log_table="bq://test-project.logs.churn",
+               request_log_sampling_rate=0.5)  # fmt: skip
+    assert endpoint.get("predictRequestResponseLoggingConfig") == had
+    assert server.requests_to("PATCH", "") == []
+
+
+@pytest.mark.parametrize("percentage", [150, 0, -5])
+def test_vertex_a_canary_percentage_out_of_range_is_refused_before_any_request(vertex_server, percentage):
+    with pytest.raises(CauceError, match=rf"traffic_percentage must be in 1\.\.100, got {percentage}"):
+        deploy(vertex_server, "projects/p/locations/l/models/1@1", traffic_percentage=percentage)
+    assert vertex_server.requests == []
+
+
 # --------------------------------------------------------------------------- signals
 @pytest.fixture
 def bystander():

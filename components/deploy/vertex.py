@@ -8,6 +8,8 @@ function: it costs about 1.5 s). The SDK is initialised by the register executor
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any
 
 from cauce.artifacts import CauceError
@@ -17,6 +19,14 @@ log = logging.getLogger(__name__)
 
 # A smoke test answers in well under a minute; without a timeout the SDK would wait forever.
 SMOKE_TIMEOUT_S = 120.0
+# Vertex routes a prediction only by the endpoint's traffic split (no request can name a
+# deployed model), so a new version replacing a serving one is smoke-tested at this share,
+# or at the canary's, while the serving version keeps the rest; the answers say which
+# deployment served them.
+SMOKE_SHARE = 10
+# Smoke requests are sent until the new deployment has answered one; this many make
+# missing it by chance less likely than 1e-9 at its share.
+SMOKE_MISS_PROBABILITY = 1e-9
 
 
 def _check_deploy_arguments(
@@ -67,16 +77,25 @@ def deploy_vertex(
 
     The new deployment gets ``traffic_percentage`` of the traffic. If that same model
     version already serves exactly that share, it is reused instead of deployed twice
-    (a retried step costs nothing). With ``smoke_instances`` the endpoint must answer
-    one prediction per instance; if it does not, the deployment made by this call is
-    undeployed, the previous traffic split restored, and :class:`CauceError` raised.
-    Only after the smoke test passes, and only at 100 % traffic, are the endpoint's
-    other deployments (now at 0 %) undeployed.
+    (a retried step costs nothing).
 
-    Canary: with ``traffic_percentage`` < 100 and ``promote``, the new version first
-    serves only that share while the smoke test runs through the endpoint; when it
-    passes, the new version is promoted to 100 % and the others are undeployed; when
-    it fails, the rollback above leaves the previous version serving throughout.
+    The serving version keeps serving until the new one has passed its checks. Vertex
+    health-checks the new container before the deploy operation completes; with
+    ``smoke_instances`` the new version then serves a small share (``SMOKE_SHARE`` %,
+    or the canary's share) next to the serving one, and predictions go through the
+    endpoint until the new deployment has answered one prediction per instance (the
+    answers name the deployment that served them). Only then does it take all the
+    traffic and are the endpoint's other deployments (now at 0 %) undeployed. If the
+    deploy operation, the smoke test or the promotion fails, every deployment this
+    call made is undeployed and the previous traffic split restored, and
+    :class:`CauceError` says "rolled back"; the endpoint's logging settings are
+    changed only after a success. (An endpoint that serves nothing yet gets the new
+    version at 100 % and, if it fails, serves nothing again.)
+
+    Canary: with ``traffic_percentage`` < 100 the new version keeps that share after its
+    smoke test; with ``promote`` too it is then promoted to 100 % and the others are
+    undeployed. A deployment that cannot be undeployed after a promotion (it has no
+    traffic) is named in ``left_deployed`` and logged, not an error: the new version serves.
 
     Request-response logging: with ``request_log_sampling_rate`` in (0, 1] the endpoint
     logs that fraction of its requests into ``request_log_table``
@@ -105,7 +124,8 @@ def deploy_vertex(
         ) from error
 
     endpoint = newest_resource(aiplatform.Endpoint.list(filter=f'display_name="{endpoint_display_name}"'))
-    if endpoint is None:
+    created = endpoint is None
+    if created:
         endpoint = aiplatform.Endpoint.create(
             display_name=endpoint_display_name,
             enable_request_response_logging=logging_config is not None,
@@ -113,63 +133,20 @@ def deploy_vertex(
             request_response_logging_bq_destination_table=logging_config and logging_config["table"],
             sync=True,
         )
-    else:
-        _apply_logging_config(endpoint, logging_config)
 
     deployed_model_id = _serving_deployment(endpoint, model, traffic_percentage)
-    newly_deployed = deployed_model_id is None
-    previous_traffic_split = endpoint.traffic_split
-    if newly_deployed:
-        before = {deployed.id for deployed in endpoint.list_models()}
-        if traffic_percentage < 100 and not before:
-            if not promote:
-                raise CauceError(
-                    f"traffic_percentage={traffic_percentage} but endpoint {endpoint_display_name!r} serves no "
-                    "model yet: the first deployment must take 100 % of the traffic"
-                )
-            # A canary protects a serving version; with none there is nothing to protect, and a
-            # pipeline configured for canaries must still be able to make its first deployment.
-            log.info("endpoint %s serves no model yet: deploying at 100 %% instead of a %d %% canary",
-                     endpoint_display_name, traffic_percentage)
-            traffic_percentage = 100
-        endpoint.deploy(
-            model=model,
-            deployed_model_display_name=f"{model.display_name}-v{model.version_id}",
-            traffic_percentage=traffic_percentage,
-            machine_type=machine_type,
-            min_replica_count=min_replicas,
-            max_replica_count=max_replicas,
-            sync=True,
-        )
-        # The SDK drops the deploy operation's answer: find the deployment that appeared.
-        appeared = [
-            deployed
-            for deployed in endpoint.list_models()
-            if deployed.id not in before and _is_version(deployed, model)
-        ]
-        deployed_model_id = max(appeared, key=lambda deployed: deployed.create_time).id
-
-    if smoke_instances is not None:
-        try:
-            _smoke_test(endpoint, endpoint_display_name, smoke_instances)
-        except CauceError as error:
-            if not newly_deployed:
-                raise
-            # Leave the endpoint as it was: a broken version must not keep the traffic.
-            endpoint.undeploy(
-                deployed_model_id=deployed_model_id, traffic_split=previous_traffic_split or None
-            )
-            raise CauceError(
-                f"{error}; rolled back: deployment {deployed_model_id} undeployed, "
-                f"traffic split restored to {previous_traffic_split}"
-            ) from error
-    if promote and traffic_percentage < 100:
-        endpoint.update(traffic_split={deployed_model_id: 100})
-        traffic_percentage = 100
-    if traffic_percentage == 100:
-        for deployed in endpoint.list_models():
-            if deployed.id != deployed_model_id:
-                endpoint.undeploy(deployed_model_id=deployed.id)
+    left_deployed: list[str] = []
+    if deployed_model_id is None:
+        deployed_model_id, traffic_percentage, left_deployed = _roll_out(
+            endpoint, model, endpoint_display_name, traffic_percentage, promote, smoke_instances,
+            machine_type, min_replicas, max_replicas,
+        )  # fmt: skip
+    elif smoke_instances is not None:
+        # This exact version already serves its share: a retried step checks it and changes nothing.
+        _smoke_test(endpoint, endpoint_display_name, smoke_instances)
+    # Only once the new version serves: its logging settings (a failed deploy changes nothing).
+    if not created:
+        _apply_logging_config(endpoint, logging_config)
 
     # The host the SDK's prediction client talks to: the regional one, or api_endpoint.
     host = aiplatform.initializer.global_config.get_client_options(prediction_client=True).api_endpoint
@@ -180,7 +157,108 @@ def deploy_vertex(
         "endpoint_url": f"{base_url}/v1/{endpoint.resource_name}:predict",
         "request_log_table": logging_config["table"] if logging_config else "",
         "request_log_sampling_rate": logging_config["sampling_rate"] if logging_config else 0.0,
+        "traffic_percentage": traffic_percentage,
+        "left_deployed": left_deployed,
     }
+
+
+def _roll_out(
+    endpoint: Any,
+    model: Any,
+    endpoint_display_name: str,
+    traffic_percentage: int,
+    promote: bool,
+    smoke_instances: list[Any] | None,
+    machine_type: str,
+    min_replicas: int,
+    max_replicas: int,
+) -> tuple[str, int, list[str]]:
+    """Deploy ``model`` next to what the endpoint serves, smoke-test it while the serving
+    version keeps the rest of the traffic, then give it its share (all of it at 100 % or
+    with ``promote``) and undeploy the others. Any failure until then restores the
+    previous traffic split and deployments, and raises :class:`CauceError` saying
+    "rolled back". Returns (deployed model id, its final share, deployments that could
+    not be undeployed after the promotion)."""
+    previous_split = dict(endpoint.traffic_split)
+    before = {deployed.id for deployed in endpoint.list_models()}
+    serving = bool(before) and any(previous_split.values())
+    if traffic_percentage < 100 and not serving:
+        if not promote:
+            raise CauceError(
+                f"traffic_percentage={traffic_percentage} but endpoint {endpoint_display_name!r} serves no "
+                "model yet: the first deployment must take 100 % of the traffic"
+            )
+        # A canary protects a serving version; with none there is nothing to protect, and a
+        # pipeline configured for canaries must still be able to make its first deployment.
+        log.info("endpoint %s serves no model yet: deploying at 100 %% instead of a %d %% canary",
+                 endpoint_display_name, traffic_percentage)
+        traffic_percentage = 100
+    # The share the new version serves while it is smoke-tested: the old one keeps the rest.
+    staged = traffic_percentage if traffic_percentage < 100 or not serving or smoke_instances is None else SMOKE_SHARE
+    where = f"endpoint {endpoint_display_name!r} ({endpoint.resource_name})"
+    deployed_model_id = ""
+    try:
+        endpoint.deploy(
+            model=model,
+            deployed_model_display_name=f"{model.display_name}-v{model.version_id}",
+            traffic_percentage=staged,
+            machine_type=machine_type,
+            min_replica_count=min_replicas,
+            max_replica_count=max_replicas,
+            sync=True,
+        )
+        # The SDK drops the deploy operation's answer: find the deployment that appeared.
+        appeared = [d for d in endpoint.list_models() if d.id not in before and _is_version(d, model)]
+        if not appeared:
+            raise CauceError(f"the deployment of {model.resource_name}@{model.version_id} did not appear on {where}")
+        deployed_model_id = max(appeared, key=lambda deployed: deployed.create_time).id
+        if smoke_instances is not None:
+            _smoke_test(endpoint, endpoint_display_name, smoke_instances, deployed_model_id, staged)
+        if staged < 100 and (traffic_percentage == 100 or promote):
+            endpoint.update(traffic_split={deployed_model_id: 100})
+    except Exception as error:  # whatever failed, what served before must serve as it did
+        detail = _rollback(endpoint, before, previous_split)
+        if isinstance(error, CauceError):
+            message = str(error)
+        elif deployed_model_id:
+            message = f"rolling out {model.resource_name}@{model.version_id} on {where} failed: {error}"
+        else:
+            message = f"deploying {model.resource_name}@{model.version_id} to {where} failed: {error}"
+        raise CauceError(f"{message}; {detail}") from error
+    final = 100 if staged < 100 and (traffic_percentage == 100 or promote) else staged
+    left_deployed = []
+    if final == 100:
+        for deployed in endpoint.list_models():
+            if deployed.id == deployed_model_id:
+                continue
+            try:
+                endpoint.undeploy(deployed_model_id=deployed.id)
+            except Exception as error:  # noqa: BLE001 - the new version serves; say what is left
+                log.warning("deployment %s of %s (0 %% traffic) could not be undeployed: %s; undeploy it by hand",
+                            deployed.id, where, error)
+                left_deployed.append(deployed.id)
+    return deployed_model_id, final, left_deployed
+
+
+def _rollback(endpoint: Any, before: set[str], previous_split: dict[str, int]) -> str:
+    """Undeploy every deployment that is not in ``before``, restoring ``previous_split``;
+    say what the endpoint serves now."""
+    try:
+        endpoint._sync_gca_resource()
+        if dict(endpoint.traffic_split) != previous_split and not (set(endpoint.traffic_split) - before):
+            endpoint.update(traffic_split=previous_split)
+        undeployed = []
+        for deployed in endpoint.list_models():
+            if deployed.id not in before:
+                endpoint.undeploy(deployed_model_id=deployed.id, traffic_split=previous_split or None)
+                undeployed.append(deployed.id)
+    except Exception as error:  # noqa: BLE001 - say so: the operator must look
+        return (
+            f"rolling back failed too ({error}): the endpoint's traffic split is now {dict(endpoint.traffic_split)}, "
+            f"it was {previous_split}"
+        )
+    gone = f"deployment {', '.join(undeployed)} undeployed, " if undeployed else ""
+    return f"rolled back: {gone}traffic split restored to {previous_split}"
 
 
 def _logging_config(table: str, sampling_rate: float) -> dict[str, Any] | None:
@@ -250,21 +328,43 @@ def _is_version(deployed: Any, model: Any) -> bool:
     return deployed.model == model.resource_name and deployed.model_version_id == model.version_id
 
 
-def _smoke_test(endpoint: Any, endpoint_display_name: str, instances: list[Any]) -> None:
+def _smoke_test(
+    endpoint: Any, endpoint_display_name: str, instances: list[Any], deployed_model_id: str = "", share: int = 100
+) -> None:
+    """Predict ``instances`` through the endpoint until ``deployed_model_id`` (any
+    deployment when empty) has answered them all. Vertex routes by the traffic split,
+    so at ``share`` % that takes a few requests; every answer, from whichever
+    deployment, must hold one prediction per instance, and any error fails the test."""
     from google.api_core import exceptions as google_exceptions
 
     where = f"endpoint {endpoint_display_name!r} ({endpoint.resource_name})"
-    try:
-        response = endpoint.predict(instances=instances, timeout=SMOKE_TIMEOUT_S)
-    except google_exceptions.GoogleAPICallError as error:
-        raise CauceError(
-            f"smoke test failed: {where} could not predict {len(instances)} instances: {error}"
-        ) from error
-    if len(response.predictions) != len(instances):
-        raise CauceError(
-            f"smoke test failed: {where} returned {len(response.predictions)} predictions "
-            f"for {len(instances)} instances"
-        )
+    attempts = 1 if not deployed_model_id or share >= 100 else math.ceil(
+        math.log(SMOKE_MISS_PROBABILITY) / math.log(1 - share / 100)
+    )
+    deadline = time.monotonic() + SMOKE_TIMEOUT_S
+    sent = 0
+    while sent < attempts:
+        sent += 1
+        try:
+            response = endpoint.predict(instances=instances, timeout=max(1.0, deadline - time.monotonic()))
+        except google_exceptions.GoogleAPICallError as error:
+            raise CauceError(
+                f"smoke test failed: {where} could not predict {len(instances)} instances: {error}"
+            ) from error
+        if len(response.predictions) != len(instances):
+            raise CauceError(
+                f"smoke test failed: {where} returned {len(response.predictions)} predictions "
+                f"for {len(instances)} instances" + (f" (deployment {response.deployed_model_id})"
+                                                      if response.deployed_model_id else "")
+            )
+        if not deployed_model_id or response.deployed_model_id == deployed_model_id:
+            return
+        if time.monotonic() > deadline:
+            break
+    raise CauceError(
+        f"smoke test failed: deployment {deployed_model_id} answered none of {sent} requests to {where} "
+        f"within {SMOKE_TIMEOUT_S:.0f} s although it takes {share} % of the traffic"
+    )
 
 
 def run_deploy_vertex(
