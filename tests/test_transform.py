@@ -42,12 +42,25 @@ def _small(n=50, **overrides):
     return pa.table(columns)
 
 
-def test_rows_without_label_are_dropped(tmp_path):
+def test_rows_without_label_are_left_out_of_the_fit_and_the_output(tmp_path):
     labels = pa.array([None if i < 5 else i % 2 for i in range(50)], pa.int64())
     raw = _write(tmp_path / "raw", {"train": _small(y=labels), "eval": _small()})
     result = run_transform(raw, "y", ["x"], ["c"], str(tmp_path / "out"), str(tmp_path / "fn"))
     assert result.split_rows == {"eval": 50, "train": 45}
     assert result.dropped_rows == {"eval": 0, "train": 5}
+    # The z-score is fitted on the 45 labelled rows (x = 5..49) only: what training sees.
+    fitted = FittedTransform.load(str(tmp_path / "fn"))
+    assert fitted.rows_analyzed == 45
+    encoded = data.read_split(tmp_path / "out", "train").column(fitted.feature_names[0]).to_numpy()
+    assert abs(float(encoded.mean())) < 1e-6
+
+
+def test_a_nan_label_is_missing_like_a_null_one(tmp_path):
+    labels = pa.array([float("nan") if i < 3 else None if i < 6 else float(i) for i in range(50)])
+    raw = _write(tmp_path / "raw", {"train": _small(y=labels)})
+    result = run_transform(raw, "y", ["x"], [], str(tmp_path / "out"), str(tmp_path / "fn"), task="regression")
+    assert result.dropped_rows == {"train": 6}
+    assert data.count_missing_labels(raw, "train", "y") == 6
 
 
 @pytest.mark.parametrize(

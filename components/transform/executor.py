@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from cauce import data
@@ -110,20 +109,15 @@ def encode_batch(
 
     The label by task: binary -> int64 0/1; regression -> float64; multiclass ->
     the class values as they are (the trainer numbers the classes). Rows without
-    a label are dropped: they cannot train or evaluate anything.
+    a label (``cauce.data.missing_label_mask``: null or NaN) are left out: they
+    cannot train or evaluate anything.
     """
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    table, _ = data.drop_missing_labels(table, fitted.label)
     if task == "multiclass":
         label_column = table.column(fitted.label)
-        if label_column.null_count:
-            table = table.filter(pc.is_valid(label_column))
-            label_column = table.column(fitted.label)
     else:
         label = _label_array(table, fitted.label)
-        keep = ~np.isnan(label)
-        if not keep.all():
-            table = table.filter(pa.array(keep))
-            label = label[keep]
         if task == "binary":
             if not ((label == 0.0) | (label == 1.0)).all():  # np.unique sorts: only for the message
                 unique = np.unique(label)
@@ -242,6 +236,7 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
 
     recipe_document = plan.to_dict()
     needed = list(dict.fromkeys([*plan.input_columns, label, *passthrough]))
+    fit_columns = list(dict.fromkeys([*plan.input_columns, label]))
     dictionary = _dictionary_columns(plan, source_schema, label, passthrough)
 
     class AccumulateFile(beam.DoFn):
@@ -254,8 +249,11 @@ def _build_transform_pipeline(pipeline, *, plan: Recipe, label: str, analyze_fil
         def process(self, path, prior=None):
             states = {int(k): v for k, v in (prior or {"states": {}})["states"].items()}
             accumulator = PhaseAccumulator(Recipe(recipe_document, label), states, self.phase)
-            for batch in _parquet_batches(path, plan.input_columns, batch_rows, dictionary):
-                accumulator.add_batch(batch)
+            for batch in _parquet_batches(path, fit_columns, batch_rows, dictionary):
+                # The fit sees the rows the model trains on: rows without a label are out.
+                table, _ = data.drop_missing_labels(pa.Table.from_batches([batch]), label)
+                if table.num_rows:
+                    accumulator.add_batch(table)
             yield accumulator
 
     class MergeAccumulators(beam.CombineFn):
@@ -417,7 +415,7 @@ def run_transform(
             rows[split] = ds.dataset(Path(out_dir) / split, format="parquet").count_rows()
             dropped[split] = ds.dataset(data.split_path(dataset_dir, split), format="parquet").count_rows() - rows[split]
             if dropped[split]:
-                log.warning("split %s: dropped %d rows with a missing label %r", split, dropped[split], label)
+                log.warning("split %s: left out %d rows with a missing label %r", split, dropped[split], label)
         data.write_schema(out_dir, schema, rows, label=label, feature_names=fitted.feature_names)
         return fitted, rows, dropped
 

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -60,6 +61,48 @@ def iter_split_batches(dataset_dir: str | os.PathLike, split: str, batch_size: i
     """Yield Arrow record batches of one split: the unit every phase processes."""
     dataset = ds.dataset(split_path(dataset_dir, split), format="parquet")
     yield from dataset.to_batches(batch_size=batch_size)
+
+
+# ---- the one rule for rows without a label --------------------------------------------
+# A row whose label is missing cannot train or measure a model: validate counts such
+# rows in every split (an anomaly above ``max_missing_label_fraction``), and transform
+# (its fit as well as its output), train, evaluate and batch prediction leave them out
+# through these functions, so every phase counts the same rows.
+
+# Validate's default bound: more than this share of a split's rows without a label is
+# an anomaly (a broken join, labels not known yet), not a few unlabelled rows to skip.
+MAX_MISSING_LABEL_FRACTION = 0.05
+
+
+def missing_label_mask(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """True where a label is missing: null, or NaN in a floating-point column (an empty
+    CSV cell loads as null). Nothing else is missing: 0, "" and "nan" text are values."""
+    return pc.is_null(column, nan_is_null=True)
+
+
+def drop_missing_labels(table: pa.Table, label: str) -> tuple[pa.Table, int]:
+    """``table`` without the rows whose ``label`` is missing, and how many those were.
+    A table without the label column comes back unchanged (0): the caller names that
+    error in its own terms."""
+    if label not in table.column_names:
+        return table, 0
+    missing = missing_label_mask(table.column(label))
+    count = pc.sum(missing).as_py() or 0
+    if not count:
+        return table, 0
+    return table.filter(pc.invert(missing)), int(count)
+
+
+def count_missing_labels(dataset_dir: str | os.PathLike, split: str, label: str) -> int:
+    """Rows of ``split`` whose ``label`` is missing (reads the label column only; 0 when
+    the split has no such column)."""
+    dataset = ds.dataset(split_path(dataset_dir, split), format="parquet")
+    if label not in dataset.schema.names:
+        return 0
+    total = 0
+    for batch in dataset.to_batches(columns=[label]):
+        total += pc.sum(missing_label_mask(batch.column(0))).as_py() or 0
+    return int(total)
 
 
 def write_split(out_dir: str | os.PathLike, split: str, table: pa.Table, rows_per_shard: int = ROWS_PER_SHARD) -> int:
