@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 
 from cauce import data
 from cauce.artifacts import CauceError, atomic_dir
@@ -135,19 +137,34 @@ def _encode_labels(raw: np.ndarray, task: str, label: str, split: str, classes: 
 
 
 def _read_split(transformed_dir: str, split: str, fitted: FittedTransform) -> tuple[np.ndarray, np.ndarray]:
-    table = data.read_split(transformed_dir, split, columns=[*fitted.feature_names, fitted.label])
-    if table.num_rows == 0:
+    """The split's encoded features as one float32 matrix, and its labels.
+
+    Column-major: each Parquet column lands in contiguous blocks. Filling a
+    row-major matrix column by column strides across every row and took ~3 s of a
+    1 M-row train step against ~0.3 s; the trainers take either layout (LightGBM
+    and scikit-learn read Fortran order without a copy). Read batch by batch, so
+    the Arrow copy of the whole split (as large as the matrix) never exists.
+    """
+    columns = [*fitted.feature_names, fitted.label]
+    dataset = ds.dataset(data.split_path(transformed_dir, split), format="parquet")  # a missing split is a CauceError
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise CauceError(
+            f"column(s) {missing} not found in split {split!r} of {transformed_dir}; columns present: {dataset.schema.names}"
+        )
+    rows = dataset.count_rows()
+    if rows == 0:
         raise CauceError(f"split {split!r} of {transformed_dir} is empty: nothing to train or evaluate on")
-    # Column-major: each Parquet column lands in one contiguous block (a memcpy).
-    # Filling a row-major matrix column by column strides across every row and
-    # took ~3 s of a 1 M-row train step against ~0.3 s; the trainers take either
-    # layout (LightGBM and scikit-learn read Fortran order without a copy).
-    features = np.empty((table.num_rows, len(fitted.feature_names)), dtype=np.float32, order="F")
-    for j, name in enumerate(fitted.feature_names):
-        features[:, j] = table.column(name).to_numpy()
-    labels = table.column(fitted.label).to_numpy(zero_copy_only=False)
-    del table  # the Arrow copy of the features goes before training starts
-    return features, labels
+    features = np.empty((rows, len(fitted.feature_names)), dtype=np.float32, order="F")
+    labels = []
+    start = 0
+    for batch in dataset.to_batches(columns=columns, batch_size=131_072):
+        stop = start + batch.num_rows
+        for j in range(len(fitted.feature_names)):
+            features[start:stop, j] = batch.column(j).to_numpy(zero_copy_only=False)
+        labels.append(batch.column(len(fitted.feature_names)))
+        start = stop
+    return features, pa.chunked_array(labels, type=dataset.schema.field(fitted.label).type).to_numpy()
 
 
 def load_training_data(
@@ -287,6 +304,10 @@ def run_train(
         "framework_version": trained.framework_version,
         "model_type": trained.model_type,
         "hyperparameters": trained.hyperparameters,
+        # As given to train (empty: the framework's defaults): what remakes this model.
+        # The resolved ones above also hold library defaults, which passed back
+        # explicitly need not train the same model.
+        "hyperparameters_given": dict(hyperparameters or {}),
         "task": task,
         "label": fitted.label,
         "classes": training.classes,
