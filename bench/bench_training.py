@@ -12,8 +12,12 @@ process measures the child from outside:
   process, its imports included);
 * process wall: the child's whole life (Python start, demo data, compile, run);
 * peak memory: the largest sum of the resident sets of the child and all its
-  descendants (the kfp.local runner and the step processes), sampled every 50 ms.
-  Shared pages count once per process, so this errs high.
+  descendants (the kfp.local runner and the step processes), sampled every 0.1 s.
+  Shared pages count once per process, so this errs high;
+* CPU seconds per phase: user + system time of each step's process (told apart
+  by the output file on its command line), which other work on a shared machine
+  inflates far less than wall time. The serving process deploy starts detaches,
+  so neither its memory nor its CPU counts.
 
 The TFX anchor: TFX 1.16's LocalDagRunner running the same lifecycle (ExampleGen,
 StatisticsGen, SchemaGen, ExampleValidator, Transform, Trainer, Evaluator, Pusher)
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -65,7 +70,10 @@ def run_once(rows: int, workdir: Path) -> dict:
     spec_path = spec.compile_pipeline("training", workdir / "specs")
     endpoint = f"bench-{rows}"
     try:
-        run = run_spec(spec_path, {"port": free_port(), "endpoint_name": endpoint})
+        # What `cauce run training --rows N` passes: the demo's parameters (the
+        # pipeline's own defaults name no taxi column).
+        arguments = {**getattr(demo, "DEMO_PARAMETERS", {}), "port": free_port(), "endpoint_name": endpoint}
+        run = run_spec(spec_path, arguments)
     finally:
         stop_local(endpoint)
     times = {"generate data": generate}
@@ -81,8 +89,12 @@ def run_once(rows: int, workdir: Path) -> dict:
 # ---- the parent: time and memory from outside -----------------------------------
 
 
-def _tree_rss(root: int) -> tuple[int, int]:
-    """(sum of resident bytes of ``root`` and its descendants, largest single one)."""
+# A step's executor input names its own output file: <run dir>/<task>/executor_output.json.
+_TASK_DIR = re.compile(r'"outputFile":\s*"[^"]*/([A-Za-z][\w-]*)/executor_output\.json"')
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -92,18 +104,33 @@ def _tree_rss(root: int) -> tuple[int, int]:
                 children.setdefault(int(fields[1]), []).append(int(entry))
             except (OSError, IndexError):
                 continue
+    return children
+
+
+def _sample_tree(root: int, cpu: dict, phase_of: dict) -> tuple[int, int]:
+    """(sum of resident bytes of ``root`` and its descendants, largest single one);
+    records each process's CPU seconds so far in ``cpu`` and, for a step process,
+    its task (from the output file named on its command line) in ``phase_of``."""
+    children = _children()
     total = largest = 0
     pending = [root]
     while pending:
         pid = pending.pop()
+        pending += children.get(pid, [])
         try:
             with open(f"/proc/{pid}/statm") as handle:
                 rss = int(handle.read().split()[1]) * PAGE
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+            if pid not in phase_of:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    match = _TASK_DIR.search(handle.read().decode(errors="replace"))
+                phase_of[pid] = match.group(1) if match else None
         except (OSError, IndexError):
-            rss = 0
+            continue
         total += rss
         largest = max(largest, rss)
-        pending += children.get(pid, [])
     return total, largest
 
 
@@ -113,13 +140,15 @@ def measure(rows: int, workdir: Path) -> dict:
     started = time.perf_counter()
     child = subprocess.Popen(command)
     peak = {"tree": 0, "process": 0}
+    cpu: dict[int, float] = {}
+    phase_of: dict[int, str | None] = {}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            tree, largest = _tree_rss(child.pid)
+            tree, largest = _sample_tree(child.pid, cpu, phase_of)
             peak["tree"], peak["process"] = max(peak["tree"], tree), max(peak["process"], largest)
-            done.wait(0.05)
+            done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -129,8 +158,15 @@ def measure(rows: int, workdir: Path) -> dict:
     sampler.join()
     if code != 0:
         raise SystemExit(f"the {rows:,}-row run failed (exit {code})")
+    phase_cpu: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        task = phase_of.get(pid)
+        phase = next((p for p in PHASES if task and (task == p or re.fullmatch(rf"{p}-\d+", task))), None)
+        if phase:
+            phase_cpu[phase] = phase_cpu.get(phase, 0.0) + seconds
     result = json.loads(result_file.read_text())
-    result.update(process_wall=wall, peak_gb=peak["tree"] / 1e9, largest_process_gb=peak["process"] / 1e9)
+    result.update(process_wall=wall, peak_gb=peak["tree"] / 1e9, largest_process_gb=peak["process"] / 1e9,
+                  phase_cpu=phase_cpu, process_cpu=sum(cpu.values()))
     return result
 
 
@@ -144,6 +180,10 @@ def report(results: dict[int, dict]) -> None:
     for name in ["generate data", *PHASES, "pipeline total"]:
         print(f"{name:<22}" + "".join(_cell(results[r]["times"].get(name)) for r in sizes))
     print(f"{'process wall':<22}" + "".join(_cell(results[r]["process_wall"]) for r in sizes))
+    print("CPU seconds (user + system; less sensitive than wall to other work on the machine):")
+    for name in PHASES:
+        print(f"{'  ' + name:<22}" + "".join(_cell(results[r]["phase_cpu"].get(name)) for r in sizes))
+    print(f"{'  all processes':<22}" + "".join(_cell(results[r]["process_cpu"]) for r in sizes))
     print(f"{'peak memory (tree)':<22}" + "".join(f"{results[r]['peak_gb']:>13.2f} GB" for r in sizes))
     print(f"{'largest process':<22}" + "".join(f"{results[r]['largest_process_gb']:>13.2f} GB" for r in sizes))
     print(f"{'eval AUC':<22}" + "".join(f"{results[r]['auc'] or float('nan'):>16.5f}" for r in sizes))
