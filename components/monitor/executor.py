@@ -31,8 +31,11 @@ import pyarrow.compute as pc
 from cauce.artifacts import CauceError, atomic_dir, atomic_file
 from cauce.data import read_split
 from cauce.tfdv_histograms import (
+    StandardHistogram,
+    align_histograms,
     jensen_shannon,
-    numeric_comparison,
+    present_sorted,
+    standard_histogram,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,12 +79,17 @@ def _as_arrow(values) -> pa.Array | pa.ChunkedArray:
         return _text_array(values)
 
 
-def _category_counts(values) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct present values as strings (3 and "3" are one category) and their counts."""
+def category_strings(values) -> pa.Array | pa.ChunkedArray:
+    """The values as category strings (3 and "3" are one category), NaN and None as null."""
     array = _as_arrow(values)
     if pa.types.is_floating(array.type):
         array = pc.if_else(pc.is_nan(array), pa.scalar(None, array.type), array)
-    counted = pc.value_counts(pc.drop_null(pc.cast(array, pa.string())))
+    return pc.cast(array, pa.string())
+
+
+def _category_counts(values) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct present values as strings (3 and "3" are one category) and their counts."""
+    counted = pc.value_counts(pc.drop_null(category_strings(values)))
     categories = counted.field("values").to_numpy(zero_copy_only=False).astype(object)
     return categories, counted.field("counts").to_numpy().astype(np.float64)
 
@@ -96,8 +104,14 @@ class _CategoryComparison:
 
 
 def _compare_categories(baseline, current) -> _CategoryComparison:
-    base_categories, base_counts = _category_counts(baseline)
-    current_categories, current_counts = _category_counts(current)
+    return compare_category_counts(*_category_counts(baseline), *_category_counts(current))
+
+
+def compare_category_counts(
+    base_categories: np.ndarray, base_counts: np.ndarray, current_categories: np.ndarray, current_counts: np.ndarray
+) -> _CategoryComparison:
+    """Both sides' frequencies on the union of their categories, from (categories, counts)
+    of each side (object arrays of strings, float64 counts of present values)."""
     categories, position = np.unique(
         np.concatenate([base_categories, current_categories]).astype(object), return_inverse=True
     )
@@ -228,22 +242,42 @@ def _category_chart(comparison: _CategoryComparison, linf_category: str | None) 
     return buckets
 
 
+@dataclass(frozen=True)
+class NumericProfile:
+    """What the drift of a numeric feature needs from one side: its rows, its missing
+    values and the STANDARD histogram of the rest (None without one)."""
+
+    rows: int
+    missing: int
+    histogram: StandardHistogram | None
+
+
 def _numeric_entry(baseline: pa.Table, current: pa.Table, feature: str) -> dict:
-    base_values = _numeric_column(baseline, feature, "baseline")
-    current_values = _numeric_column(current, feature, "serving")
-    base_missing, current_missing = np.isnan(base_values), np.isnan(current_values)
+    profiles = []
+    for table, side in ((baseline, "baseline"), (current, "serving")):
+        values = _numeric_column(table, feature, side)
+        profiles.append(
+            NumericProfile(values.size, int(np.isnan(values).sum()), standard_histogram(present_sorted(values)))
+        )
+    return numeric_entry(*profiles)
+
+
+def numeric_entry(base: NumericProfile, current: NumericProfile) -> dict:
+    """A numeric feature's report entry (without threshold) from both sides' profiles."""
     entry = {
         "type": "numeric",
         "metric": JSD_METRIC,
-        "baseline_missing_fraction": _missing_fraction(int(base_missing.sum()), base_values.size),
-        "current_missing_fraction": _missing_fraction(int(current_missing.sum()), current_values.size),
+        "baseline_missing_fraction": _missing_fraction(base.missing, base.rows),
+        "current_missing_fraction": _missing_fraction(current.missing, current.rows),
     }
-    aligned = numeric_comparison(base_values, current_values)
+    aligned = (
+        align_histograms(base.histogram, current.histogram)
+        if base.histogram is not None and current.histogram is not None
+        else None
+    )
     if aligned is None:
         sides_without_values = [
-            side
-            for side, missing in (("baseline", base_missing), ("serving", current_missing))
-            if missing.all()
+            side for side, profile in (("baseline", base), ("serving", current)) if profile.missing == profile.rows
         ]
         entry["value"] = None
         entry["reason"] = (
@@ -263,19 +297,19 @@ def _numeric_entry(baseline: pa.Table, current: pa.Table, feature: str) -> dict:
 
 def _categorical_entry(baseline: pa.Table, current: pa.Table, feature: str) -> dict:
     base_column, current_column = baseline.column(feature), current.column(feature)
-    comparison = _compare_categories(base_column, current_column)
+    return categorical_entry(_compare_categories(base_column, current_column), len(base_column), len(current_column))
+
+
+def categorical_entry(comparison: _CategoryComparison, base_rows: int, current_rows: int) -> dict:
+    """A categorical feature's report entry (without threshold) from both sides' frequencies."""
     distance, category = _linf(comparison)
     return {
         "type": "categorical",
         "metric": LINF_METRIC,
         "value": distance,
         "category": category,
-        "baseline_missing_fraction": _missing_fraction(
-            len(base_column) - comparison.baseline_present, len(base_column)
-        ),
-        "current_missing_fraction": _missing_fraction(
-            len(current_column) - comparison.current_present, len(current_column)
-        ),
+        "baseline_missing_fraction": _missing_fraction(base_rows - comparison.baseline_present, base_rows),
+        "current_missing_fraction": _missing_fraction(current_rows - comparison.current_present, current_rows),
         "histogram": _category_chart(comparison, category),
     }
 
@@ -310,12 +344,36 @@ def compute_drift(
     _require_columns(baseline, features, "baseline")
     _require_columns(current, features, "serving")
 
-    entries: dict[str, dict] = {}
+    entries = {feature: _numeric_entry(baseline, current, feature) for feature in numeric_features}
+    entries.update({feature: _categorical_entry(baseline, current, feature) for feature in categorical_features})
+    return drift_report(
+        entries,
+        numeric_features,
+        categorical_features,
+        per_feature_thresholds,
+        default_numeric_threshold,
+        default_categorical_threshold,
+        baseline.num_rows,
+        current.num_rows,
+    )
+
+
+def drift_report(
+    entries: dict[str, dict],
+    numeric_features: list[str],
+    categorical_features: list[str],
+    per_feature_thresholds: dict[str, float],
+    default_numeric_threshold: float,
+    default_categorical_threshold: float,
+    baseline_rows: int,
+    current_rows: int,
+) -> dict:
+    """The report of ``entries`` (one per feature, from ``numeric_entry`` / ``categorical_entry``):
+    thresholds, verdicts and the ranking; shared by the in-process and the Beam paths."""
+    features = list(numeric_features) + list(categorical_features)
     for feature in numeric_features:
-        entries[feature] = _numeric_entry(baseline, current, feature)
         entries[feature]["threshold"] = per_feature_thresholds.get(feature, float(default_numeric_threshold))
     for feature in categorical_features:
-        entries[feature] = _categorical_entry(baseline, current, feature)
         entries[feature]["threshold"] = per_feature_thresholds.get(
             feature, float(default_categorical_threshold)
         )
@@ -339,8 +397,8 @@ def compute_drift(
             "numeric": float(default_numeric_threshold),
             "categorical": float(default_categorical_threshold),
         },
-        "baseline_rows": baseline.num_rows,
-        "current_rows": current.num_rows,
+        "baseline_rows": baseline_rows,
+        "current_rows": current_rows,
         "features": entries,
     }
 
@@ -426,18 +484,23 @@ def _jsonl_requests(log_dir: str):
         raise CauceError(f"request_log_dir {log_dir} does not exist or is not a directory")
     for path in sorted(directory.glob(REQUEST_LOG_GLOB)):
         with open(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    request = json.loads(line)
-                except json.JSONDecodeError as error:
-                    if not line.endswith("\n"):
-                        break  # the serving process is still writing this last line
-                    raise CauceError(f"{path}:{number} is not valid JSON ({error})") from None
-                if not isinstance(request, dict):
-                    raise CauceError(f"{path}:{number} is not a request record (a JSON object)")
-                yield f"{path}:{number}", request
+            yield from jsonl_file_requests(path, handle)
+
+
+def jsonl_file_requests(path, lines):
+    """(where, request record) of each line of one JSON Lines log (an iterable of text lines)."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as error:
+            if not line.endswith("\n"):
+                break  # the serving process is still writing this last line
+            raise CauceError(f"{path}:{number} is not valid JSON ({error})") from None
+        if not isinstance(request, dict):
+            raise CauceError(f"{path}:{number} is not a request record (a JSON object)")
+        yield f"{path}:{number}", request
 
 
 def bigquery_window_query(table_id: str, start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, dict]:
@@ -524,15 +587,22 @@ def _read_request_log(
         if allow_empty:
             return pa.table({}), {**sources, "empty": message}
         raise CauceError(message)
-    names = list(dict.fromkeys(name for instance in instances for name in instance))
+    return instances_table(instances), sources
+
+
+def instances_table(instances: list[dict], names: list[str] | None = None) -> pa.Table:
+    """One row per instance, one column per key seen in any instance (or per name of
+    ``names`` seen), null where an instance lacks it; a column whose values disagree on
+    type keeps them all as text."""
+    seen = dict.fromkeys(name for instance in instances for name in instance)
     columns = {}
-    for name in names:
+    for name in seen if names is None else [name for name in names if name in seen]:
         values = [instance.get(name) for instance in instances]
         try:
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             columns[name] = _text_array(values)
-    return pa.table(columns), sources
+    return pa.table(columns) if columns else pa.table({"_": pa.nulls(len(instances))}).drop(["_"])
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -741,6 +811,10 @@ def run_monitor(
     alert_topic: str = "",
     alert_timeout: float = ALERT_TIMEOUT_S,
     bigquery: BigQueryRead | None = None,
+    runner: str = "",
+    pipeline_options: dict | None = None,
+    work_uri: str = "",
+    baseline_uri: str = "",
 ) -> dict:
     """Compare the serving window with the baseline split (skew) and, when a previous
     window is given, with that window (drift); write report.json and report.html.
@@ -760,6 +834,13 @@ def run_monitor(
     ``report["alerts"]`` (also in report.json), not raised: the report and the step's
     outputs stand, and the WARNING log lines still carry the alert.
 
+    ``runner`` empty computes the histograms here, in this process; "DirectRunner" (Beam's
+    FnApiRunner) or "DataflowRunner" (with ``pipeline_options`` from
+    ``cauce.beam_pipelines.runner_options``) computes them as Beam combiners
+    (``beam_histograms.py``), with the same numbers, writing its partial results under
+    ``work_uri`` (gs:// on Dataflow) and reading the baseline at ``baseline_uri`` (the
+    Dataset as the workers see it; empty = ``baseline_dir``).
+
     ``output_dir`` appears only if the whole report was written. Returns the report.
     """
     if alert_webhook and not alert_webhook.startswith(("http://", "https://")):
@@ -767,14 +848,28 @@ def run_monitor(
     if alert_topic:
         validate_alert_topic(alert_topic)
     features = _validate_features(numeric_features, categorical_features)
-    baseline = read_split(baseline_dir, baseline_split, columns=features)
-    current, sources = _read_request_log(request_log_dir, window_start, window_end, bigquery, allow_empty=True)
-    empty = sources.pop("empty", None)
+    if runner:
+        from cauce.components.monitor.beam_histograms import drift_on_beam
+
+        on_beam = drift_on_beam(
+            baseline_dir, baseline_split, request_log_dir, numeric_features, categorical_features,
+            window=(window_start, window_end), previous_window=(previous_window_start, previous_window_end),
+            runner=runner, pipeline_options=pipeline_options, work_uri=work_uri, baseline_uri=baseline_uri,
+        )
+        baseline_rows, sources = on_beam.baseline_rows, on_beam.sources
+        empty = None if on_beam.current_rows else on_beam.empty_message
+    else:
+        baseline = read_split(baseline_dir, baseline_split, columns=features)
+        baseline_rows = baseline.num_rows
+        current, sources = _read_request_log(request_log_dir, window_start, window_end, bigquery, allow_empty=True)
+        empty = sources.pop("empty", None)
     if empty:
         logger.warning("%s: nothing to compare, no alert", empty)
         _validated_thresholds(thresholds, features, default_numeric_threshold, default_categorical_threshold)
-        report = _no_requests_report(baseline, numeric_features, categorical_features, empty,
+        report = _no_requests_report(baseline_rows, numeric_features, categorical_features, empty,
                                      default_numeric_threshold, default_categorical_threshold)
+    elif runner:
+        report = on_beam.report(thresholds, default_numeric_threshold, default_categorical_threshold)
     else:
         report = compute_drift(
             baseline,
@@ -794,16 +889,19 @@ def run_monitor(
     }
     flagged = set(report["drifted_features"])
     if not empty and (previous_window_start or previous_window_end):
-        previous = read_request_log(request_log_dir, previous_window_start, previous_window_end, bigquery)
-        window = compute_drift(
-            previous,
-            current,
-            numeric_features,
-            categorical_features,
-            thresholds,
-            default_numeric_threshold,
-            default_categorical_threshold,
-        )
+        if runner:
+            window = on_beam.window_report(thresholds, default_numeric_threshold, default_categorical_threshold)
+        else:
+            previous = read_request_log(request_log_dir, previous_window_start, previous_window_end, bigquery)
+            window = compute_drift(
+                previous,
+                current,
+                numeric_features,
+                categorical_features,
+                thresholds,
+                default_numeric_threshold,
+                default_categorical_threshold,
+            )
         window["previous_window"] = {"window_start": previous_window_start, "window_end": previous_window_end}
         report["window_drift"] = window
         flagged |= set(window["drifted_features"])
@@ -833,7 +931,7 @@ def run_monitor(
 
 
 def _no_requests_report(
-    baseline: pa.Table,
+    baseline_rows: int,
     numeric_features: list[str],
     categorical_features: list[str],
     message: str,
@@ -854,7 +952,7 @@ def _no_requests_report(
             "numeric": float(default_numeric_threshold),
             "categorical": float(default_categorical_threshold),
         },
-        "baseline_rows": baseline.num_rows,
+        "baseline_rows": baseline_rows,
         "current_rows": 0,
         "features": {},
     }

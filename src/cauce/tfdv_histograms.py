@@ -151,19 +151,33 @@ def equal_width_buckets(
 
 def standard_histogram(sorted_values: np.ndarray) -> StandardHistogram | None:
     """TFDV's STANDARD histogram of present values, or None when it has none (or cannot have one)."""
-    empty = np.empty(0)
     n = sorted_values.size
     if n == 0:
         return None
     first_finite = int(np.searchsorted(sorted_values, -np.inf, side="right"))
     end_finite = int(np.searchsorted(sorted_values, np.inf, side="left"))
     if first_finite == end_finite:
+        return standard_histogram_of(np.empty(0), np.empty(0), math.inf, -math.inf, 0, n)
+    quantiles, cumulative = quantiles_and_cumulative_counts(sorted_values)
+    return standard_histogram_of(
+        quantiles, cumulative, sorted_values[first_finite], sorted_values[end_finite - 1], n - end_finite, n
+    )
+
+
+def standard_histogram_of(
+    quantiles: np.ndarray, cumulative: np.ndarray, finite_min: float, finite_max: float, num_pos_inf: int, n: int
+) -> StandardHistogram | None:
+    """The STANDARD histogram from what a sketch of the values keeps: the 1001 quantiles and
+    cumulative counts (``quantiles_and_cumulative_counts``), the finite minimum and maximum
+    (``finite_min > finite_max`` when every value is infinite), the number of +inf values and
+    of present values ``n``. Exact quantiles give exactly ``standard_histogram``'s answer; the
+    monitor's Beam combiner (components/monitor/beam_histograms.py) builds it this way."""
+    empty = np.empty(0)
+    if n == 0:
+        return None
+    if finite_min > finite_max:
         # Only infinities: TFDV keeps a single bucket with infinite bounds.
         return StandardHistogram(empty, empty, empty, empty, empty, float(n))
-    finite_min, finite_max = sorted_values[first_finite], sorted_values[end_finite - 1]
-    num_pos_inf = n - end_finite
-
-    quantiles, cumulative = quantiles_and_cumulative_counts(sorted_values)
     buckets = equal_width_buckets(quantiles, cumulative, finite_min, finite_max, num_pos_inf)
     if buckets is None:
         return None
