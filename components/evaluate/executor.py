@@ -17,7 +17,6 @@ TensorFlow Model Analysis (and with it TensorFlow and Beam) is imported inside
 
 from __future__ import annotations
 
-import html
 import math
 import os
 import threading
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cauce import model as cauce_model
+from cauce import reports
 from cauce.artifacts import CauceError, atomic_dir, write_json
 from cauce.components.evaluate import metrics as exact
 from cauce.data import read_split
@@ -643,167 +643,21 @@ def _calibration_buckets(histogram) -> list[dict]:
 
 # ---- report ------------------------------------------------------------------
 
-_STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #1d1d1f; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; }
-.verdict { padding: .8em 1.2em; border-radius: 6px; font-size: 1.2em; font-weight: 600; }
-.blessed { background: #e3f6e8; border: 1px solid #2e8b57; }
-.rejected { background: #fde8e8; border: 1px solid #c0392b; }
-table { border-collapse: collapse; margin: .5em 0; }
-th, td { border: 1px solid #d0d0d5; padding: .3em .7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f3f3f6; } .pass { color: #2e8b57; } .fail { color: #c0392b; font-weight: 600; }
-.note { color: #666; }
-"""
-
 
 def render_report(summary: dict) -> str:
-    """A self-contained HTML page (no scripts, no external assets) of one evaluation."""
-    blessed = summary["blessed"]
-    verdict = (
-        "Blessed: every threshold passed" if blessed else "Not blessed: " + "; ".join(summary["reasons"])
-    )
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>Model evaluation</title><style>" + _STYLE + "</style></head><body>",
-        "<h1>Model evaluation</h1>",
-        f"<div class='verdict {'blessed' if blessed else 'rejected'}'>{html.escape(verdict)}</div>",
-        f"<p class='note'>Label <b>{html.escape(summary['label'])}</b> "
-        f"({html.escape(summary.get('task', 'binary'))}), split "
-        f"<b>{html.escape(summary['split'])}</b>, {summary['rows']:,} rows. Computed by TensorFlow Model "
-        "Analysis" + (
-            f"; accuracy, precision, recall and the confusion matrix use the cut-off "
-            f"{summary['confusion_matrix']['threshold']:g}." if summary.get("roc") else "."
-        ) + "</p>",
-        "<h2>Overall metrics</h2>",
-        _overall_table(summary["metrics"], summary["thresholds"]),
-    ]
-    if summary.get("confusion_matrix"):
-        parts += ["<h2>Confusion matrix</h2>", _confusion_table(summary["confusion_matrix"])]
-    if summary.get("roc"):
-        parts += [
-            "<h2>ROC curve</h2>",
-            _roc_svg(summary["roc"], summary["metrics"]["auc"]),
-            "<h2>Calibration</h2>",
-            _calibration_table(summary["calibration"]),
-        ]
-    if summary.get("champion"):
-        parts += ["<h2>Challenger vs champion</h2>", _comparison_table(summary["champion"]["comparisons"])]
-    if summary["slices"]:
-        parts += ["<h2>Metrics per slice</h2>", _slices_table(summary["slices"])]
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:.{digits}f}"
+    """A self-contained HTML page of one evaluation (``cauce.reports``' evaluation template)."""
+    overall = []
+    for name, value in summary["metrics"].items():
+        bound = summary["thresholds"].get(name)
+        required = "" if bound is None else " and ".join(
+            f"{'≥' if key == 'lower_bound' else '≤'} {limit:g}" for key, limit in bound.items()
+        )
+        passed = None if bound is None else _passes(value, bound)
+        overall.append({"name": name, "value": value, "required": required, "passed": passed})
+    return reports.render("evaluation", summary=summary, overall=overall)
 
 
 def _passes(value: float | None, bound: dict) -> bool:
     if value is None:
         return False
     return value >= bound.get("lower_bound", -math.inf) and value <= bound.get("upper_bound", math.inf)
-
-
-def _overall_table(metrics: dict, thresholds: dict) -> str:
-    rows = []
-    for name, value in metrics.items():
-        bound = thresholds.get(name)
-        if bound is None:
-            required = status = ""
-        else:
-            required = " and ".join(
-                f"{'≥' if key == 'lower_bound' else '≤'} {limit:g}" for key, limit in bound.items()
-            )
-            status = (
-                "<span class='pass'>pass</span>"
-                if _passes(value, bound)
-                else "<span class='fail'>fail</span>"
-            )
-        rows.append(f"<tr><td>{name}</td><td>{_number(value)}</td><td>{required}</td><td>{status}</td></tr>")
-    return (
-        "<table><tr><th>metric</th><th>value</th><th>threshold</th><th></th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-
-
-def _confusion_table(confusion: dict) -> str:
-    labels = [html.escape(label) for label in confusion["labels"]]
-    header = "<tr><th></th>" + "".join(f"<th>predicted {label}</th>" for label in labels) + "</tr>"
-    rows = "".join(
-        f"<tr><td>actual {label}</td>" + "".join(f"<td>{count:,}</td>" for count in row) + "</tr>"
-        for label, row in zip(labels, confusion["matrix"])
-    )
-    return "<table>" + header + rows + "</table>"
-
-
-def _roc_svg(roc: dict, auc: float | None, size: int = 320, margin: int = 40) -> str:
-    def x(fpr: float) -> float:
-        return margin + fpr * size
-
-    def y(tpr: float) -> float:
-        return margin + (1 - tpr) * size
-
-    curve = " ".join(f"{x(f):.1f},{y(t):.1f}" for f, t in zip(roc["fpr"], roc["tpr"]))
-    ticks = "".join(
-        f"<text x='{x(v):.0f}' y='{margin + size + 16}' text-anchor='middle'>{v:g}</text>"
-        f"<text x='{margin - 6}' y='{y(v) + 4:.0f}' text-anchor='end'>{v:g}</text>"
-        for v in (0, 0.25, 0.5, 0.75, 1)
-    )
-    full = size + 2 * margin
-    return (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{full}' height='{full}' font-size='11' "
-        f"role='img' aria-label='ROC curve, AUC {_number(auc)}'>"
-        f"<rect x='{margin}' y='{margin}' width='{size}' height='{size}' fill='none' stroke='#999'/>"
-        f"<line x1='{x(0)}' y1='{y(0)}' x2='{x(1)}' y2='{y(1)}' stroke='#bbb' stroke-dasharray='4 4'/>"
-        f"<polyline points='{curve}' fill='none' stroke='#1f6feb' stroke-width='2'/>"
-        f"{ticks}"
-        f"<text x='{x(0.5)}' y='{full - 4}' text-anchor='middle'>false positive rate</text>"
-        f"<text transform='translate(12 {y(0.5)}) rotate(-90)' text-anchor='middle'>true positive rate</text>"
-        f"<text x='{x(0.6)}' y='{y(0.1)}'>AUC {_number(auc)}</text>"
-        "</svg>"
-    )
-
-
-def _calibration_table(buckets: list[dict]) -> str:
-    rows = "".join(
-        f"<tr><td>[{b['lower']:g}, {b['upper']:g})</td><td>{b['count']:,}</td>"
-        f"<td>{b['mean_score']:.3f}</td><td>{b['positive_rate']:.3f}</td></tr>"
-        for b in buckets
-    )
-    return (
-        "<table><tr><th>score bucket</th><th>rows</th><th>mean score</th><th>observed positive rate</th></tr>"
-        + rows
-        + "</table>"
-    )
-
-
-def _comparison_table(comparisons: list[dict]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(c['where'])}</td><td>{c['metric']}</td><td>{_number(c['candidate'])}</td>"
-        f"<td>{_number(c['champion'])}</td><td>{c['margin']:g}</td>"
-        f"<td>{'<span class=pass>pass</span>' if c['passed'] else '<span class=fail>fail</span>'}</td></tr>"
-        for c in comparisons
-    )
-    return (
-        "<table><tr><th>where</th><th>metric</th><th>challenger</th><th>champion</th><th>margin</th><th></th></tr>"
-        + rows
-        + "</table>"
-    )
-
-
-def _slices_table(slices: list[dict]) -> str:
-    names = list(slices[0]["metrics"])
-    header = "<tr><th>feature</th><th>value</th>" + "".join(f"<th>{name}</th>" for name in names) + "</tr>"
-    rows = "".join(
-        f"<tr><td>{html.escape(s['feature'])}</td><td>{html.escape(s['value'])}</td>"
-        + "".join(f"<td>{_number(s['metrics'][name])}</td>" for name in names)
-        + "</tr>"
-        for s in slices
-    )
-    return "<table>" + header + rows + "</table>"

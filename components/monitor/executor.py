@@ -16,7 +16,6 @@ its threshold.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cauce import reports
 from cauce.artifacts import CauceError, atomic_dir, atomic_file
 from cauce.data import read_split
 from cauce.tfdv_histograms import (
@@ -607,9 +607,6 @@ def instances_table(instances: list[dict], names: list[str] | None = None) -> pa
 
 # ------------------------------------------------------------------------------ HTML
 
-_BASELINE_COLOR = "#4e79a7"
-_SERVING_COLOR = "#f28e2b"
-
 
 def _format_number(value: float) -> str:
     return f"{value:.4g}"
@@ -628,165 +625,35 @@ def _bucket_label(bucket: dict) -> str:
     return bucket["value"]
 
 
-def _svg_chart(histogram: list[dict]) -> str:
-    """Grouped bars, baseline vs serving share per bucket, as inline SVG."""
-    width, height = 760, 250
-    left, right, top, bottom = 44, 10, 22, 80
-    plot_width, plot_height = width - left - right, height - top - bottom
-    tallest = max([max(b["baseline"], b["current"]) for b in histogram] + [1e-12])
-    group = plot_width / len(histogram)
-    bar = group * 0.38
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img">',
-        f'<line x1="{left}" y1="{top + plot_height}" x2="{width - right}" y2="{top + plot_height}" stroke="#888"/>',
-        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" class="axis">{tallest:.0%}</text>',
-        f'<text x="{left - 4}" y="{top + plot_height}" text-anchor="end" class="axis">0%</text>',
-        f'<rect x="{left}" y="4" width="10" height="10" fill="{_BASELINE_COLOR}"/>'
-        f'<text x="{left + 14}" y="13" class="axis">baseline</text>',
-        f'<rect x="{left + 80}" y="4" width="10" height="10" fill="{_SERVING_COLOR}"/>'
-        f'<text x="{left + 94}" y="13" class="axis">serving</text>',
-    ]
-    for index, bucket in enumerate(histogram):
-        label = html.escape(_bucket_label(bucket))
-        x = left + index * group + group * 0.12
-        for offset, share, color, side in (
-            (0.0, bucket["baseline"], _BASELINE_COLOR, "baseline"),
-            (bar, bucket["current"], _SERVING_COLOR, "serving"),
-        ):
-            bar_height = plot_height * share / tallest
-            parts.append(
-                f'<rect x="{x + offset:.1f}" y="{top + plot_height - bar_height:.1f}" width="{bar:.1f}" '
-                f'height="{bar_height:.1f}" fill="{color}"><title>{label}: {side} {share:.2%}</title></rect>'
-            )
-        label_x, label_y = left + (index + 0.5) * group, top + plot_height + 12
-        parts.append(
-            f'<text x="{label_x:.1f}" y="{label_y}" text-anchor="end" class="axis" '
-            f'transform="rotate(-40 {label_x:.1f} {label_y})">{label}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _percent(fraction: float | None) -> str:
-    return "n/a" if fraction is None else f"{fraction:.1%}"
-
-
 def render_html(report: dict) -> str:
-    """A self-contained page (no scripts, no external assets): summary, ranked table, charts."""
+    """A self-contained page (``cauce.reports``' drift template): summary, ranked table, charts."""
     ranked = sorted(report["features"].items(), key=_severity_order)
-    escape = html.escape
-    if report.get("no_requests"):
-        summary = f'<p class="banner warn">{escape(report["no_requests"])}: nothing compared, no alert.</p>'
-    elif report["drift_detected"]:
-        summary = (
-            f'<p class="banner drift">Drift detected in {report["num_drifted"]} of {report["num_features"]} '
-            f"features: {escape(', '.join(report['drifted_features']))}</p>"
-        )
-    else:
-        summary = f'<p class="banner ok">No drift in {report["num_features"]} features.</p>'
-    if report["not_computable_features"]:
-        summary += f'<p class="banner warn">Not computable: {escape(", ".join(report["not_computable_features"]))}</p>'
-    context_rows = []
+    facts = []
     if "baseline" in report:
-        context_rows.append(
-            ("Baseline", f"{report['baseline']['dir']} (split {report['baseline']['split']})")
-        )
-    context_rows.append(("Baseline rows", f"{report['baseline_rows']:,}"))
+        facts.append(("Baseline", f"{report['baseline']['dir']} (split {report['baseline']['split']})"))
+    facts.append(("Baseline rows", f"{report['baseline_rows']:,}"))
     if "serving" in report:
         serving = report["serving"]
-        context_rows.append(("Serving logs", serving["request_log_dir"]))
-        context_rows.append(
-            (
-                "Serving window",
-                f"[{serving['window_start'] or 'beginning'}, {serving['window_end'] or 'end'})",
-            )
+        facts.append(("Serving logs", serving["request_log_dir"]))
+        facts.append(
+            ("Serving window", f"[{serving['window_start'] or 'beginning'}, {serving['window_end'] or 'end'})")
         )
-    context_rows.append(("Serving instances", f"{report['current_rows']:,}"))
+    facts.append(("Serving instances", f"{report['current_rows']:,}"))
     if "generated_at" in report:
-        context_rows.append(("Generated", report["generated_at"]))
-    rows = []
-    for name, entry in ranked:
-        value = "n/a" if entry["value"] is None else f"{entry['value']:.4f}"
-        detail = entry.get("reason") or (f"max at {entry['category']!r}" if entry.get("category") else "")
-        rows.append(
-            f'<tr class="{entry["status"]}"><td><a href="#f-{escape(name)}">{escape(name)}</a></td>'
-            f"<td>{entry['type']}</td><td>{entry['metric']}</td><td class=num>{value}</td>"
-            f"<td class=num>{entry['threshold']:.4f}</td><td>{entry['status'].replace('_', ' ')}</td>"
-            f"<td class=num>{_percent(entry['baseline_missing_fraction'])} / "
-            f"{_percent(entry['current_missing_fraction'])}</td><td>{escape(detail)}</td></tr>"
-        )
-    sections = []
-    for name, entry in ranked:
-        value = "not computable" if entry["value"] is None else f"{entry['value']:.4f}"
-        chart = (
-            _svg_chart(entry["histogram"])
+        facts.append(("Generated", report["generated_at"]))
+    window = report.get("window_drift")
+    return reports.render(
+        "drift",
+        report=report,
+        facts=facts,
+        features=ranked,
+        charts={
+            name: [{**bucket, "label": _bucket_label(bucket)} for bucket in entry["histogram"]]
+            for name, entry in ranked
             if entry["histogram"]
-            else f"<p>{escape(entry.get('reason', ''))}</p>"
-        )
-        sections.append(
-            f'<section id="f-{escape(name)}"><h3>{escape(name)} <span class="{entry["status"]}">'
-            f"{entry['status'].replace('_', ' ')}</span></h3>"
-            f"<p>{entry['metric']} = {value} (threshold {entry['threshold']:.4f})</p>{chart}</section>"
-        )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cauce drift report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 900px; }}
-table {{ border-collapse: collapse; margin: 1rem 0; }}
-td, th {{ border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.banner {{ padding: 0.6rem 1rem; border-radius: 4px; font-weight: 600; }}
-.banner.drift {{ background: #fde2e1; }} .banner.ok {{ background: #e3f4e1; }} .banner.warn {{ background: #fff3cd; }}
-tr.drift td, span.drift {{ color: #b00020; font-weight: 600; }}
-tr.not_computable td, span.not_computable {{ color: #8a6d00; }}
-span.ok {{ color: #2e7d32; }}
-.axis {{ font-size: 10px; fill: #555; }}
-section {{ margin-top: 1.5rem; }}
-</style></head><body>
-<h1>Drift report</h1>
-{summary}
-<table>{"".join(f"<tr><th>{k}</th><td>{escape(str(v))}</td></tr>" for k, v in context_rows)}</table>
-<h2>Features, most drifted first</h2>
-<table><tr><th>Feature</th><th>Type</th><th>Metric</th><th>Value</th><th>Threshold</th><th>Status</th>
-<th>Missing (baseline / serving)</th><th>Detail</th></tr>
-{"".join(rows)}</table>
-<p>Numeric features: approximate Jensen-Shannon divergence (log base 2, 0..1) between 10-bucket
-histograms, as TFDV and Vertex AI Model Monitoring compute it. Categorical features: L-infinity
-distance between category frequencies. Missing values are left out of both.</p>
-<p>Each chart shows the share of values per bucket that the metric compared: for numeric features,
-both histograms re-split on the union of their bucket edges (zero-width buckets are exact values);
-for categorical features, the largest categories and the rest summed.</p>
-{_window_drift_html(report.get("window_drift"))}
-<h2>Distributions</h2>
-{"".join(sections)}
-</body></html>
-"""
-
-
-def _window_drift_html(window: dict | None) -> str:
-    """The drift comparison (serving window vs the previous one), as a ranked table."""
-    if not window:
-        return ""
-    escape = html.escape
-    previous = window["previous_window"]
-    rows = "".join(
-        f'<tr class="{entry["status"]}"><td>{escape(name)}</td><td>{entry["metric"]}</td>'
-        f"<td class=num>{'n/a' if entry['value'] is None else format(entry['value'], '.4f')}</td>"
-        f"<td class=num>{entry['threshold']:.4f}</td><td>{entry['status'].replace('_', ' ')}</td></tr>"
-        for name, entry in sorted(window["features"].items(), key=_severity_order)
-    )
-    verdict = (
-        f"Drift in {escape(', '.join(window['drifted_features']))}"
-        if window["drift_detected"]
-        else "No drift between the windows"
-    )
-    return (
-        f"<h2>Drift: serving window vs previous window "
-        f"[{escape(previous['window_start'] or 'beginning')}, {escape(previous['window_end'] or 'end')})</h2>"
-        f'<p class="banner {"drift" if window["drift_detected"] else "ok"}">{verdict}</p>'
-        "<table><tr><th>Feature</th><th>Metric</th><th>Value</th><th>Threshold</th><th>Status</th></tr>"
-        f"{rows}</table>"
+        },
+        window=window,
+        window_features=sorted(window["features"].items(), key=_severity_order) if window else [],
     )
 
 

@@ -3,7 +3,7 @@
 1. statistics of every split (``statistics.py``), written as TFDV/TFX write them;
 2. a schema inferred from the training split (``schema.py``), or a baseline schema given;
 3. every other split (every split, with a baseline schema) validated against it;
-4. a self-contained HTML page (``html_view.py``).
+4. a self-contained HTML page (``cauce.reports``' validation template).
 
 Outputs:
 
@@ -27,8 +27,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
+from cauce import reports
 from cauce.artifacts import CauceError, atomic_dir, atomic_file, write_json
-from cauce.components.validate.html_view import render_html
 from cauce.components.validate.schema import (
     Anomaly,
     anomalies_proto,
@@ -37,7 +37,7 @@ from cauce.components.validate.schema import (
     schema_to_text,
     validate_statistics,
 )
-from cauce.components.validate.statistics import compute_statistics
+from cauce.components.validate.statistics import common_stats, compute_statistics, feature_stats_by_name
 from cauce.data import split_names
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,67 @@ def _write_outputs(
         write_json(out / ANOMALIES_JSON, result.summary())
     with atomic_file(html_path) as handle:
         handle.write(render_html(statistics, result.anomalies, result.schema_source))
+
+
+# How many values a string feature's chart shows (its most frequent).
+CHART_VALUES = 10
+
+
+def render_html(
+    statistics: statistics_pb2.DatasetFeatureStatisticsList,
+    anomalies: dict[str, list[Anomaly]],
+    schema_source: str,
+) -> str:
+    """The page: a summary of anomalies, then per split a table of every feature."""
+    splits = []
+    for dataset in statistics.datasets:
+        split_anomalies = anomalies.get(dataset.name, [])
+        features = feature_stats_by_name(dataset)
+        splits.append(
+            {
+                "name": dataset.name,
+                "examples": dataset.num_examples,
+                "features": [
+                    _feature_view(name, feature, dataset.num_examples, [a for a in split_anomalies if a.feature == name])
+                    for name, feature in features.items()
+                ],
+                "absent": [a for a in split_anomalies if a.feature not in features],  # columns the split lacks
+            }
+        )
+    return reports.render(
+        "validation",
+        schema_source=schema_source,
+        validated_splits=", ".join(anomalies),
+        anomalies=[(split, item) for split, items in anomalies.items() for item in items],
+        splits=splits,
+    )
+
+
+def _feature_view(name: str, feature: statistics_pb2.FeatureNameStatistics, examples: int, problems) -> dict:
+    common = common_stats(feature)
+    numeric = feature.WhichOneof("stats") == "num_stats"
+    labels, counts = [], []
+    if numeric:
+        stats = feature.num_stats
+        standard = [h for h in stats.histograms if h.type == statistics_pb2.Histogram.STANDARD and h.buckets]
+        if standard:
+            labels = [f"{b.low_value:.4g}–{b.high_value:.4g}" for b in standard[0].buckets]
+            counts = [b.sample_count for b in standard[0].buckets]
+    else:
+        stats = feature.string_stats
+        labels = [v.value for v in stats.top_values[:CHART_VALUES]]
+        counts = [v.frequency for v in stats.top_values[:CHART_VALUES]]
+    return {
+        "name": name,
+        "type": statistics_pb2.FeatureNameStatistics.Type.Name(feature.type),
+        "present": common.num_non_missing,
+        "missing": common.num_missing / examples if examples else 0.0,
+        "numeric": numeric,
+        "stats": stats,
+        "chart_labels": labels,
+        "chart_counts": counts,
+        "problems": problems,
+    }
 
 
 def run_validate(
