@@ -130,6 +130,21 @@ def test_schema_lists_every_step_and_rejects_unknown_keys():
     assert all(alt["additionalProperties"] is False for alt in alternatives)
 
 
+def test_the_documented_schema_is_the_one_recipes_are_checked_against():
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(RECIPE_SCHEMA)
+    recipe = Recipe.parse({"steps": [
+        {"type": "fill_missing", "columns": ["a"], "statistic": "median"},
+        {"type": "map_values", "column": "c", "mapping": {"x": "y"}, "default": None},
+        {"type": "bucketize", "columns": ["a"], "buckets": 4.0},
+    ]})
+    assert recipe.steps[2].spec["buckets"] == 4 and isinstance(recipe.steps[2].spec["buckets"], int)
+    Draft202012Validator(RECIPE_SCHEMA).validate(recipe.to_dict())  # what parse accepts, the schema accepts
+    with pytest.raises(CauceError, match=r"field 'columns'\[1\] must not be empty; .* has unknown fields \['colour', 'x'\]"):
+        Recipe.parse({"steps": [{"type": "zscore", "columns": ["a", ""], "colour": 1, "x": 2}]})
+
+
 def test_columns_are_checked_against_the_data_step_by_step():
     recipe = Recipe.parse({"steps": [
         {"type": "rename_columns", "mapping": {"a": "b"}},

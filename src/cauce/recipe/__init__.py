@@ -24,8 +24,8 @@ A fitted step whose input is written by an earlier fitted step (e.g. a median
 fill then a z-score of the same column) needs the earlier statistic first: the
 steps are grouped into *phases*, one full pass each (:attr:`Recipe.phases`).
 
-The package, one concern a module: ``schema`` (the format: ``RECIPE_SCHEMA`` and the
-validator that walks it), ``expressions`` (``derive``'s expression language),
+The package, one concern a module: ``schema`` (the format: ``RECIPE_SCHEMA``, checked with
+``jsonschema``), ``expressions`` (``derive``'s expression language),
 ``columns`` (numeric values and missing masks), ``accumulators`` (the mergeable
 statistics), ``steps`` (the step kernels) and ``core`` (the recipe and its phases).
 ``from cauce.recipe import X`` works for every public name.

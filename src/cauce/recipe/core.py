@@ -14,7 +14,7 @@ from cauce.artifacts import CauceError
 
 from .columns import _missing_mask, numeric_values
 from .expressions import Expression, _as_string
-from .schema import ANALYZERS, DEFAULTS, RECIPE_SCHEMA, STEP_SCHEMAS, _check, _step_schema
+from .schema import ANALYZERS, DEFAULTS, STEP_SCHEMAS, check_document, check_step
 from .steps import Step, _scalar_array, cast_column
 
 
@@ -22,7 +22,7 @@ class Recipe:
     """A validated recipe: its steps, their phases, and the raw columns it reads."""
 
     def __init__(self, document: dict, label: str = ""):
-        document = _check(document, RECIPE_SCHEMA, "recipe")
+        document = check_document(document)
         self.document = document
         self.steps: list[Step] = []
         normalized: list[dict] = []
@@ -36,7 +36,7 @@ class Recipe:
             if kind not in STEP_SCHEMAS:
                 raise CauceError(f"recipe step {i}: unknown step type {kind!r}; expected one of {sorted(STEP_SCHEMAS)}")
             where = f"recipe step {i} ({kind})"
-            spec = _check(raw, _step_schema(kind, STEP_SCHEMAS[kind]), where)
+            spec = check_step(kind, raw, where)
             normalized.append(spec)
             spec = {**DEFAULTS.get(kind, {}), **spec}
             step = Step(i, kind, spec)

@@ -1,12 +1,15 @@
 """The recipe format: its JSON Schema (``RECIPE_SCHEMA``, one schema per step type), the
-defaults, and the validator that walks that same schema, so the documented schema and
-the checks cannot drift apart; errors name the step number, the field and what was expected.
+defaults, and its validation by ``jsonschema`` against that same schema, so the documented
+schema and the checks cannot drift apart; errors name the step number, the path to the
+field and what was expected.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
 
 from cauce.artifacts import CauceError
 
@@ -141,70 +144,100 @@ RECIPE_SCHEMA: dict = {
     "additionalProperties": False,
 }
 
-_JSON_TYPES = {
-    "string": lambda v: isinstance(v, str),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
+# The document without its steps, which are checked one by one against their own type's
+# alternative: jsonschema's answer for a oneOf of eleven alternatives would not say which
+# field of which step is wrong.
+_DOCUMENT = Draft202012Validator(
+    {**RECIPE_SCHEMA, "properties": {**RECIPE_SCHEMA["properties"], "steps": {"type": "array", "minItems": 1}}}
+)
+_STEPS = {
+    alternative["properties"]["type"]["const"]: Draft202012Validator(alternative)
+    for alternative in RECIPE_SCHEMA["properties"]["steps"]["items"]["oneOf"]
 }
+_EXPECTED = {"array": "a list", "object": "a mapping"}
 
 
-def _check(value: Any, schema: dict, where: str) -> Any:
-    """Check ``value`` against the subset of JSON Schema RECIPE_SCHEMA uses; return it
-    normalized (KFP hands dict numbers over as floats: integers get their int back)."""
-    if "const" in schema and value != schema["const"]:
-        raise CauceError(f"{where} must be {schema['const']!r}, got {value!r}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise CauceError(f"{where} must be one of {schema['enum']}, got {value!r}")
-    kinds = schema.get("type")
-    if kinds:
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if not any(_JSON_TYPES[k](value) for k in kinds):
-            expected = " or ".join({"array": "a list", "object": "a mapping"}.get(k, k) for k in kinds)
-            raise CauceError(f"{where} must be {expected}, got {value!r} ({type(value).__name__})")
-        if "integer" in kinds and isinstance(value, float):
-            value = int(value)
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            raise CauceError(f"{where} must not be empty")
-        if len(value) > schema.get("maxLength", math.inf):
-            raise CauceError(f"{where} is longer than {schema['maxLength']} characters")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < schema.get("minimum", -math.inf) or value > schema.get("maximum", math.inf):
-            bounds = f"at least {schema['minimum']}" if "minimum" in schema else ""
-            if "maximum" in schema:
-                bounds += (" and " if bounds else "") + f"at most {schema['maximum']}"
-            raise CauceError(f"{where} must be {bounds}, got {value!r}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            raise CauceError(f"{where} must list at least {schema['minItems']} item(s)")
-        if "items" in schema:
-            value = [_check(item, schema["items"], f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict) and ("properties" in schema or "additionalProperties" in schema):
-        if len(value) < schema.get("minProperties", 0):
-            raise CauceError(f"{where} must have at least {schema['minProperties']} entr(y/ies)")
-        known = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        out = {}
-        for key, item in value.items():
-            if key in known:
-                out[key] = _check(item, known[key], f"{where} field {key!r}")
-            elif extra is False:
-                raise CauceError(f"{where} has unknown field {key!r}; allowed fields: {sorted(known)}")
-            elif isinstance(extra, dict):
-                out[key] = _check(item, extra, f"{where} key {key!r}")
-            else:
-                out[key] = item
-        missing = [key for key in schema.get("required", []) if key not in value]
-        if missing:
-            raise CauceError(f"{where} is missing required field(s) {missing}")
-        if "oneOf" in schema:
-            matched = [alt["required"] for alt in schema["oneOf"] if all(k in value for k in alt["required"])]
-            if len(matched) != 1:
-                options = " or ".join(repr(alt["required"][0]) for alt in schema["oneOf"])
-                raise CauceError(f"{where} needs exactly one of {options}")
-        value = out
+def check_document(document: Any) -> dict:
+    """The recipe's top level (a mapping with ``steps``, a list) against ``RECIPE_SCHEMA``."""
+    return _checked(_DOCUMENT, document, "recipe")
+
+
+def check_step(kind: str, step: Any, where: str) -> dict:
+    """One step against its type's schema; ``where`` names it in the error (``recipe step 2 (cast)``)."""
+    return _checked(_STEPS[kind], step, where)
+
+
+def _checked(validator: Draft202012Validator, value: Any, where: str) -> Any:
+    """``value`` checked by jsonschema (draft 2020-12) and normalized: KFP hands dict numbers
+    over as floats, so integers get their int back. Every error is named: where, the path
+    to the field and what was expected."""
+    messages = [_message(error, where) for error in validator.iter_errors(value)]
+    if messages:
+        raise CauceError("; ".join(dict.fromkeys(messages)))
+    return _normalized(value, validator.schema)
+
+
+def _normalized(value: Any, schema: dict) -> Any:
+    if schema.get("type") == "integer" and isinstance(value, float):
+        return int(value)
+    if isinstance(value, dict):
+        known, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {key: _normalized(item, known.get(key, extra if isinstance(extra, dict) else {})) for key, item in value.items()}
+    if isinstance(value, list) and "items" in schema:
+        return [_normalized(item, schema["items"]) for item in value]
     return value
+
+
+def _location(error: ValidationError, where: str) -> str:
+    """``where`` and the path to the failing value: ``recipe step 1 (vocabulary) field 'top_k'``,
+    ``... field 'mapping' key 'x'``, ``recipe field 'steps'``."""
+    keywords = list(error.absolute_schema_path)[:-1]  # the last one is the failing keyword itself
+    path = iter(error.absolute_path)
+    text = where
+    index = 0
+    while index < len(keywords):
+        keyword = keywords[index]
+        if keyword == "properties":
+            index += 1  # the property's name follows
+            text += f" field {next(path)!r}"
+        elif keyword == "additionalProperties":
+            text += f" key {next(path)!r}"
+        elif keyword == "items":
+            text += f"[{next(path)}]"
+        index += 1
+    return text
+
+
+def _message(error: ValidationError, where: str) -> str:
+    at, value, schema, keyword = _location(error, where), error.instance, error.schema, error.validator
+    if keyword == "type":
+        kinds = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+        expected = " or ".join(_EXPECTED.get(kind, kind) for kind in kinds)
+        return f"{at} must be {expected}, got {value!r} ({type(value).__name__})"
+    if keyword == "const":
+        return f"{at} must be {schema['const']!r}, got {value!r}"
+    if keyword == "enum":
+        return f"{at} must be one of {schema['enum']}, got {value!r}"
+    if keyword in ("minimum", "maximum"):
+        bounds = [f"at least {schema['minimum']}"] if "minimum" in schema else []
+        bounds += [f"at most {schema['maximum']}"] if "maximum" in schema else []
+        return f"{at} must be {' and '.join(bounds)}, got {value!r}"
+    if keyword == "minLength":
+        return f"{at} must not be empty" if schema["minLength"] == 1 else f"{at} is shorter than {schema['minLength']} characters"
+    if keyword == "maxLength":
+        return f"{at} is longer than {schema['maxLength']} characters"
+    if keyword == "minItems":
+        return f"{at} must list at least {schema['minItems']} item(s)"
+    if keyword == "minProperties":
+        return f"{at} must have at least {schema['minProperties']} entr(y/ies)"
+    if keyword == "additionalProperties":
+        known = schema.get("properties", {})
+        unknown = [key for key in value if key not in known]
+        named = f"field {unknown[0]!r}" if len(unknown) == 1 else f"fields {unknown}"
+        return f"{at} has unknown {named}; allowed fields: {sorted(known)}"
+    if keyword == "required":
+        return f"{at} is missing required field(s) {[key for key in schema['required'] if key not in value]}"
+    if keyword == "oneOf" and all(set(option) == {"required"} for option in schema["oneOf"]):
+        options = " or ".join(repr(option["required"][0]) for option in schema["oneOf"])
+        return f"{at} needs exactly one of {options}"
+    return f"{at}: {error.message}"
