@@ -1,5 +1,5 @@
 """The `training` pipeline: extract -> validate -> transform -> train -> evaluate (against
-the current champion) -> if promoted: register as champion -> deploy; otherwise
+the current champion) -> if promoted: register (pending) -> deploy -> champion; otherwise
 register as challenger and leave the deployed champion serving.
 
 One compiled spec serves both places; only parameter values differ:
@@ -316,18 +316,23 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):
             # The approval gate: a blessed model waits as "pending", deployed by
             # `cauce models approve` through the same canary path, or never (`reject`).
+            # Registered "pending"; deploy makes it champion only once it serves, so a failed
+            # deploy (or a bad canary share) never leaves the alias on a version nothing
+            # serves: the version stays pending, for `cauce models approve` or `reject`.
             with dsl.If(require_approval == False, name="promote"):
                 with dsl.If(target == "local", name="local-target"):
-                    registered = register_as("champion", "register")
+                    registered = register_as("pending", "register")
                     deploy(
                         registered_model=registered.outputs["registered_model"],
                         smoke_dataset=extracted.outputs["dataset"],
                         endpoint_name=endpoint_name,
                         canary_traffic_percentage=canary_traffic_percentage,
                         port=port,
+                        set_champion=True,
+                        mlflow_tracking_uri=mlflow_tracking_uri,
                     ).set_display_name("deploy")
                 with dsl.Else(name="google-cloud-target"):
-                    registered_on_vertex = register_on_vertex_as("champion", "register-vertex")
+                    registered_on_vertex = register_on_vertex_as("pending", "register-vertex")
                     deploy_vertex(
                         vertex_model=registered_on_vertex.outputs["vertex_model"],
                         smoke_dataset=extracted.outputs["dataset"],
@@ -337,6 +342,7 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
                         vertex_api_endpoint=vertex_api_endpoint,
                         machine_type=machine_type,
                         canary_traffic_percentage=canary_traffic_percentage,
+                        set_champion=True,
                     ).set_display_name("deploy-vertex")
             with dsl.Else(name="await-approval"):
                 with dsl.If(target == "local", name="local-pending"):

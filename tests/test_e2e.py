@@ -96,8 +96,14 @@ def test_first_model_becomes_champion_without_a_comparison(training_run):
         (Path(training_run.task("evaluate").artifacts["evaluation"]["uri"]) / "evaluation.json").read_text()
     )
     assert evaluation["champion"] is None
+    # Registered pending; the deploy step made it champion once it served (issue 16).
     registered = training_run.task("register").artifacts["registered_model"]["metadata"]
-    assert registered["alias"] == "champion"
+    assert registered["alias"] == "pending"
+    assert training_run.task("deploy").artifacts["endpoint"]["metadata"]["champion"] == registered["version"]
+    from cauce.model_registry import LocalRegistry
+
+    [version] = LocalRegistry().list("e2e-tips")[:1]
+    assert (version.aliases, version.status) == (["champion"], "champion")
 
 
 def test_a_worse_challenger_is_registered_but_not_deployed(training_run, specs, tmp_path):

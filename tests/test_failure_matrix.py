@@ -253,6 +253,164 @@ def test_vertex_a_canary_percentage_out_of_range_is_refused_before_any_request(v
     assert vertex_server.requests == []
 
 
+# --------------------------------------------------------------------------- registry: the champion alias follows what serves
+# The training pipeline registers a blessed model "pending" and its deploy step moves
+# "champion" to it only once it serves (before: registered champion first, so a failed
+# deploy or a canary of 150 left the alias on a version nothing served).
+MODEL = "matrix-model"
+
+
+@pytest.fixture
+def registry_setup(trained_model, bundles, tmp_path):
+    """An MLflow registry of its own, an endpoint name and port, and distinct model copies."""
+    from cauce.model_registry import LocalRegistry
+
+    raw = trained_model[0]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    name = f"matrix-reg-{time.time_ns()}"
+    (port,) = free_ports(1)
+
+    def variant(tag: str, source: str = bundles["good"]) -> str:
+        copy = Path(shutil.copytree(source, tmp_path / tag))
+        (copy / "variant.txt").write_text(tag)  # another content hash: another version
+        return str(copy)
+
+    yield {"raw": raw, "uri": uri, "name": name, "port": port, "variant": variant, "registry": LocalRegistry(uri)}
+    stop_local(name)
+
+
+def register_pending(setup: dict, model_dir: str) -> dict:
+    from cauce.components.register.executor import register_mlflow
+
+    return register_mlflow(model_dir, MODEL, setup["uri"], alias="pending")
+
+
+def deploy_then_champion(setup: dict, model_dir: str, registered: dict, **kwargs) -> dict:
+    from cauce.components.deploy.executor import run_deploy_local
+
+    return run_deploy_local(model_dir, setup["raw"], setup["name"], port=setup["port"], set_champion=True,
+                            registered=registered, mlflow_tracking_uri=setup["uri"], **kwargs)  # fmt: skip
+
+
+def aliases(setup: dict) -> dict[str, tuple[list[str], str]]:
+    return {v.version: (v.aliases, v.status) for v in setup["registry"].list(MODEL)}
+
+
+@pytest.fixture
+def champion_serving(registry_setup):
+    v1 = registry_setup["variant"]("v1")
+    result = deploy_then_champion(registry_setup, v1, register_pending(registry_setup, v1))
+    return registry_setup, result
+
+
+def test_registry_the_first_deploy_makes_the_pending_version_champion(champion_serving):
+    setup, result = champion_serving
+    assert result["champion"] == "1"
+    assert aliases(setup) == {"1": (["champion"], "champion")}  # "pending" dropped
+
+
+@pytest.mark.parametrize("canary", [150, 0], ids=["canary-150", "canary-0"])
+def test_registry_a_bad_canary_share_leaves_champion_on_the_serving_version(champion_serving, canary):
+    setup, _ = champion_serving
+    before = local_endpoint(setup["name"])
+    v2 = setup["variant"]("v2")
+    with pytest.raises(CauceError, match=rf"traffic_percentage must be an integer in 1\.\.100, got {canary}"):
+        deploy_then_champion(setup, v2, register_pending(setup, v2), canary_traffic_percentage=canary)
+    assert aliases(setup) == {"1": (["champion"], "champion"), "2": (["pending"], "pending")}
+    assert local_endpoint(setup["name"])["traffic_split"] == before["traffic_split"]
+
+
+def test_registry_a_model_that_does_not_load_leaves_champion_on_the_serving_version(champion_serving, bundles):
+    setup, _ = champion_serving
+    broken = setup["variant"]("broken", bundles["truncated"])
+    with pytest.raises(CauceError, match=r"did not load.*nothing was deployed"):
+        deploy_then_champion(setup, broken, register_pending(setup, broken))
+    assert aliases(setup)["1"] == (["champion"], "champion") and aliases(setup)["2"] == (["pending"], "pending")
+
+
+def test_registry_a_successful_second_deploy_moves_champion_and_retires_the_first(champion_serving):
+    setup, _ = champion_serving
+    v2 = setup["variant"]("v2")
+    result = deploy_then_champion(setup, v2, register_pending(setup, v2))
+    assert result["champion"] == "2"
+    assert aliases(setup) == {"1": ([], "retired"), "2": (["champion"], "champion")}
+    assert setup["registry"].get(MODEL, version="2").replaced == "1"  # what rollback goes back to
+
+
+def test_registry_a_version_left_pending_by_a_failed_deploy_can_be_approved_later(champion_serving):
+    setup, _ = champion_serving
+    v2 = setup["variant"]("v2")
+    with pytest.raises(CauceError):
+        deploy_then_champion(setup, v2, register_pending(setup, v2), canary_traffic_percentage=150)
+    result = setup["registry"].approve(f"{MODEL}/2", endpoint_name=setup["name"], port=setup["port"])
+    assert result["replaced"] == "1" and aliases(setup)["2"] == (["champion"], "champion")
+
+
+def test_registry_that_refuses_the_alias_after_a_deploy_names_the_way_out(monkeypatch):
+    from cauce.components.deploy import executor
+
+    class Refusing:
+        def make_champion(self, name, version):
+            raise RuntimeError("registry is read-only")
+
+    monkeypatch.setattr(executor.time, "sleep", lambda seconds: None)
+    with pytest.raises(CauceError, match=r"m/4 serves http://x/predict, but the registry's champion alias could not be "
+                                         r"moved to it \(registry is read-only\); it stays 'pending': "
+                                         r"`cauce models approve m/4` makes it champion"):  # fmt: skip
+        executor.make_champion(Refusing(), "m", "4", "http://x/predict")
+
+
+def test_registry_set_champion_without_the_registered_version_is_refused_before_deploying(registry_setup):
+    from cauce.components.deploy.executor import run_deploy_local
+
+    v1 = registry_setup["variant"]("v1")
+    with pytest.raises(CauceError, match=r"set_champion needs the registered model's model_name and version"):
+        run_deploy_local(v1, registry_setup["raw"], registry_setup["name"], port=registry_setup["port"],
+                         set_champion=True, registered={}, mlflow_tracking_uri=registry_setup["uri"])  # fmt: skip
+
+
+def test_registry_the_training_spec_registers_pending_and_deploy_sets_champion(tmp_path):
+    import yaml
+
+    from cauce import spec
+
+    compiled = yaml.safe_load(Path(spec.compile_pipeline("training", tmp_path)).read_text())
+    tasks = {}
+    for component in [compiled["root"], *compiled["components"].values()]:
+        tasks.update((component.get("dag") or {}).get("tasks") or {})
+
+    def constant(task: str, name: str):
+        return tasks[task]["inputs"]["parameters"][name]["runtimeValue"]["constant"]
+
+    assert constant("register", "alias") == "pending" and constant("register-vertex", "alias") == "pending"
+    assert constant("deploy", "set_champion") is True and constant("deploy-vertex", "set_champion") is True
+
+
+def test_registry_on_vertex_champion_moves_only_after_the_deploy_served(vertex_server):
+    from cauce.components.deploy.executor import make_champion
+    from cauce.components.register.executor import register_vertex
+    from cauce.model_registry import VertexRegistry
+
+    def register(uri: str) -> str:
+        return register_vertex(uri, "churn", "test-project", "us-central1", "ghcr.io/cauce-ml/cauce-serving:test",
+                               api_endpoint=vertex_server.endpoint, alias="pending")["model_uri"]  # fmt: skip
+
+    registry = VertexRegistry("test-project", "us-central1", vertex_server.endpoint)
+    served = deploy(vertex_server, register("gs://bucket/churn/v1"), smoke_instances=INSTANCES)
+    make_champion(registry, "churn", "1", served["endpoint_url"])
+    version_2 = register("gs://bucket/churn/v2")
+    vertex_server.version_predict_handlers["2"] = crashing
+    with pytest.raises(CauceError, match="rolled back"):
+        deploy(vertex_server, version_2, smoke_instances=INSTANCES)
+    found = {v.version: (v.aliases, v.status) for v in registry.list("churn")}
+    assert found == {"1": (["champion"], "champion"), "2": (["pending"], "")}
+    del vertex_server.version_predict_handlers["2"]
+    served = deploy(vertex_server, version_2, smoke_instances=INSTANCES)
+    make_champion(registry, "churn", "2", served["endpoint_url"])
+    found = {v.version: (v.aliases, v.status) for v in registry.list("churn")}
+    assert found == {"1": ([], "retired"), "2": (["champion"], "champion")}
+
+
 # --------------------------------------------------------------------------- signals
 @pytest.fixture
 def bystander():

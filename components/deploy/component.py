@@ -26,6 +26,8 @@ def deploy(
     request_log_dir: str = "",
     smoke_split: str = "eval",
     smoke_rows: int = 5,
+    set_champion: bool = False,
+    mlflow_tracking_uri: str = "",
 ) -> NamedTuple("DeployOutputs", [("endpoint_url", str), ("request_log_dir", str)]):
     """Serve the registered model with the local serving process on 127.0.0.1:``port``, smoke-tested.
 
@@ -34,7 +36,10 @@ def deploy(
     new version into it next to the serving one, smoke-test it on its own route before
     it gets any traffic, give it ``canary_traffic_percentage`` (100: all of it),
     smoke-test the endpoint, then promote it and undeploy the old version, or roll back.
-    A rollback fails the step, its message saying "rolled back".
+    A rollback fails the step, its message saying "rolled back". With ``set_champion``
+    the registry's ``champion`` alias moves to the version only once it serves (the
+    training pipeline registers it as ``pending`` first), so a failed deploy never
+    leaves the alias on a version nothing serves.
 
     Args:
         registered_model: the register step's ``registered_model`` (or any cauce Model).
@@ -47,6 +52,9 @@ def deploy(
         request_log_dir: where the serving process logs requests; empty = under ``$CAUCE_HOME/serving``.
         smoke_split: the split of ``smoke_dataset`` the smoke rows come from.
         smoke_rows: how many rows the smoke test sends.
+        set_champion: once the version serves, point the MLflow registry's ``champion`` alias at it
+            (``registered_model``'s model_name and version) and drop ``pending``.
+        mlflow_tracking_uri: MLflow registry of ``set_champion``; empty = ``sqlite:///$CAUCE_HOME/mlflow/mlflow.db``.
 
     Returns:
         ``endpoint_url`` (the predict URL) and ``request_log_dir``.
@@ -64,6 +72,9 @@ def deploy(
         canary_traffic_percentage=canary_traffic_percentage,
         smoke_split=smoke_split,
         smoke_rows=smoke_rows,
+        set_champion=set_champion,
+        registered=dict(registered_model.metadata),
+        mlflow_tracking_uri=mlflow_tracking_uri,
     )
     endpoint.metadata.update(endpoint_metadata(result))
     outputs = namedtuple("DeployOutputs", ["endpoint_url", "request_log_dir"])
@@ -89,13 +100,17 @@ def deploy_vertex(
     request_log_sampling_rate: float = 1.0,
     bigquery_location: str = "US",
     bigquery_api_endpoint: str = "",
+    set_champion: bool = False,
 ) -> str:
     """Deploy a Vertex AI model version to the endpoint named ``endpoint_name``, smoke-tested.
 
     The endpoint is created or reused. With ``canary_traffic_percentage`` < 100 the new
     version first takes that share, is smoke-tested through the endpoint, then promoted
     to 100 % or rolled back (the previous version keeps serving); a rollback fails the
-    step, its message saying "rolled back". Returns the endpoint's predict URL.
+    step, its message saying "rolled back". A version replacing a serving one is
+    smoke-tested at a small share first, the serving one keeping the rest. With
+    ``set_champion`` the model's ``champion`` version alias moves to the version only
+    once it serves. Returns the endpoint's predict URL.
 
     Args:
         vertex_model: a ``google.VertexModel``: ``register_vertex``'s output or GCPC's
@@ -120,6 +135,7 @@ def deploy_vertex(
         request_log_sampling_rate: fraction of requests logged, in [0, 1]; 0 turns logging off.
         bigquery_location: location of the request-log dataset when it is created.
         bigquery_api_endpoint: BigQuery endpoint other than Google's (an emulator, a private endpoint).
+        set_champion: once the version serves, give it the ``champion`` version alias (dropping ``pending``).
     """
     from cauce.artifact_types import vertex_resource_name
     from cauce.components.deploy.executor import endpoint_metadata
@@ -142,6 +158,7 @@ def deploy_vertex(
         request_log_sampling_rate=request_log_sampling_rate,
         bigquery_location=bigquery_location,
         bigquery_api_endpoint=bigquery_api_endpoint,
+        set_champion=set_champion,
     )
     vertex_endpoint.uri = result["vertex_uri"]
     vertex_endpoint.metadata.update({"resourceName": result["endpoint_resource_name"], **endpoint_metadata(result)})

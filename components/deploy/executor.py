@@ -59,11 +59,19 @@ def run_deploy_local(
     canary_traffic_percentage: int = 100,
     smoke_split: str = "eval",
     smoke_rows: int = 5,
+    set_champion: bool = False,
+    registered: dict | None = None,
+    mlflow_tracking_uri: str = "",
 ) -> dict:
     """What the ``deploy`` component does: smoke-test rows from ``smoke_dataset_dir``,
-    then :func:`deploy_local` with promotion (a canary is promoted or rolled back)."""
+    then :func:`deploy_local` with promotion (a canary is promoted or rolled back).
+
+    With ``set_champion``, once the version serves, the MLflow registry's ``champion``
+    alias moves to it (``registered``: the register step's metadata, model_name and
+    version): see :func:`make_champion`."""
+    champion = _registered_version(registered) if set_champion else None  # checked before anything changes
     instances = smoke_instances_from(smoke_dataset_dir, smoke_split, model_dir, smoke_rows)
-    return deploy_local(
+    result = deploy_local(
         model_dir=model_dir,
         endpoint_name=endpoint_name,
         port=port,
@@ -71,6 +79,41 @@ def run_deploy_local(
         smoke_instances=instances,
         traffic_percentage=canary_traffic_percentage,
         promote=True,
+    )
+    if champion:
+        from cauce.model_registry import LocalRegistry
+
+        result["champion"] = make_champion(LocalRegistry(mlflow_tracking_uri), *champion, result["predict_url"])
+    return result
+
+
+def _registered_version(registered: dict | None) -> tuple[str, str]:
+    registered = registered or {}
+    name, version = str(registered.get("model_name") or ""), str(registered.get("version") or "")
+    if not name or not version:
+        raise CauceError(
+            f"set_champion needs the registered model's model_name and version (the register step's metadata), got {registered}"
+        )
+    return name, version
+
+
+def make_champion(registry, model_name: str, version: str, serving: str, attempts: int = 3) -> str:
+    """Point the registry's ``champion`` alias at ``model_name``/``version``, which a deploy
+    has just put in service at ``serving`` (the last step of a promotion, so the alias
+    never names a version nothing serves; until then the version is ``pending``).
+    Retried; if the registry still refuses, the error says the version serves and how
+    to finish (``cauce models approve``, whose deploy then changes nothing)."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            registry.make_champion(model_name, version)
+            return version
+        except Exception as error:  # noqa: BLE001 - retried, then reported with the way out
+            last = error
+            time.sleep(attempt + 1)
+    raise CauceError(
+        f"{model_name}/{version} serves {serving}, but the registry's champion alias could not be moved to it "
+        f"({last}); it stays 'pending': `cauce models approve {model_name}/{version}` makes it champion"
     )
 
 

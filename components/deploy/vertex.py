@@ -385,11 +385,16 @@ def run_deploy_vertex(
     request_log_sampling_rate: float = 1.0,
     bigquery_location: str = "US",
     bigquery_api_endpoint: str = "",
+    set_champion: bool = False,
 ) -> dict[str, Any]:
     """What the ``deploy_vertex`` component does: smoke-test rows from ``smoke_dataset_dir``
     holding the model's input features (read from the bundle the Vertex model version
     points at), then :func:`deploy_vertex` with promotion. The result adds ``vertex_uri``,
     the endpoint's REST URL a ``google.VertexEndpoint`` artifact carries.
+
+    With ``set_champion``, once the version serves, the model's ``champion`` version
+    alias moves to it (and ``pending`` is dropped): the alias never names a version
+    nothing serves (see :func:`cauce.components.deploy.executor.make_champion`).
 
     With ``request_log_sampling_rate`` > 0 the endpoint logs requests into
     ``request_log_table`` (empty: ``bq://<project>.cauce_request_logs.<endpoint_name>``),
@@ -404,9 +409,10 @@ def run_deploy_vertex(
     from google.api_core import exceptions as google_exceptions
 
     try:
-        artifact_uri = aiplatform.Model(model_resource_name).uri
+        registered = aiplatform.Model(model_resource_name)
     except google_exceptions.NotFound as error:
         raise CauceError(f"model {model_resource_name!r} not found in Vertex AI: {error}") from error
+    artifact_uri = registered.uri
     if not artifact_uri:
         raise CauceError(
             f"Vertex model {model_resource_name!r} has no artifact URI: expected a model uploaded with its "
@@ -433,4 +439,10 @@ def run_deploy_vertex(
         request_log_table=request_log_table,
         request_log_sampling_rate=request_log_sampling_rate,
     )
+    if set_champion:
+        from cauce.components.deploy.executor import make_champion
+        from cauce.model_registry import VertexRegistry
+
+        registry = VertexRegistry(project, vertex_region, vertex_api_endpoint, credentials)
+        result["champion"] = make_champion(registry, registered.display_name, registered.version_id, result["endpoint_url"])
     return {**result, "vertex_uri": vertex_resource_uri(result["endpoint_resource_name"], vertex_region)}

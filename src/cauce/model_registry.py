@@ -134,6 +134,18 @@ class _Registry:
         self._promote(version, replaced=champion.version if champion else "", drop_alias="pending")
         return {"version": version.label, "replaced": champion.version if champion else "", **deployed}
 
+    def make_champion(self, name: str, version: str) -> dict[str, Any]:
+        """Point ``champion`` at a version a deploy has just put in service: its status
+        becomes champion, the one it replaced retired (what rollback goes back to), and
+        ``pending`` is dropped. The training pipeline's deploy step calls it last, so the
+        alias never names a version nothing serves (a failed deploy leaves the version
+        pending, for `cauce models approve` to retry or `reject`)."""
+        target = self.get(name, version=version)
+        champion = self._alias_version(name, "champion")
+        replaced = champion.version if champion and champion.version != target.version else ""
+        self._promote(target, replaced=replaced, drop_alias="pending")
+        return {"version": target.label, "replaced": replaced}
+
     def reject(self, ref: str, reason: str) -> Version:
         version = self.resolve(ref)
         if not reason or not reason.strip():
