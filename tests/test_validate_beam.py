@@ -96,3 +96,28 @@ def test_a_failed_dataflow_job_fails_with_its_id_and_error(tmp_path, dataflow_se
     [job] = dataflow_server.jobs.values()
     assert job["id"] in str(failure.value) and "quota exceeded" in str(failure.value)
     assert job["name"] == "cauce-statistics-test"
+
+
+def test_run_validate_on_beam_writes_what_the_in_process_run_writes(tmp_path):
+    import json
+
+    from cauce.components.validate.executor import run_validate
+
+    dataset = make_dataset(tmp_path, 90_000)
+    results = {}
+    for runner in ("", "DirectRunner"):
+        out = tmp_path / (runner or "local")
+        results[runner] = run_validate(
+            dataset, str(out / "statistics"), str(out / "schema"), str(out / "anomalies"), str(out / "view.html"),
+            on_anomaly="warn", runner=runner,
+        )
+    local, on_beam = results[""], results["DirectRunner"]
+    assert on_beam.details == local.details and on_beam.split_rows == local.split_rows
+    assert json.dumps(on_beam.summary(), sort_keys=True) == json.dumps(local.summary(), sort_keys=True)
+    read = statistics_pb2.DatasetFeatureStatisticsList.FromString
+    assert_statistics_equal(
+        read((tmp_path / "DirectRunner" / "statistics" / "FeatureStats.pb").read_bytes()),
+        read((tmp_path / "local" / "statistics" / "FeatureStats.pb").read_bytes()),
+    )
+    for name in ("schema/schema.pbtxt", "anomalies/Split-eval/anomalies.pbtxt"):
+        assert (tmp_path / "DirectRunner" / name).read_text() == (tmp_path / "local" / name).read_text()

@@ -18,6 +18,7 @@ Dataflow) and read back here.
 
 from __future__ import annotations
 
+import json
 import os
 
 import apache_beam as beam
@@ -72,9 +73,50 @@ def _write_statistics(split: str, columns: dict[str, int], work_uri: str):
         path = f"{work_uri.rstrip('/')}/{split}.pb"
         with FileSystems.create(path) as handle:
             handle.write(split_statistics(split, num_examples, columns, accumulators).SerializeToString())
+        approximate = sorted(
+            name for name, acc in accumulators.items() if isinstance(acc, StringAccumulator) and not acc.exact
+        )
+        with FileSystems.create(f"{work_uri.rstrip('/')}/{split}.json") as handle:
+            handle.write(json.dumps({"approximate_top_values": approximate}).encode())
         return path
 
     return write
+
+
+def statistics_and_details_beam(
+    dataset_dir: str,
+    work_uri: str,
+    splits: list[str] | None = None,
+    runner: str = "DirectRunner",
+    pipeline_options: dict | None = None,
+    dataset_uri: str = "",
+) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, dict]:
+    """What ``statistics.compute_statistics`` returns (the statistics and per-split details),
+    computed by the Beam pipeline. An empty ``work_uri`` is a temporary folder (the
+    DirectRunner only: Dataflow's workers need gs://)."""
+    import tempfile
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from cauce.artifacts import CauceError
+
+    wanted = list(splits or split_names(dataset_dir))
+    with tempfile.TemporaryDirectory(prefix="cauce-validate-") as temporary:
+        if not work_uri:
+            if runner != "DirectRunner":
+                raise CauceError(f"runner={runner} needs a work_uri its workers can write (gs://)")
+            work_uri = temporary
+        result = compute_statistics_beam(dataset_dir, work_uri, wanted, runner, pipeline_options, dataset_uri)
+        details = {}
+        for dataset in result.datasets:
+            with FileSystems.open(f"{work_uri.rstrip('/')}/{dataset.name}.json") as handle:
+                approximate = json.loads(handle.read())["approximate_top_values"]
+            details[dataset.name] = {
+                "num_examples": dataset.num_examples,
+                "skipped_columns": split_columns(dataset_dir, dataset.name)[1],
+                "approximate_top_values": approximate,
+            }
+    return result, details
 
 
 def compute_statistics_beam(

@@ -202,6 +202,10 @@ def run_validate(
     on_anomaly: str = "fail",
     max_string_domain_size: int = 100,
     max_out_of_domain_fraction: float = 0.0,
+    runner: str = "",
+    pipeline_options: dict | None = None,
+    work_uri: str = "",
+    dataset_uri: str = "",
 ) -> ValidateResult:
     """Compute statistics, infer (or read) the schema, validate, write every output, then
     apply the policy: "fail" raises a CauceError listing the anomalies, "warn" logs them.
@@ -217,6 +221,12 @@ def run_validate(
         max_out_of_domain_fraction: share of a split's present values that may fall outside
             a feature's domain before it is an anomaly (0: any unseen value is one, as TFDV).
             A baseline schema's own ``distribution_constraints`` take precedence.
+        runner: empty computes the statistics in this process; "DirectRunner" (Beam's
+            FnApiRunner) or "DataflowRunner" (``pipeline_options`` from
+            ``cauce.beam_pipelines.runner_options``) computes the same statistics with the Beam
+            combiner (beam_statistics.py), writing its partial results under ``work_uri``
+            (gs:// on Dataflow) and reading the Dataset at ``dataset_uri`` (as the workers see
+            it; empty = dataset_dir).
     """
     _check_parameters(on_anomaly, max_string_domain_size, max_out_of_domain_fraction)
     splits = split_names(dataset_dir)
@@ -229,7 +239,14 @@ def run_validate(
         )
     schema = read_baseline_schema(baseline_schema) if baseline_schema else None
 
-    statistics, details = compute_statistics(dataset_dir, splits)
+    if runner:
+        from cauce.components.validate.beam_statistics import statistics_and_details_beam
+
+        statistics, details = statistics_and_details_beam(
+            dataset_dir, work_uri, splits, runner, pipeline_options, dataset_uri
+        )
+    else:
+        statistics, details = compute_statistics(dataset_dir, splits)
     by_split = {dataset.name: dataset for dataset in statistics.datasets}
     if schema is None:
         schema = infer_schema(by_split[schema_split], int(max_string_domain_size), max_out_of_domain_fraction)
