@@ -9,6 +9,7 @@ from cauce.artifact_types import VertexEndpoint
 from cauce.components.monitor.component import monitor, vertex_monitoring
 from cauce.components.retrain.component import retrain
 from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
+from cauce.images import BEAM_IMAGE
 
 
 @dsl.pipeline(
@@ -53,6 +54,12 @@ def monitoring(
     bigquery_storage_api_endpoint: str = "",
     bigquery_staging_dataset: str = "",
     maximum_bytes_billed: int = 0,
+    # Where the histograms are computed: "" in the monitor step's process; "DirectRunner" or
+    # "DataflowRunner" as Beam combiners (same numbers), with pipeline_options and the
+    # dataflow options as the training pipeline's transform takes them.
+    runner: str = "",
+    pipeline_options: dict = {},
+    dataflow: dict = {},
 ):
     baseline = dsl.importer(artifact_uri=baseline_uri, artifact_class=dsl.Dataset, reimport=False)
     monitored = monitor(
@@ -78,6 +85,12 @@ def monitoring(
         bigquery_storage_api_endpoint=bigquery_storage_api_endpoint,
         bigquery_staging_dataset=bigquery_staging_dataset,
         maximum_bytes_billed=maximum_bytes_billed,
+        runner=runner,
+        pipeline_options=pipeline_options,
+        project=project,
+        dataflow=dataflow,
+        # Fixed at compile time: the running step does not know which release compiled it.
+        beam_image=BEAM_IMAGE,
     ).set_display_name("monitor")
     with dsl.If(target == "google-cloud", name="google-cloud-target"):
         with dsl.If(endpoint_resource_name != "", name="vertex-endpoint-given"):

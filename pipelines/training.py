@@ -79,6 +79,9 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
         # "temp_location": "gs://bucket/tmp", "max_num_workers": 20}; workers run the beam
         # image this spec was compiled with unless it names an sdk_container_image.
         dataflow: dict = {},
+        # validate's statistics: "" in the step's process; "DirectRunner" or "DataflowRunner" as a
+        # Beam combiner (same statistics), with pipeline_options and dataflow as transform's.
+        validate_runner: str = "",
         task: str = "binary",  # "binary" | "multiclass" | "regression"
         # "sklearn" (LightGBM and scikit-learn, base image) | "keras" (tf image) | "torch" (torch image)
         framework: str = frameworks[0],
@@ -139,6 +142,7 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
             runner: Beam runner of transform: DirectRunner locally, DataflowRunner on Google Cloud.
             pipeline_options: further Beam pipeline options.
             dataflow: Dataflow options (region, temp_location, max_num_workers, ...; cauce.beam_pipelines.DATAFLOW_FIELDS).
+            validate_runner: where validate computes its statistics: empty in its process; DirectRunner or DataflowRunner (with pipeline_options and dataflow) as a Beam combiner, the same statistics.
             task: binary | multiclass | regression. Metrics: binary auc, auc_precision_recall, binary_accuracy, precision, recall, binary_crossentropy; multiclass sparse_categorical_accuracy, sparse_categorical_crossentropy; regression root_mean_squared_error, mean_squared_error, mean_absolute_error (all: example_count).
             framework: sklearn (LightGBM / scikit-learn, base image) | keras (tf image) | torch (torch image).
             hyperparameters: the framework's (components/train/README.md); empty: its defaults.
@@ -207,6 +211,11 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
             baseline_schema_uri=baseline_schema_uri,
             on_anomaly=validation_policy,
             max_out_of_domain_fraction=max_out_of_domain_fraction,
+            runner=validate_runner,
+            pipeline_options=pipeline_options,
+            project=project,
+            dataflow=dataflow,
+            beam_image=BEAM_IMAGE,
         ).set_display_name("validate")
         # transform reads extract's dataset itself; validate gates it: with the "fail"
         # policy anomalies stop the run here, before any Beam or training work.

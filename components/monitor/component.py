@@ -8,10 +8,10 @@ A thin shell: the logic lives in ``executor.py`` (plain Python, tested without K
 from kfp import dsl
 
 from cauce.artifact_types import VertexEndpoint
-from cauce.images import BASE_IMAGE
+from cauce.images import BASE_IMAGE, BEAM_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=BEAM_IMAGE, install_kfp_package=False)
 def monitor(
     baseline: dsl.Input[dsl.Dataset],
     numeric_features: list,
@@ -39,6 +39,11 @@ def monitor(
     bigquery_storage_api_endpoint: str = "",
     bigquery_staging_dataset: str = "",
     maximum_bytes_billed: int = 0,
+    runner: str = "",
+    pipeline_options: dict = {},  # noqa: B006 - KFP takes parameter defaults from the signature
+    project: str = "",
+    dataflow: dict = {},  # noqa: B006
+    beam_image: str = "",
 ) -> bool:
     """Drift/skew of serving requests against a baseline split, measured as TFDV does.
 
@@ -63,7 +68,14 @@ def monitor(
     not fail the step. (``vertex_monitoring`` sets up Vertex AI Model Monitoring of a
     ``google.VertexEndpoint`` with the same thresholds.) ``drift_report`` holds report.json and report.html; ``report_html``
     is the same page as a single file, which the Vertex AI console renders.
+
+    ``runner`` empty computes the histograms in the step's process; "DirectRunner" (Beam's
+    FnApiRunner) or "DataflowRunner" (``project``, ``dataflow``, ``pipeline_options`` and
+    ``beam_image`` as transform takes them; a Dataflow job cancelled if the step is cancelled)
+    computes them as Beam combiners with the same numbers, for a baseline or a window past one
+    machine (JSON Lines request logs, local or gs://).
     """
+    from cauce.beam_pipelines import runner_options, work_uri
     from cauce.components.monitor.executor import (
         BigQueryRead,
         copy_report_page,
@@ -100,6 +112,13 @@ def monitor(
             staging_dataset=bigquery_staging_dataset,
             maximum_bytes_billed=maximum_bytes_billed,
         ),
+        runner=runner,
+        pipeline_options=runner_options(
+            runner, pipeline_options, job_name_prefix="cauce-monitor", project=project, dataflow=dataflow,
+            beam_image=beam_image,
+        ),
+        work_uri=work_uri(runner, dataflow, "cauce-monitor"),
+        baseline_uri=f"{baseline.uri}" if runner else "",
     )
     copy_report_page(drift_report.path, report_html.path)
     drift_report.metadata.update(report_metadata(report))

@@ -2,10 +2,10 @@
 
 from kfp import dsl
 
-from cauce.images import BASE_IMAGE
+from cauce.images import BEAM_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=BEAM_IMAGE, install_kfp_package=False)
 def validate(
     dataset: dsl.Input[dsl.Dataset],
     statistics: dsl.Output[dsl.Artifact],
@@ -18,6 +18,11 @@ def validate(
     on_anomaly: str = "fail",
     max_string_domain_size: int = 100,
     max_out_of_domain_fraction: float = 0.0,
+    runner: str = "",
+    pipeline_options: dict = {},  # noqa: B006 - KFP takes parameter defaults from the signature
+    project: str = "",
+    dataflow: dict = {},  # noqa: B006
+    beam_image: str = "",
 ) -> int:
     """TFDV-style statistics of every split, a schema, and anomalies of the other splits.
 
@@ -41,10 +46,19 @@ def validate(
             values get a domain (TFDV's default 100).
         max_out_of_domain_fraction: share of present values allowed outside a domain
             (0: any unseen category is an anomaly, as in TFDV).
+        runner: empty computes the statistics in the step's process; "DirectRunner" (Beam's
+            FnApiRunner) or "DataflowRunner" computes the same statistics as a Beam combiner
+            (a Dataflow job, cancelled if the step is cancelled), for splits past one machine.
+        pipeline_options: any other Beam option; names that look like credentials are refused.
+        project: Google Cloud project of the Dataflow job (DataflowRunner only).
+        dataflow: Dataflow options, as transform's (see cauce.beam_pipelines.DATAFLOW_FIELDS):
+            region and temp_location (gs://) required. Checked before any job.
+        beam_image: the image Dataflow workers run unless dataflow names an sdk_container_image.
 
     Returns:
         The number of anomalies found (0: every validated split matches the schema).
     """
+    from cauce.beam_pipelines import runner_options, work_uri
     from cauce.components.validate.executor import run_validate
 
     # An optional input that is not connected arrives as None.
@@ -60,6 +74,13 @@ def validate(
         on_anomaly=on_anomaly,
         max_string_domain_size=max_string_domain_size,
         max_out_of_domain_fraction=max_out_of_domain_fraction,
+        runner=runner,
+        pipeline_options=runner_options(
+            runner, pipeline_options, job_name_prefix="cauce-validate", project=project, dataflow=dataflow,
+            beam_image=beam_image,
+        ) if runner else None,
+        work_uri=work_uri(runner, dataflow, "cauce-validate"),
+        dataset_uri=dataset.uri,
     )
     statistics.metadata.update({"split_rows": result.split_rows, "format": "tensorflow_metadata DatasetFeatureStatisticsList"})
     schema.metadata.update({"source": result.schema_source, "format": "tensorflow_metadata Schema (text)"})

@@ -474,3 +474,13 @@ def _job_error(pipeline, job: _Job) -> str:
     tracebacks = [text for text in texts if "Traceback" in text]
     chosen = (tracebacks or texts or [""])[-1].strip()
     return chosen if len(chosen) <= 2000 else "..." + chosen[-2000:]
+
+
+def work_uri(runner: str, dataflow: dict | None, prefix: str) -> str:
+    """Where a step's Beam pipeline writes its partial results for the step to read back:
+    a fresh folder under the Dataflow ``temp_location`` (gs://) on Dataflow; empty on the
+    DirectRunner (the step then uses a temporary local folder)."""
+    if runner != DATAFLOW_RUNNER:
+        return ""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{(dataflow or {})['temp_location'].rstrip('/')}/{prefix}-{stamp}-{secrets.token_hex(4)}"
