@@ -868,6 +868,192 @@ def test_max_null_key_fraction_out_of_range_is_refused_before_the_query(nullable
     assert not (tmp_path / "dataset").exists()
 
 
+# --------------------------------------------------------------------------- recipe, train, evaluate, monitor
+# Each bad input fails with a message naming the step, field, column or metric and what
+# was expected, and the step leaves nothing in its output folder (no artifact, no partial).
+def nothing_written(folder: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == [], "a failed step left output behind"
+
+
+RECIPE_ERRORS = [
+    ([{"type": "zscore", "columns": ["no_such"]}], r"feature column\(s\) \['no_such'\] not found in split 'eval' .*columns present"),
+    ([{"type": "derive", "name": "x", "expression": "fare +* 2"}, {"type": "zscore", "columns": ["x"]}],
+     r"recipe step 1 \(derive\) field 'expression': 'fare \+\* 2' is not a valid expression \(invalid syntax at column 7\)"),
+    ([{"type": "derive", "name": "x", "expression": "exec(fare)"}, {"type": "zscore", "columns": ["x"]}],
+     r"recipe step 1 \(derive\) field 'expression': 'exec\(fare\)' calls 'exec'; the functions are \["),
+    ([{"type": "derive", "name": "x", "expression": "fare.__class__"}, {"type": "zscore", "columns": ["x"]}],
+     r"'fare\.__class__' uses unsupported syntax 'Attribute'"),
+    ([{"type": "cast", "columns": ["fare"], "to": "blob"}, {"type": "zscore", "columns": ["fare"]}],
+     r"recipe step 1 \(cast\) field 'to' must be one of \['int', 'float', 'string', 'bool', 'timestamp'\], got 'blob'"),
+    ([{"type": "cast", "columns": ["company"], "to": "float", "on_invalid": "error"}, {"type": "zscore", "columns": ["company"]}],
+     r"recipe step 1 \(cast\): column 'company' row 0 holds '.*', which is not a valid float \(on_invalid: error\)"),
+    ([{"type": "zscore", "columns": ["tipped_well"]}],
+     r"recipe step 1 \(zscore\) reads the label column 'tipped_well': serving requests do not carry it"),
+    ([{"type": "bucketize", "columns": ["fare"], "buckets": 0}],
+     r"recipe step 1 \(bucketize\) field 'buckets' must be at least 2 and at most 1000, got 0"),
+    ([{"type": "zscore", "columns": ["fare"], "colour": "red"}],
+     r"recipe step 1 \(zscore\) has unknown field 'colour'; allowed fields: \['columns', 'suffix', 'type'\]"),
+    ([{"type": "zscore", "columns": ["company"]}],
+     r"numeric feature 'company' holds a non-numeric value '.*'; expected numbers \(cast it in the query"),
+    ([{"type": "replace_text", "columns": ["company"], "pattern": "(", "replacement": "", "regex": True},
+      {"type": "vocabulary", "columns": ["company"]}],
+     r"recipe step 1 \(replace_text\) field 'pattern': '\(' is not a valid RE2 regular expression"),
+    ([{"type": "drop_columns", "columns": ["fare"]}], r"recipe has no analyzer step: add one of \['zscore', 'min_max'"),
+    ([], r"recipe field 'steps' must list at least 1 item"),
+]
+
+
+@pytest.mark.parametrize(("steps", "message"), RECIPE_ERRORS, ids=[
+    "unknown-column", "bad-expression", "forbidden-function", "dunder-attribute", "cast-to-blob", "cast-invalid-value",
+    "label-as-feature", "zero-buckets", "unknown-field", "text-as-number", "bad-regex", "no-analyzer", "no-steps",
+])  # fmt: skip
+def test_recipe_errors_name_the_step_and_field_and_write_nothing(trained_model, tmp_path, steps, message):
+    from cauce.components.transform.executor import run_transform
+
+    raw = trained_model[0]
+    with pytest.raises(CauceError, match=message):
+        run_transform(raw, "tipped_well", [], [], str(tmp_path / "transformed"), str(tmp_path / "transform"),
+                      recipe={"steps": steps})  # fmt: skip
+    nothing_written(tmp_path)
+
+
+def test_recipe_that_is_not_yaml_is_refused_naming_it(trained_model, tmp_path):
+    from cauce.components.transform.executor import run_transform
+
+    with pytest.raises(CauceError, match=r"recipe is not valid YAML/JSON: while parsing a flow node"):
+        run_transform(trained_model[0], "tipped_well", [], [], str(tmp_path / "a"), str(tmp_path / "b"), recipe="steps: [[[")
+    nothing_written(tmp_path)
+
+
+TRAIN_ERRORS = [
+    ({"hyperparameters": {"model_type": "magic"}},
+     r"hyperparameters\.model_type 'magic' is not supported for task 'binary'; expected one of \['hist_gradient_boosting'"),
+    ({"hyperparameters": {"model_type": "logistic_regression", "max_iter": -1}},
+     r"invalid hyperparameters for 'logistic_regression': The 'max_iter' parameter .* Got -1"),
+    ({"hyperparameters": {"model_type": "logistic_regression", "frobs": 1}},
+     r"unknown hyperparameter\(s\) \['frobs'\] for model_type 'logistic_regression'; valid: \['C'"),
+    ({"framework": "jax"}, r"framework 'jax' is not supported; expected one of \['sklearn', 'keras', 'torch'\]"),
+    ({"task": "ranking"}, r"task 'ranking' is not supported; expected one of \['binary', 'multiclass', 'regression'\]"),
+    ({"train_split": "nope"}, r"split 'nope' not found in dataset .*transformed; available splits: \['eval', 'train'\]"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), TRAIN_ERRORS, ids=[
+    "unknown-model-type", "negative-max-iter", "unknown-hyperparameter", "unknown-framework", "unknown-task", "missing-split",
+])  # fmt: skip
+def test_train_errors_name_the_parameter_and_leave_no_model(trained_model, tmp_path, arguments, message):
+    from cauce.components.train.executor import run_train
+
+    _, transformed, transform, _ = trained_model
+    with pytest.raises(CauceError, match=message):
+        run_train(transformed, transform, str(tmp_path / "model"), **arguments)
+    nothing_written(tmp_path)
+
+
+def test_train_on_a_dataset_that_is_not_there_names_it(trained_model, tmp_path):
+    from cauce.components.train.executor import run_train
+
+    with pytest.raises(CauceError, match=rf"dataset directory {tmp_path}/nope does not exist"):
+        run_train(str(tmp_path / "nope"), trained_model[2], str(tmp_path / "model"), {})
+    nothing_written(tmp_path)
+
+
+EVALUATE_ERRORS = [
+    ({"thresholds": {"aucc": 0.5}},
+     r"thresholds: unknown metric 'aucc' for a binary model; valid metric names: \['auc', 'auc_precision_recall'"),
+    ({"thresholds": {"auc": "high"}}, r"thresholds\['auc'\] lower_bound must be a number, got 'high'"),
+    ({"slice_features": ["nope"]}, r"slice feature\(s\) \['nope'\] not found in split 'eval'; columns present"),
+    ({"split": "nope"}, r"split 'nope' not found in dataset .*; available splits: \['eval', 'train'\]"),
+    ({"champion_model_dir": "/nonexistent/champion"},
+     r"/nonexistent/champion/cauce_model\.json not found: /nonexistent/champion is not a cauce model directory"),
+    ({"champion": True, "change_thresholds": {"zz": 0.1}}, r"change_thresholds: unknown metric 'zz'; valid metric names"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), EVALUATE_ERRORS, ids=[
+    "unknown-metric", "threshold-not-a-number", "unknown-slice", "missing-split", "champion-not-a-model", "unknown-margin",
+])  # fmt: skip
+def test_evaluate_errors_name_the_metric_or_column_and_write_nothing(trained_model, tmp_path, arguments, message):
+    from cauce.components.evaluate.executor import run_evaluate
+
+    raw, _, _, model_dir = trained_model
+    if arguments.pop("champion", False):
+        arguments["champion_model_dir"] = model_dir
+    with pytest.raises(CauceError, match=message):
+        run_evaluate(model_dir, raw, tmp_path / "evaluation", **arguments)
+    nothing_written(tmp_path)
+
+
+def test_evaluate_a_folder_that_is_not_a_model(trained_model, tmp_path):
+    from cauce.components.evaluate.executor import run_evaluate
+
+    raw = trained_model[0]
+    with pytest.raises(CauceError, match=rf"{raw}/cauce_model\.json not found: {raw} is not a cauce model directory"):
+        run_evaluate(raw, raw, tmp_path / "evaluation")
+    nothing_written(tmp_path)
+
+
+@pytest.fixture
+def request_logs(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    return logs
+
+
+def monitor_in(trained_model, logs: Path, out: Path, **arguments):
+    from cauce.components.monitor.executor import run_monitor
+    from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
+
+    features = {"numeric_features": DEMO_NUMERIC, "categorical_features": DEMO_CATEGORICAL}
+    features.update({k: arguments.pop(k) for k in list(arguments) if k in features})
+    return run_monitor(arguments.pop("baseline", trained_model[0]), arguments.pop("split", "train"), str(logs), str(out),
+                       **features, **arguments)  # fmt: skip
+
+
+MONITOR_ERRORS = [
+    ('garbage\n', {}, r"requests-1\.jsonl:1 is not valid JSON \(Expecting value"),
+    ('{"not": "a request"}\n', {}, r"requests-1\.jsonl:1 is not a request record: it has no request_payload \(keys: \['not'\]\)"),
+    ('[1, 2]\n', {}, r"requests-1\.jsonl:1 is not a request record \(a JSON object\)"),
+    ('{"request_payload": ["[1, 2]"]}\n', {}, r"request_payload at .*requests-1\.jsonl:1 holds list instances; the monitor needs named features"),
+    ("", {"thresholds": {"fare": -1}}, r"thresholds\['fare'\] must be a number >= 0, got -1"),
+    ("", {"thresholds": {"nope": 0.1}}, r"thresholds name feature\(s\) \['nope'\] that are not monitored; monitored: \["),
+    ("", {"window_start": "yesterday"}, r"window_start must be an ISO-8601 time such as 2024-05-01T00:00:00Z, got 'yesterday'"),
+    ("", {"window_start": "2024-05-02T00:00:00Z", "window_end": "2024-05-01T00:00:00Z"},
+     r"window_start '2024-05-02T00:00:00Z' is not before window_end '2024-05-01T00:00:00Z'"),
+    ("", {"numeric_features": ["nope"], "categorical_features": []}, r"column\(s\) \['nope'\] not found in split 'train' of "),
+    ("", {"numeric_features": [], "categorical_features": []}, r"numeric_features and categorical_features are both empty: nothing to monitor"),
+    ("", {"split": "nope"}, r"split 'nope' not found in dataset .*; available splits: \['eval', 'train'\]"),
+    ("", {"baseline": "/nonexistent/baseline"}, r"dataset directory /nonexistent/baseline does not exist"),
+    ("", {"alert_webhook": "ftp://x"}, r"alert_webhook 'ftp://x' must be an http:// or https:// URL"),
+]
+
+
+@pytest.mark.parametrize(("log", "arguments", "message"), MONITOR_ERRORS, ids=[
+    "garbage-line", "record-without-payload", "record-not-an-object", "instances-not-objects", "negative-threshold",
+    "threshold-of-unmonitored-feature", "window-not-a-time", "window-reversed", "unknown-feature", "no-features",
+    "missing-split", "missing-baseline", "webhook-not-http",
+])  # fmt: skip
+def test_monitor_errors_name_the_file_line_or_parameter_and_write_nothing(trained_model, request_logs, tmp_path, log, arguments, message):
+    """Before: a log line in another shape was skipped (reported as "no requests"), and a
+    reversed window was a window with no requests."""
+    if log:
+        (request_logs / "requests-1.jsonl").write_text(log)
+    with pytest.raises(CauceError, match=message):
+        monitor_in(trained_model, request_logs, tmp_path / "report", **arguments)
+    assert not (tmp_path / "report").exists() and not list(tmp_path.glob(".report.partial-*"))
+
+
+def test_monitor_a_line_still_being_written_is_not_an_error(trained_model, request_logs, bundles, tmp_path):
+    """The serving process appends whole lines; a last line without its newline is one
+    being written, left for the next run, and says nothing is broken."""
+    instance = json.dumps(bundles["instances"][0])
+    record = {"endpoint": "e", "deployed_model_id": "1", "logging_time": "2024-05-01T00:00:00Z", "request_id": 1,
+              "request_payload": [instance], "response_payload": ["{}"]}  # fmt: skip
+    (request_logs / "requests-1.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(record)[:40])
+    result = monitor_in(trained_model, request_logs, tmp_path / "report")
+    assert result["num_features"] == 8 and (tmp_path / "report").is_dir()
+
+
 # --------------------------------------------------------------------------- CLI
 def cauce(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cauce.cli", *arguments], capture_output=True, text=True, timeout=timeout)

@@ -500,6 +500,13 @@ def jsonl_file_requests(path, lines):
             raise CauceError(f"{path}:{number} is not valid JSON ({error})") from None
         if not isinstance(request, dict):
             raise CauceError(f"{path}:{number} is not a request record (a JSON object)")
+        if "request_payload" not in request:
+            # Silently skipping it would report "no requests" (or drift on fewer rows) for a
+            # log some other program wrote in another shape.
+            raise CauceError(
+                f"{path}:{number} is not a request record: it has no request_payload (keys: {sorted(request)[:10]}); "
+                "expected the serving process's request log (cauce.request_logs)"
+            )
         yield f"{path}:{number}", request
 
 
@@ -567,6 +574,8 @@ def _read_request_log(
 
     start_time = _parse_time(start, "window_start") if start else None
     end_time = _parse_time(end, "window_end") if end else None
+    if start_time is not None and end_time is not None and start_time >= end_time:
+        raise CauceError(f"window_start {start!r} is not before window_end {end!r}: the window [start, end) holds no time")
     if is_bigquery_table(source):
         requests = _bigquery_requests(source, start_time, end_time, bigquery or BigQueryRead())
     else:
