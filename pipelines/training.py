@@ -115,6 +115,9 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
         # Categories unseen in training are normal in a long tail: up to 1 % of an eval
         # split's values may fall outside a domain before it counts as an anomaly.
         max_out_of_domain_fraction: float = 0.01,
+        # Rows without a label are counted by validate and left out of training and
+        # evaluation; more than this share of a split's rows is an anomaly.
+        max_missing_label_fraction: float = 0.1,
         # True: a blessed model is registered as "pending" and waits for
         # `cauce models approve NAME/VERSION`, which deploys it through the same canary path.
         require_approval: bool = False,
@@ -128,7 +131,7 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
         Args:
             source: the data: a table (DATASET.TABLE; `cauce load` loads files into the local engine, `cauce tables` lists them) or a BigQuery SELECT query.
             key_column: the column that identifies a row; a hash of it decides the row's split, the same on every run and engine.
-            label: the column to predict (transform drops rows where it is missing before training).
+            label: the column to predict. Rows where it is missing (null or NaN) are counted by validate and left out of training and evaluation.
             numeric_features: numeric feature columns (z-scored). With categorical_features empty too and no transform_recipe: every other column by type.
             categorical_features: categorical feature columns (one-hot over the most frequent values).
             slice_features: columns or crosses "a,b" on whose every value the model must also pass the gate; empty: overall only.
@@ -162,6 +165,7 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
             validation_policy: fail (anomalies stop the run before transform) | warn.
             baseline_schema_uri: a schema to validate against; empty: inferred from the train split.
             max_out_of_domain_fraction: share of an eval split's values that may fall outside a training domain before it is an anomaly.
+            max_missing_label_fraction: share of a split's rows that may lack a label before it is an anomaly (validation_policy decides what follows).
             require_approval: true: a blessed model is registered as pending and waits for `cauce models approve`.
             trigger: set by monitoring's retrain step; recorded in lineage.
             code_version: compile-time: cauce's version, the images of this spec, the commit.
@@ -193,6 +197,7 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
             bigquery_location=bigquery_location,
             query_parameters=query_parameters,
             identifiers=source_identifiers,
+            max_missing_label_fraction=max_missing_label_fraction,
         ).set_display_name("preflight")
         extracted = extract(
             source=source,
@@ -216,6 +221,8 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
             project=project,
             dataflow=dataflow,
             beam_image=BEAM_IMAGE,
+            label=label,
+            max_missing_label_fraction=max_missing_label_fraction,
         ).set_display_name("validate")
         # transform reads extract's dataset itself; validate gates it: with the "fail"
         # policy anomalies stop the run here, before any Beam or training work.

@@ -18,6 +18,11 @@ serving and evaluation use. Output: a cauce Dataset with one split
 * multiclass: ``label`` (the class value) and ``score_<class>`` per class, in the bundle's class order;
 * regression: ``value``.
 
+Rows without a label are scored like any other: predicting them is what batch prediction
+is for. When the input holds the model's label column, those rows are counted by the
+rule every phase uses (``cauce.data.missing_label_mask``) as ``rows_missing_label``:
+the rows evaluate left out, should the predictions be compared with the labels.
+
 On the DirectRunner the output is written atomically (``atomic_dir``). On another
 runner (Dataflow) the shards go straight to ``output_uri`` (Beam finalizes each
 write) and ``_schema.json`` is written last, as the transform step does, so a failed
@@ -277,6 +282,8 @@ def run_batch_predict(
         rows_in = source_data.count_rows()
         if rows_in == 0:
             raise CauceError(f"{where} has no rows: nothing to predict")
+        label = signature["label"]
+        rows_missing_label = data.count_missing_labels(dataset_dir, split, label) if label else 0
 
         schema = pa.schema([source_data.schema.field(key_column), *prediction_fields(signature)])
         read_columns = [key_column] + [f for f in signature["features"] if f != key_column]
@@ -305,6 +312,7 @@ def run_batch_predict(
             "model": model_dir,
             "input": input_info,
             "prediction_columns": [f.name for f in prediction_fields(signature)],
+            "rows_missing_label": rows_missing_label,
         }
 
         def finish(out: str) -> int:

@@ -63,5 +63,8 @@ def evaluate(
     if confusion:
         classification_metrics.log_confusion_matrix(confusion["labels"], confusion["matrix"])
     shutil.copyfile(Path(evaluation.path) / REPORT_FILE, report.path)
-    evaluation.metadata.update({"blessed": result["blessed"], "reasons": result["reasons"], "split": split})
+    evaluation.metadata.update({
+        "blessed": result["blessed"], "reasons": result["reasons"], "split": split, "rows": result["rows"],
+        "rows_missing_label": result["rows_missing_label"],
+    })
     return bool(result["blessed"])

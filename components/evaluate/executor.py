@@ -31,7 +31,7 @@ from cauce import model as cauce_model
 from cauce import reports
 from cauce.artifacts import CauceError, atomic_dir, write_json
 from cauce.components.evaluate import metrics as exact
-from cauce.data import read_split
+from cauce.data import drop_missing_labels, read_split
 
 TFMA_DIR = "tfma"
 EVALUATION_FILE = "evaluation.json"
@@ -146,6 +146,9 @@ def run_evaluate(
                 f"{model.label!r} ({task}): they cannot be compared"
             )
     table = read_split(dataset_dir, split)
+    # Rows without a label measure nothing: left out by the rule transform and train
+    # follow (cauce.data.missing_label_mask), and counted.
+    table, rows_missing_label = drop_missing_labels(table, model.label)
     labels = _labels(table, model, split)
     _check_slice_features(table, slice_features, model.label, split)
 
@@ -199,7 +202,8 @@ def run_evaluate(
             summary["reasons"] += [c["reason"] for c in failed]
             summary["blessed"] = summary["blessed"] and not failed
         summary.update(
-            task=task, split=split, rows=rows, tfma_examples=eval_table.num_rows, label=model.label, model=model.metadata
+            task=task, split=split, rows=rows, rows_missing_label=rows_missing_label, tfma_examples=eval_table.num_rows,
+            label=model.label, model=model.metadata,
         )
         write_json(out / EVALUATION_FILE, summary)
         (out / REPORT_FILE).write_text(render_report(summary))

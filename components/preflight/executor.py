@@ -15,6 +15,8 @@ small aggregate); BigQuery answers a dry run (nothing billed). Then:
   framework's ``hyperparameters`` valid;
 * ``thresholds`` / ``change_thresholds`` name the task's metrics (``cauce.tasks``);
 * ``splits`` hold ``train`` and ``eval``; ``validation_policy`` fail or warn;
+  locally, rows without a label counted: above ``max_missing_label_fraction`` with the
+  ``fail`` policy that is a problem (validate would stop the run), below it a note;
 * ``canary_traffic_percentage`` in 1..100; locally the ``port`` free (or held by this
   endpoint's own server, which a new version replaces in place).
 
@@ -159,6 +161,7 @@ def run_preflight(
     identifiers: dict | None = None,
     bigquery_api_endpoint: str = "",
     check_port: bool = True,
+    max_missing_label_fraction: float = 0.1,
 ) -> Preflight:
     """Check everything (module doc); raise one CauceError listing every problem."""
     problems: list[str] = []
@@ -196,6 +199,9 @@ def run_preflight(
             problems.append(f"splits {split_names} has no {needed!r} split (train fits on 'train', evaluate scores 'eval')")
     if validation_policy not in VALIDATION_POLICIES:
         problems.append(f"validation_policy {validation_policy!r} is not one of {list(VALIDATION_POLICIES)}")
+    fraction_ok = not isinstance(max_missing_label_fraction, bool) and isinstance(max_missing_label_fraction, (int, float))
+    if not fraction_ok or not 0.0 <= max_missing_label_fraction <= 1.0:
+        problems.append(f"max_missing_label_fraction {max_missing_label_fraction!r} must be a number in [0, 1]")
     if isinstance(canary_traffic_percentage, bool) or not isinstance(canary_traffic_percentage, int) or not (
         1 <= canary_traffic_percentage <= 100
     ):
@@ -280,6 +286,14 @@ def run_preflight(
                     notes.append(f"label {label!r} has {distinct} distinct values for {rows} rows: is this a regression?")
                 if rows and rows == missing:
                     problems.append(f"label {label!r} is missing in every row")
+                elif missing and fraction_ok and validation_policy == "fail" and missing / rows > max_missing_label_fraction:
+                    problems.append(
+                        f"label {label!r} is missing in {missing} of {rows} rows ({missing / rows:.1%}), above "
+                        f"max_missing_label_fraction ({max_missing_label_fraction:.1%}), so validate would stop the run; "
+                        "fill or drop those rows, or raise max_missing_label_fraction (or validation_policy=warn)"
+                    )
+                elif missing:
+                    notes.append(f"{missing} of {rows} rows have no label {label!r}: left out of training and evaluation")
             except CauceError as error:
                 problems.append(f"label {label!r}: {error}")
         reserved = {label, key_column} - {""}
@@ -361,5 +375,5 @@ def check_arguments(arguments: dict[str, Any], defaults: dict[str, Any], framewo
         target=values.get("target", "local"), local_database=values.get("local_database", ""),
         project=values.get("project", ""), bigquery_location=values.get("bigquery_location", "US"),
         query_parameters=values.get("query_parameters"), identifiers=values.get("source_identifiers"),
-        check_port=check_port,
+        check_port=check_port, max_missing_label_fraction=values.get("max_missing_label_fraction", 0.1),
     )  # fmt: skip

@@ -29,6 +29,7 @@ class TrainingData:
     y_eval: np.ndarray | None
     classes: list
     feature_names: list[str]
+    missing_labels: dict = field(default_factory=dict)  # split -> rows left out for a missing label
 
     @property
     def n_outputs(self) -> int:

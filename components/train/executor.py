@@ -167,18 +167,38 @@ def _read_split(transformed_dir: str, split: str, fitted: FittedTransform) -> tu
     return features, pa.chunked_array(labels, type=dataset.schema.field(fitted.label).type).to_numpy()
 
 
+def _labelled(features: np.ndarray, labels: np.ndarray, label: str, split: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """The rows whose label is present, by the rule every phase follows
+    (``cauce.data.missing_label_mask``: null or NaN), and how many were left out. The
+    transform's output has none; a dataset encoded elsewhere may."""
+    import pyarrow as pa
+
+    missing = data.missing_label_mask(pa.array(labels)).to_numpy(zero_copy_only=False)
+    count = int(missing.sum())
+    if not count:
+        return features, labels, 0
+    if count == len(labels):
+        raise CauceError(f"every row of split {split!r} lacks a label {label!r}: nothing to train or evaluate on")
+    log.warning("split %s: left out %d rows with a missing label %r", split, count, label)
+    keep = ~missing
+    return features[keep], labels[keep], count
+
+
 def load_training_data(
     transformed_dir: str, fitted: FittedTransform, task: str, train_split: str = "train", eval_split: str = "eval"
 ) -> TrainingData:
     x_train, raw_train = _read_split(transformed_dir, train_split, fitted)
+    x_train, raw_train, missing = _labelled(x_train, raw_train, fitted.label, train_split)
+    missing_labels = {train_split: missing}
     y_train, classes = _encode_labels(raw_train, task, fitted.label, train_split, None)
     if task == "binary" and len(np.unique(y_train)) < 2:
         raise CauceError(f"label {fitted.label!r} has a single class in split {train_split!r}: cannot train a classifier")
     x_eval = y_eval = None
     if eval_split and eval_split in data.split_names(transformed_dir):
         x_eval, raw_eval = _read_split(transformed_dir, eval_split, fitted)
+        x_eval, raw_eval, missing_labels[eval_split] = _labelled(x_eval, raw_eval, fitted.label, eval_split)
         y_eval, _ = _encode_labels(raw_eval, task, fitted.label, eval_split, classes if task == "multiclass" else None)
-    return TrainingData(task, x_train, y_train, x_eval, y_eval, classes, list(fitted.feature_names))
+    return TrainingData(task, x_train, y_train, x_eval, y_eval, classes, list(fitted.feature_names), missing_labels)
 
 
 # ---- metrics (the same code for every framework) -------------------------------
@@ -314,6 +334,7 @@ def run_train(
         "features": fitted.input_features,
         "encoded_features": len(fitted.feature_names),
         "train_rows": int(len(training.y_train)),
+        "rows_missing_label": training.missing_labels,  # left out of train_rows / eval_rows
         "eval_rows": int(len(training.y_eval)) if training.y_eval is not None else 0,
         "splits": {"train": train_split, "eval": eval_split if training.x_eval is not None else None},
         "seed": seed,

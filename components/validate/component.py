@@ -18,6 +18,8 @@ def validate(
     on_anomaly: str = "fail",
     max_string_domain_size: int = 100,
     max_out_of_domain_fraction: float = 0.0,
+    label: str = "",
+    max_missing_label_fraction: float = 0.1,
     runner: str = "",
     pipeline_options: dict = {},  # noqa: B006 - KFP takes parameter defaults from the signature
     project: str = "",
@@ -46,6 +48,10 @@ def validate(
             values get a domain (TFDV's default 100).
         max_out_of_domain_fraction: share of present values allowed outside a domain
             (0: any unseen category is an anomaly, as in TFDV).
+        label: the label column: rows where it is missing (null or NaN) are counted in
+            every split; transform, train and evaluate leave them out. Empty: not counted.
+        max_missing_label_fraction: share of a split's rows that may lack a label before
+            it is an anomaly.
         runner: empty computes the statistics in the step's process; "DirectRunner" (Beam's
             FnApiRunner) or "DataflowRunner" computes the same statistics as a Beam combiner
             (a Dataflow job, cancelled if the step is cancelled), for splits past one machine.
@@ -81,11 +87,14 @@ def validate(
         ) if runner else None,
         work_uri=work_uri(runner, dataflow, "cauce-validate"),
         dataset_uri=dataset.uri,
+        label=label,
+        max_missing_label_fraction=max_missing_label_fraction,
     )
     statistics.metadata.update({"split_rows": result.split_rows, "format": "tensorflow_metadata DatasetFeatureStatisticsList"})
     schema.metadata.update({"source": result.schema_source, "format": "tensorflow_metadata Schema (text)"})
     anomalies.metadata.update({
         "anomalies_found": result.anomalies_found,
         "by_split": {split: len(items) for split, items in result.anomalies.items()},
+        "missing_labels": result.missing_labels,
     })
     return result.anomalies_found

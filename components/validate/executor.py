@@ -31,6 +31,7 @@ from cauce import reports
 from cauce.artifacts import CauceError, atomic_dir, atomic_file, write_json
 from cauce.components.validate.schema import (
     Anomaly,
+    AnomalyType,
     anomalies_proto,
     infer_schema,
     parse_schema,
@@ -38,7 +39,7 @@ from cauce.components.validate.schema import (
     validate_statistics,
 )
 from cauce.components.validate.statistics import common_stats, compute_statistics, feature_stats_by_name
-from cauce.data import split_names
+from cauce.data import MAX_MISSING_LABEL_FRACTION, count_missing_labels, split_names
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ValidateResult:
     split_rows: dict[str, int]
     schema_source: str
     details: dict = field(default_factory=dict)
+    missing_labels: dict[str, int] = field(default_factory=dict)  # split -> rows without a label (with `label`)
 
     @property
     def anomalies_found(self) -> int:
@@ -68,6 +70,7 @@ class ValidateResult:
             "split_rows": self.split_rows,
             "anomalies": {split: [a.as_dict() for a in items] for split, items in self.anomalies.items()},
             "splits": self.details,
+            "missing_labels": self.missing_labels,
         }
 
 
@@ -191,6 +194,28 @@ def _feature_view(name: str, feature: statistics_pb2.FeatureNameStatistics, exam
     }
 
 
+def _label_not_required(schema, label: str) -> None:
+    """The label may be missing in some rows (they are left out, by the missing-label
+    rule), so an inferred schema does not require it everywhere."""
+    for feature in schema.feature:
+        if feature.name == label and feature.presence.min_fraction >= 1.0:
+            feature.presence.ClearField("min_fraction")
+            feature.value_count.min = 1  # value_count and shape are one oneof: this clears the shape
+            feature.value_count.max = 1
+
+
+def _missing_label_anomaly(label: str, missing: int, rows: int, max_fraction: float) -> Anomaly | None:
+    """An anomaly when more than ``max_fraction`` of a split's rows lack a label."""
+    if not rows or missing / rows <= max_fraction:
+        return None
+    return Anomaly(
+        label, AnomalyType.FEATURE_TYPE_LOW_FRACTION_PRESENT, "Label missing in too many examples",
+        f"The label is missing in {missing} of {rows} examples ({missing / rows:.2%}); at most "
+        f"{max_fraction:.2%} may lack it (max_missing_label_fraction). Rows without a label are left out of "
+        "training and evaluation.",
+    )
+
+
 def run_validate(
     dataset_dir: str | os.PathLike,
     statistics_dir: str,
@@ -202,6 +227,8 @@ def run_validate(
     on_anomaly: str = "fail",
     max_string_domain_size: int = 100,
     max_out_of_domain_fraction: float = 0.0,
+    label: str = "",
+    max_missing_label_fraction: float = MAX_MISSING_LABEL_FRACTION,
     runner: str = "",
     pipeline_options: dict | None = None,
     work_uri: str = "",
@@ -227,8 +254,16 @@ def run_validate(
             combiner (beam_statistics.py), writing its partial results under ``work_uri``
             (gs:// on Dataflow) and reading the Dataset at ``dataset_uri`` (as the workers see
             it; empty = dataset_dir).
+        label: the label column, if any: its missing rows (``cauce.data.missing_label_mask``:
+            null or NaN) are counted in every split, the schema split included; the rows
+            transform, train and evaluate leave out.
+        max_missing_label_fraction: share of a split's rows that may lack a label before it
+            is an anomaly (default 0.1). An inferred schema does not require the label
+            everywhere: this bound is the label's presence rule.
     """
     _check_parameters(on_anomaly, max_string_domain_size, max_out_of_domain_fraction)
+    if isinstance(max_missing_label_fraction, bool) or not 0.0 <= max_missing_label_fraction <= 1.0:
+        raise CauceError(f"max_missing_label_fraction must be a number in [0, 1], got {max_missing_label_fraction!r}")
     splits = split_names(dataset_dir)
     if not splits:
         raise CauceError(f"dataset {dataset_dir} has no splits: expected folders like train/ and eval/")
@@ -250,6 +285,8 @@ def run_validate(
     by_split = {dataset.name: dataset for dataset in statistics.datasets}
     if schema is None:
         schema = infer_schema(by_split[schema_split], int(max_string_domain_size), max_out_of_domain_fraction)
+        if label:
+            _label_not_required(schema, label)
         schema_source = f"inferred from split {schema_split!r}"
         validated = [split for split in splits if split != schema_split]
     else:
@@ -258,11 +295,20 @@ def run_validate(
     anomalies = {
         split: validate_statistics(by_split[split], schema, max_out_of_domain_fraction) for split in validated
     }
+    split_rows = {split: details[split]["num_examples"] for split in splits}
+    missing_labels = {}
+    if label:
+        missing_labels = {split: count_missing_labels(dataset_dir, split, label) for split in splits}
+        for split in splits:
+            found = _missing_label_anomaly(label, missing_labels[split], split_rows[split], max_missing_label_fraction)
+            if found:
+                anomalies.setdefault(split, []).append(found)
     result = ValidateResult(
         anomalies=anomalies,
-        split_rows={split: details[split]["num_examples"] for split in splits},
+        split_rows=split_rows,
         schema_source=schema_source,
         details=details,
+        missing_labels=missing_labels,
     )
     _write_outputs(statistics, schema, result, statistics_dir, schema_dir, anomalies_dir, html_path)
 

@@ -258,10 +258,17 @@ def _print_training_summary(result) -> None:
         found = int(validate.parameters.get("Output") or 0)
         report = validate.artifacts.get("html", {}).get("uri", "")
         verdict = "no anomalies" if found == 0 else f"{found} anomalies (see {report})"
+        missing = validate.artifacts.get("anomalies", {}).get("metadata", {}).get("missing_labels") or {}
+        if sum(missing.values()):  # the rows every later phase leaves out: said here, never silent
+            verdict += "; [yellow]rows without a label: " + ", ".join(f"{k} {int(v):,}" for k, v in missing.items()) + "[/]"
         table.add_row("validate", verdict, f"{seconds.get(validate.name, 0):.1f} s")
     transform = result.task("transform")
     if transform:
-        table.add_row("transform", f"{int(transform.parameters.get('features_out', 0))} encoded features", f"{seconds.get(transform.name, 0):.1f} s")
+        detail = f"{int(transform.parameters.get('features_out', 0))} encoded features"
+        left_out = transform.artifacts.get("transformed", {}).get("metadata", {}).get("dropped_rows_missing_label") or {}
+        if sum(left_out.values()):
+            detail += f"; {int(sum(left_out.values())):,} rows without a label left out of training and evaluation"
+        table.add_row("transform", detail, f"{seconds.get(transform.name, 0):.1f} s")
     train = result.task("train")
     if train:
         model = train.artifacts.get("model", {}).get("metadata", {})
@@ -293,6 +300,11 @@ def _print_training_summary(result) -> None:
         headline = [name for name in tasks.HEADLINE_METRICS.get(task, ()) if name in metrics]
         shown = ", ".join(f"{k} {_fmt(metrics[k])}" for k in headline or list(metrics)[:5])
         verdict = "[green]blessed → promote[/]" if evaluate.parameters.get("Output") else "[red]not blessed → keep champion[/]"
+        evaluation = evaluate.artifacts.get("evaluation", {}).get("metadata", {})
+        if evaluation.get("rows") is not None:
+            shown += f" on {int(evaluation['rows']):,} rows"
+            if evaluation.get("rows_missing_label"):
+                shown += f" ({int(evaluation['rows_missing_label']):,} without a label left out)"
         table.add_row("evaluate", f"{verdict}; {shown}", f"{seconds.get(evaluate.name, 0):.1f} s")
     register = result.task("register")
     if register:

@@ -71,7 +71,7 @@ def iter_split_batches(dataset_dir: str | os.PathLike, split: str, batch_size: i
 
 # Validate's default bound: more than this share of a split's rows without a label is
 # an anomaly (a broken join, labels not known yet), not a few unlabelled rows to skip.
-MAX_MISSING_LABEL_FRACTION = 0.05
+MAX_MISSING_LABEL_FRACTION = 0.10
 
 
 def missing_label_mask(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
