@@ -215,7 +215,12 @@ def v1_transform_instances(transform, instances: list[dict]) -> np.ndarray:
     """The v1 serving loop (cauce.features before recipes), kept as the baseline."""
     from cauce.artifacts import CauceError
 
-    numeric, categorical = transform.numeric, transform.categorical
+    # The v1 shape: [{name, mean, std, ...}] z-scored, [{name, vocabulary}] one-hot.
+    steps = {step["type"]: (index, step["columns"]) for index, step in enumerate(transform.recipe["steps"], start=1)}
+    index, columns = steps["zscore"]
+    numeric = [{"name": name, **transform.states[index][name]} for name in columns]
+    index, columns = steps["vocabulary"]
+    categorical = [{"name": name, **transform.states[index][name]} for name in columns]
     offsets, lookups, start = [], [], len(numeric)
     for feature in categorical:  # v1 cached this layout per transform; cached below too
         offsets.append(start)

@@ -30,7 +30,8 @@ from cauce.components.evaluate.executor import (
     run_evaluate,
 )
 from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC, generate_taxi_trips
-from cauce.features import FeatureStatistics, FittedTransform
+from cauce.features import FittedTransform
+from cauce.recipe import Recipe
 
 ROWS = 3000
 SLICE = "payment_type"
@@ -61,8 +62,7 @@ def sklearn_binary_metrics(labels, scores) -> dict:
 
 def build_model_bundle(directory: Path, train: pa.Table, coefficient_scale: float = 1.0) -> Path:
     """A cauce Model directory (scikit-learn logistic regression + fitted transform)."""
-    stats = FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(train)
-    fitted = FittedTransform.fit(stats, DEMO_LABEL)
+    fitted = FittedTransform.fit_table(Recipe.shorthand(DEMO_NUMERIC, DEMO_CATEGORICAL, 100, DEMO_LABEL), train, DEMO_LABEL)
     labels = train.column(DEMO_LABEL).to_numpy()
     estimator = LogisticRegression(max_iter=500).fit(fitted.transform_table(train), labels)
     estimator.coef_ *= coefficient_scale  # a large scale pushes the scores against 0 and 1

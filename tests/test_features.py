@@ -7,7 +7,11 @@ import pytest
 
 from cauce.artifacts import CauceError
 from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC, generate_taxi_trips
-from cauce.features import FeatureStatistics, FittedTransform
+from cauce.features import FittedTransform, PhaseAccumulator
+from cauce.recipe import Recipe
+
+# numeric_features + categorical_features with top_k=10: step 1 z-scores, step 2 one-hots.
+SHORTHAND = Recipe.shorthand(DEMO_NUMERIC, DEMO_CATEGORICAL, 10, DEMO_LABEL)
 
 
 @pytest.fixture(scope="module")
@@ -17,29 +21,27 @@ def trips():
 
 @pytest.fixture(scope="module")
 def fitted(trips):
-    return FittedTransform.fit(FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(trips), DEMO_LABEL, top_k=10)
+    return FittedTransform.fit_table(SHORTHAND, trips, DEMO_LABEL)
 
 
 def test_statistics_merge_equals_single_pass(trips):
-    whole = FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(trips)
-    parts = FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL)
+    whole = PhaseAccumulator(SHORTHAND, {}, 0).add_batch(trips)
+    parts = PhaseAccumulator(SHORTHAND, {}, 0)
     for batch in trips.to_batches(max_chunksize=700):
-        parts.merge(FeatureStatistics(DEMO_NUMERIC, DEMO_CATEGORICAL).add_batch(batch))
-    assert parts.rows == whole.rows == 3000
+        parts.merge(PhaseAccumulator(SHORTHAND, {}, 0).add_batch(batch))
+    fitted_whole, fitted_parts = whole.fit(), parts.fit()
     for name in DEMO_NUMERIC:
-        assert parts.count[name] == whole.count[name]
-        assert parts.total[name] == pytest.approx(whole.total[name])
-    assert parts.values == whole.values
+        assert fitted_parts[1][name] == pytest.approx(fitted_whole[1][name])
+    assert fitted_parts[2] == fitted_whole[2]  # the vocabularies, exactly
 
 
 def test_fit_matches_numpy(trips, fitted):
     miles = trips.column("trip_miles").to_numpy(zero_copy_only=False)
-    spec = next(f for f in fitted.numeric if f["name"] == "trip_miles")
-    assert spec["mean"] == pytest.approx(np.nanmean(miles))
-    assert spec["std"] == pytest.approx(np.nanstd(miles))
-    payment = next(f for f in fitted.categorical if f["name"] == "payment_type")
-    assert payment["vocabulary"][0] == "Credit Card"  # the most frequent value comes first
-    assert len(next(f for f in fitted.categorical if f["name"] == "pickup_community_area")["vocabulary"]) == 10
+    zscore, vocabulary = fitted.states[1], fitted.states[2]
+    assert zscore["trip_miles"]["mean"] == pytest.approx(np.nanmean(miles))
+    assert zscore["trip_miles"]["std"] == pytest.approx(np.nanstd(miles))
+    assert vocabulary["payment_type"]["vocabulary"][0] == "Credit Card"  # the most frequent value comes first
+    assert len(vocabulary["pickup_community_area"]["vocabulary"]) == 10
 
 
 def test_training_and_serving_encode_identically(trips, fitted, tmp_path):
@@ -76,15 +78,15 @@ def test_request_errors_name_the_field(fitted, trips):
 
 
 def test_non_numeric_value_in_numeric_column_is_named():
-    stats = FeatureStatistics(["fare"], [])
+    recipe = Recipe.shorthand(["fare"], [], label="label")
     with pytest.raises(CauceError, match="numeric feature 'fare' holds a non-numeric value 'twelve'"):
-        stats.add_batch(pa.table({"fare": pa.array(["1.5", "twelve"])}))
+        FittedTransform.fit_table(recipe, pa.table({"fare": pa.array(["1.5", "twelve"]), "label": [0, 1]}), "label")
 
 
 def test_all_missing_numeric_feature_cannot_be_fitted():
-    stats = FeatureStatistics(["fare"], []).add_batch(pa.table({"fare": pa.array([None, None], pa.float64())}))
+    recipe = Recipe.shorthand(["fare"], [], label="label")
     with pytest.raises(CauceError, match="'fare' has no values"):
-        FittedTransform.fit(stats, "label")
+        FittedTransform.fit_table(recipe, pa.table({"fare": pa.array([None, None], pa.float64()), "label": [0, 1]}), "label")
 
 
 ANALYZERS_ONLY = """

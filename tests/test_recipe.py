@@ -208,7 +208,7 @@ def test_map_values_default_and_numbers():
     table = pa.table({"c": ["a", "b", "z", None], "y": [0, 1, 0, 1]})
     recipe = {"steps": [{"type": "map_values", "column": "c", "mapping": {"a": 1, "b": 2.5}, "default": 0}, {"type": "zscore", "columns": ["c"]}]}
     transform = fitted(recipe, table, label="y")
-    assert transform.numeric[0]["mean"] == pytest.approx((1 + 2.5 + 0) / 3)  # null stays missing, z (unmapped) -> 0
+    assert transform.states[2]["c"]["mean"] == pytest.approx((1 + 2.5 + 0) / 3)  # null stays missing, z (unmapped) -> 0
 
 
 def test_expression_language_vectorized():

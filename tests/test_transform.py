@@ -129,7 +129,7 @@ def test_fill_with_a_fitted_median_then_zscore_takes_two_passes(tmp_path):
     fitted = FittedTransform.load(tmp_path / "fn")
     assert fitted.states[1]["x"]["value"] == 2.0  # median of 1, 2, 3, 10 (the lower middle value)
     filled = [1.0, 2.0, 3.0, 10.0, 2.0, 2.0]
-    assert fitted.numeric[0]["mean"] == pytest.approx(sum(filled) / 6)  # fitted on the filled column
+    assert fitted.states[2]["x"]["mean"] == pytest.approx(sum(filled) / 6)  # fitted on the filled column
 
 
 def test_encode_in_small_batches_matches_the_in_process_transform(tmp_path):

@@ -35,6 +35,7 @@ from cauce.artifacts import CauceError, atomic_dir
 from cauce.beam_pipelines import run_pipeline
 from cauce.features import FittedTransform, PhaseAccumulator
 from cauce.recipe import Recipe, numeric_values
+from cauce.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,6 @@ class TransformResult:
     dropped_rows: dict[str, int]
     feature_names: list[str]
     metadata: dict
-
-
-def _label_array(batch: pa.RecordBatch | pa.Table, label: str) -> np.ndarray:
-    """The label as float64 with NaN where missing; anything non-numeric is an error."""
-    return numeric_values(batch.column(label), label)
 
 
 def resolve_recipe(
@@ -86,9 +82,6 @@ def validate_source(dataset_dir: str, label: str, recipe: Recipe, analyze_split:
     return splits
 
 
-TASKS = ("binary", "multiclass", "regression")
-
-
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise CauceError(f"task {task!r} is not supported; expected one of {list(TASKS)}")
@@ -117,7 +110,7 @@ def encode_batch(
     if task == "multiclass":
         label_column = table.column(fitted.label)
     else:
-        label = _label_array(table, fitted.label)
+        label = numeric_values(table.column(fitted.label), fitted.label)  # float64, NaN where missing
         if task == "binary":
             if not ((label == 0.0) | (label == 1.0)).all():  # np.unique sorts: only for the message
                 unique = np.unique(label)

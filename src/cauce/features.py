@@ -23,8 +23,7 @@ import bisect
 import json
 import math
 import os
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass
 from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
@@ -37,69 +36,6 @@ from cauce.artifacts import CauceError
 from cauce.recipe import ANALYZERS, MISSING, OOV, Recipe, numeric_values
 
 TRANSFORM_FILE = "transform.json"
-
-
-def check_columns(schema: pa.Schema, label: str, numeric: list[str], categorical: list[str], where: str) -> None:
-    """Fail early, naming the column, when the data cannot feed the transform."""
-    present = schema.names
-    if label and label not in present:
-        raise CauceError(f"label column {label!r} not found in {where}; columns present: {present}")
-    missing = [name for name in [*numeric, *categorical] if name not in present]
-    if missing:
-        raise CauceError(f"feature column(s) {missing} not found in {where}; columns present: {present}")
-    overlap = set(numeric) & set(categorical)
-    if overlap:
-        raise CauceError(f"feature(s) {sorted(overlap)} are listed as both numeric and categorical")
-    if label in numeric or label in categorical:
-        raise CauceError(f"label column {label!r} is also listed as a feature")
-
-
-@dataclass
-class FeatureStatistics:
-    """Mergeable statistics for :meth:`FittedTransform.fit`, the in-process fit of the
-    z-score / one-hot shorthand (v1). The transform component fits every recipe, the
-    shorthand included, with :class:`PhaseAccumulator` in Beam instead."""
-
-    numeric: list[str]
-    categorical: list[str]
-    count: dict[str, int] = field(default_factory=dict)
-    total: dict[str, float] = field(default_factory=dict)
-    total_sq: dict[str, float] = field(default_factory=dict)
-    minimum: dict[str, float] = field(default_factory=dict)
-    maximum: dict[str, float] = field(default_factory=dict)
-    values: dict[str, Counter] = field(default_factory=dict)
-    rows: int = 0
-
-    def add_batch(self, batch: pa.RecordBatch | pa.Table) -> FeatureStatistics:
-        self.rows += batch.num_rows
-        for name in self.numeric:
-            x = numeric_values(batch.column(name), name)
-            x = x[~np.isnan(x)]
-            if x.size:
-                self.count[name] = self.count.get(name, 0) + int(x.size)
-                self.total[name] = self.total.get(name, 0.0) + float(x.sum())
-                self.total_sq[name] = self.total_sq.get(name, 0.0) + float(np.sum(x * x))  # not np.dot: see cauce.recipe.Moments
-                self.minimum[name] = min(self.minimum.get(name, math.inf), float(x.min()))
-                self.maximum[name] = max(self.maximum.get(name, -math.inf), float(x.max()))
-        for name in self.categorical:
-            column = pc.cast(batch.column(name), pa.string())
-            counts = self.values.setdefault(name, Counter())
-            for item in pc.value_counts(column).to_pylist():
-                if item["values"] is not None:
-                    counts[item["values"]] += item["counts"]
-        return self
-
-    def merge(self, other: FeatureStatistics) -> FeatureStatistics:
-        self.rows += other.rows
-        for name, n in other.count.items():
-            self.count[name] = self.count.get(name, 0) + n
-            self.total[name] = self.total.get(name, 0.0) + other.total[name]
-            self.total_sq[name] = self.total_sq.get(name, 0.0) + other.total_sq[name]
-            self.minimum[name] = min(self.minimum.get(name, math.inf), other.minimum[name])
-            self.maximum[name] = max(self.maximum.get(name, -math.inf), other.maximum[name])
-        for name, counts in other.values.items():
-            self.values.setdefault(name, Counter()).update(counts)
-        return self
 
 
 _SCALAR_ROWS = 8  # measured crossover of the scalar and gathered serving paths (9 fields, 48 features)
@@ -129,63 +65,37 @@ def _is_numeric_type(t: pa.DataType | None) -> bool:
 
 @dataclass
 class FittedTransform:
-    """A recipe and its fitted state. ``numeric``/``categorical`` describe the
-    z-score and vocabulary features (the v1 shape, kept for callers that read it);
-    when ``recipe`` is None they *are* the transform (v1 files, the shorthand)."""
+    """A recipe and its fitted state (``states``: step number -> that step's fitted values).
+
+    ``numeric``/``categorical`` are read only when ``recipe`` is None: a v1 transform
+    (``[{"name", "mean", "std", "min", "max"}]`` z-scored, ``[{"name", "vocabulary"}]``
+    one-hot), turned into the equivalent recipe and states."""
 
     label: str
-    numeric: list[dict] = field(default_factory=list)  # [{"name", "mean", "std", "min", "max"}]
-    categorical: list[dict] = field(default_factory=list)  # [{"name", "vocabulary": [...]}]
+    numeric: InitVar[list[dict] | None] = None
+    categorical: InitVar[list[dict] | None] = None
     rows_analyzed: int = 0
     recipe: dict | None = None
     states: dict | None = None  # step number -> fitted state of that step
     input_types: dict | None = None  # raw input column -> Arrow type (str) in the analyze split
 
-    def __post_init__(self):
+    def __post_init__(self, numeric: list[dict] | None, categorical: list[dict] | None):
         if self.recipe is None:
             steps, states = [], {}
-            if self.numeric:
-                steps.append({"type": "zscore", "columns": [f["name"] for f in self.numeric]})
-                states[len(steps)] = {f["name"]: {k: v for k, v in f.items() if k != "name"} for f in self.numeric}
-            if self.categorical:
-                top_k = max([len(f["vocabulary"]) for f in self.categorical] + [1])
-                steps.append({"type": "vocabulary", "columns": [f["name"] for f in self.categorical], "top_k": top_k})
-                states[len(steps)] = {f["name"]: {"vocabulary": list(f["vocabulary"])} for f in self.categorical}
+            if numeric:
+                steps.append({"type": "zscore", "columns": [f["name"] for f in numeric]})
+                states[len(steps)] = {f["name"]: {k: v for k, v in f.items() if k != "name"} for f in numeric}
+            if categorical:
+                top_k = max([len(f["vocabulary"]) for f in categorical] + [1])
+                steps.append({"type": "vocabulary", "columns": [f["name"] for f in categorical], "top_k": top_k})
+                states[len(steps)] = {f["name"]: {"vocabulary": list(f["vocabulary"])} for f in categorical}
             self.recipe, self.states = {"steps": steps}, states
         self.states = {int(k): v for k, v in (self.states or {}).items()}
         self._recipe = Recipe(self.recipe, self.label)
         missing = [s.index for s in self._recipe.steps if s.fitted and s.index not in self.states]
         if missing:
             raise CauceError(f"fitted transform has no fitted state for recipe step(s) {missing}")
-        if not self.numeric and not self.categorical:
-            for step in self._recipe.steps:
-                if step.type == "zscore":
-                    self.numeric += [{"name": c, **self.states[step.index][c]} for c in step.spec["columns"]]
-                elif step.type == "vocabulary":
-                    self.categorical += [{"name": c, **self.states[step.index][c]} for c in step.spec["columns"]]
         self._build_layout()
-
-    # ---- fitting (in process; the transform component fits the same recipe in Beam)
-    @classmethod
-    def fit(cls, stats: FeatureStatistics, label: str, top_k: int = 100, min_frequency: int = 1) -> FittedTransform:
-        numeric = []
-        for name in stats.numeric:
-            n = stats.count.get(name, 0)
-            if n == 0:
-                raise CauceError(f"numeric feature {name!r} has no values in the training data (all missing)")
-            mean = stats.total[name] / n
-            variance = max(stats.total_sq[name] / n - mean * mean, 0.0)
-            std = math.sqrt(variance) or 1.0  # a constant feature encodes to 0, not NaN
-            numeric.append(
-                {"name": name, "mean": mean, "std": std, "min": stats.minimum[name], "max": stats.maximum[name]}
-            )
-        categorical = []
-        for name in stats.categorical:
-            counts = stats.values.get(name, Counter())
-            # Sort by count, then value, so the vocabulary does not depend on batch order.
-            ranked = sorted((item for item in counts.items() if item[1] >= min_frequency), key=lambda kv: (-kv[1], kv[0]))
-            categorical.append({"name": name, "vocabulary": [value for value, _ in ranked[:top_k]]})
-        return cls(label=label, numeric=numeric, categorical=categorical, rows_analyzed=stats.rows)
 
     @classmethod
     def fit_table(cls, recipe, table: pa.Table, label: str = "", batch_rows: int = 65_536) -> FittedTransform:
@@ -762,4 +672,4 @@ class PhaseAccumulator:
         return {s.index: s.fit(self.accumulators[s.index]) for s in self.steps}
 
 
-__all__ = ["ANALYZERS", "MISSING", "OOV", "FeatureStatistics", "FittedTransform", "PhaseAccumulator", "Recipe", "check_columns"]
+__all__ = ["ANALYZERS", "MISSING", "OOV", "FittedTransform", "PhaseAccumulator", "Recipe"]

@@ -43,13 +43,13 @@ import pyarrow as pa
 
 from cauce.artifacts import CauceError
 from cauce.features import FittedTransform
+from cauce.tasks import TASKS
 
 METADATA_FILE = "cauce_model.json"
 SKLEARN_FILE = "model.joblib"
 KERAS_FILE = "model.keras"
 TORCH_FILE = "model.pt"
 FRAMEWORK_FILES = {"sklearn": SKLEARN_FILE, "keras": KERAS_FILE, "torch": TORCH_FILE}
-TASKS = ("binary", "multiclass", "regression")
 # Bundles written before the task names were shortened.
 _TASK_ALIASES = {"binary_classification": "binary", "multiclass_classification": "multiclass"}
 _CHUNK_ROWS = 65_536  # rows per forward pass of the neural models (bounded memory at 1M rows)
