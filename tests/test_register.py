@@ -344,3 +344,101 @@ def test_vertex_bad_input_raises_before_any_request(vertex_server, overrides, me
     with pytest.raises(CauceError, match=message):
         register_vertex(**arguments)
     assert vertex_server.requests == []
+
+
+# -- evaluations in Vertex AI Model Registry --------------------------------------------------
+
+
+def write_evaluation(directory: Path) -> Path:
+    """An ``evaluation.json`` as evaluate writes it (binary, one slice feature)."""
+    directory.mkdir(parents=True)
+    summary = {
+        "task": "binary", "blessed": True, "reasons": [], "split": "eval", "rows": 600, "label": "churned",
+        "metrics": {"auc": 0.91, "auc_precision_recall": 0.88, "binary_crossentropy": 0.35, "precision": 0.8,
+                    "recall": 0.7, "binary_accuracy": 0.86, "example_count": 600},
+        "slices": [
+            {"feature": "plan", "value": "basic", "metrics": {"auc": 0.9, "binary_crossentropy": 0.4, "precision": 0.8, "recall": 0.6}},
+            {"feature": "plan", "value": "pro", "metrics": {"auc": 0.93, "binary_crossentropy": 0.3, "precision": 0.9, "recall": 0.8}},
+        ],
+        "thresholds": {"auc": {"lower_bound": 0.5}},
+        "confusion_matrix": {"threshold": 0.5, "labels": ["0", "1"], "matrix": [[300, 40], [50, 210]]},
+    }  # fmt: skip
+    (directory / "evaluation.json").write_text(json.dumps(summary))
+    return directory
+
+
+def test_register_vertex_imports_the_evaluation_overall_and_per_slice(tmp_path, vertex_server):  # noqa: F811
+    from google.cloud import aiplatform
+
+    arguments = dict(
+        model_dir=str(make_model_dir(tmp_path / "model")), model_uri="gs://bucket/churn/v1", model_name="churn",
+        project=PROJECT, vertex_region=LOCATION, vertex_api_endpoint=vertex_server.endpoint,
+        serving_image=SERVING_IMAGE, lineage_dir=str(tmp_path / "lineage"),
+        evaluation_dir=str(write_evaluation(tmp_path / "evaluation")), evaluation_uri="gs://bucket/run/evaluation",
+        run={"pipeline_job_id": "123", "pipeline_job_name": "cauce-training-20260101"},
+    )  # fmt: skip
+    result = run_register_vertex(**arguments)
+
+    [imported] = vertex_server.requests_to("POST", "/evaluations:import")
+    assert imported.path.endswith(f"/models/{next(iter(vertex_server.models))}@1/evaluations:import")
+    [evaluation] = vertex_server.evaluations.values()
+    assert evaluation["_version"] == "1" and evaluation["name"] == result["evaluation"]
+    assert evaluation["metricsSchemaUri"].endswith("/classification_metrics_1.0.0.yaml")
+    assert evaluation["displayName"] == "cauce-evaluate cauce-training-20260101"
+    assert evaluation["metrics"]["auRoc"] == 0.91 and evaluation["metrics"]["auPrc"] == 0.88
+    assert evaluation["metrics"]["logLoss"] == 0.35
+    assert evaluation["metrics"]["confidenceMetrics"] == [{"confidenceThreshold": 0.5, "precision": 0.8, "recall": 0.7}]
+    assert evaluation["metrics"]["confusionMatrix"]["rows"] == [[300, 40], [50, 210]]
+    assert evaluation["sliceDimensions"] == ["plan"]
+    assert evaluation["metadata"]["blessed"] is True and evaluation["metadata"]["metrics"]["binary_accuracy"] == 0.86
+    assert evaluation["metadata"]["evaluation_uri"] == "gs://bucket/run/evaluation"
+    slices = vertex_server.evaluation_slices[evaluation["name"]]
+    assert [(s["slice"]["dimension"], s["slice"]["value"], s["metrics"]["auRoc"]) for s in slices] == [
+        ("plan", "basic", 0.9), ("plan", "pro", 0.93),
+    ]  # fmt: skip
+
+    # What the evaluation tab shows, read back through the SDK.
+    model = aiplatform.Model(result["model_uri"])
+    [read] = model.list_model_evaluations()
+    assert read.resource_name == evaluation["name"] and read.metrics["auRoc"] == 0.91
+
+    # A retried step imports nothing twice.
+    again = run_register_vertex(**arguments)
+    assert again["evaluation"] == result["evaluation"] and again["version"] == "1"
+    assert len(vertex_server.requests_to("POST", "/evaluations:import")) == 1
+    assert len(vertex_server.requests_to("POST", "/slices:batchImport")) == 1
+
+
+def test_regression_evaluation_uses_the_regression_schema(tmp_path, vertex_server):  # noqa: F811
+    from cauce.components.register.executor import import_vertex_evaluation
+
+    register_on_vertex(vertex_server, "gs://bucket/price/v1", display_name="price")
+    [model_id] = vertex_server.models
+    summary = {"task": "regression", "metrics": {"root_mean_squared_error": 2.5, "mean_absolute_error": 1.5,
+               "mean_squared_error": 6.25}, "slices": []}  # fmt: skip
+    imported = import_vertex_evaluation(
+        PROJECT, LOCATION, f"projects/{PROJECT}/locations/{LOCATION}/models/{model_id}@1", summary,
+        api_endpoint=vertex_server.endpoint,
+    )  # fmt: skip
+    evaluation = vertex_server.evaluations[imported["name"]]
+    assert evaluation["metricsSchemaUri"].endswith("/regression_metrics_1.0.0.yaml")
+    assert evaluation["metrics"] == {"rootMeanSquaredError": 2.5, "meanAbsoluteError": 1.5}
+    assert vertex_server.requests_to("POST", "/slices:batchImport") == []
+    with pytest.raises(CauceError, match="no Vertex AI metrics schema"):
+        import_vertex_evaluation(PROJECT, LOCATION, "x", {"task": "ranking"}, api_endpoint=vertex_server.endpoint)
+
+
+def test_the_stand_in_refuses_evaluation_bodies_the_service_would_not_parse(vertex_server):  # noqa: F811
+    import urllib.error
+    import urllib.request
+
+    register_on_vertex(vertex_server, "gs://bucket/churn/v1")
+    [model_id] = vertex_server.models
+    url = f"{vertex_server.endpoint}/v1/projects/{PROJECT}/locations/{LOCATION}/models/{model_id}@1/evaluations:import"
+    for body in ({"modelEvaluation": {"metricsSchemaUri": "gs://s.yaml", "metrics": {"auRoc": 0.9}, "auc": 0.9}},
+                 {"modelEvaluation": {"metrics": {"auRoc": 0.9}}}):  # fmt: skip
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)  # noqa: S310 - the local stand-in
+        assert refused.value.code == 400
+    assert vertex_server.evaluations == {}

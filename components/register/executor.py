@@ -348,8 +348,11 @@ def _experiment_params(card: dict[str, Any], lineage: dict[str, Any]) -> tuple[d
     params = {
         key: str(card[key])[:6000] for key in ("framework", "model_type", "task", "seed") if card.get(key) is not None
     }
-    for name, value in sorted((card.get("hyperparameters") or {}).items()):
+    # hp.*: what train was given (the comparable knobs); resolved.*: the estimator's full set.
+    for name, value in sorted((card.get("hyperparameters_given") or {}).items()):
         params[f"hp.{name}"] = json.dumps(value, default=str)[:6000]
+    for name, value in sorted((card.get("hyperparameters") or {}).items()):
+        params[f"resolved.{name}"] = json.dumps(value, default=str)[:6000]
     source = lineage.get("source") or {}
     if source.get("query_sha256"):
         params["source.query_sha256"] = source["query_sha256"]
@@ -577,6 +580,111 @@ def register_vertex(
     }
 
 
+# -- evaluations in Vertex AI Model Registry -------------------------------------------------
+
+# The metrics schemas Vertex AI's evaluation tab reads, per task, and the fields of each
+# that evaluate's metrics fill (the schema's names; the rest stays in the metadata).
+VERTEX_METRICS_SCHEMAS = {
+    "binary": "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml",
+    "multiclass": "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml",
+    "regression": "gs://google-cloud-aiplatform/schema/modelevaluation/regression_metrics_1.0.0.yaml",
+}
+_VERTEX_METRIC_FIELDS = {
+    "binary": {"auc": "auRoc", "auc_precision_recall": "auPrc", "binary_crossentropy": "logLoss"},
+    "multiclass": {"sparse_categorical_crossentropy": "logLoss"},
+    "regression": {"root_mean_squared_error": "rootMeanSquaredError", "mean_absolute_error": "meanAbsoluteError"},
+}
+EVALUATION_DISPLAY_NAME = "cauce-evaluate"
+
+
+def vertex_evaluation_metrics(task: str, metrics: dict[str, Any], confusion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """evaluate's metrics in the fields of the task's Vertex metrics schema: AUC ROC/PR and
+    log loss, binary precision/recall at the decision threshold as a confidence metric,
+    the confusion matrix; RMSE and MAE for regression."""
+    values = {
+        field: float(metrics[name])
+        for name, field in _VERTEX_METRIC_FIELDS.get(task, {}).items()
+        if isinstance(metrics.get(name), (int, float)) and not isinstance(metrics.get(name), bool)
+    }
+    if task == "binary" and all(isinstance(metrics.get(k), (int, float)) for k in ("precision", "recall")):
+        threshold = float((confusion or {}).get("threshold", 0.5))
+        values["confidenceMetrics"] = [
+            {"confidenceThreshold": threshold, "precision": float(metrics["precision"]), "recall": float(metrics["recall"])}
+        ]
+    if confusion and confusion.get("labels") and confusion.get("matrix"):
+        values["confusionMatrix"] = {
+            "annotationSpecs": [{"displayName": str(label)} for label in confusion["labels"]],
+            "rows": [[float(count) for count in row] for row in confusion["matrix"]],
+        }
+    return values
+
+
+def import_vertex_evaluation(
+    project: str, location: str, model_version: str, summary: dict[str, Any], evaluation_uri: str = "",
+    run_name: str = "", api_endpoint: str = "", credentials: Any = None,
+) -> dict[str, Any]:
+    """Import evaluate's ``summary`` (``evaluation.json``) as the evaluation of
+    ``model_version`` (``projects/.../models/<id>@<version>``) in Vertex AI Model
+    Registry: overall (``ModelService.ImportModelEvaluation``) and one slice per slice
+    value (``BatchImportModelEvaluationSlices``), with the task's metrics schema. Every
+    TFMA metric, the blessing and its reasons go into the evaluation's metadata.
+
+    A retried step finds the evaluation it imported before (same display name, which
+    names the pipeline run) and imports nothing. Returns ``{"name", "slices", "reused"}``."""
+    from google.cloud.aiplatform import utils
+    from google.cloud.aiplatform_v1.types import ModelEvaluation, ModelEvaluationSlice
+    from google.protobuf import struct_pb2
+
+    task = summary.get("task") or "binary"
+    if task not in VERTEX_METRICS_SCHEMAS:
+        raise CauceError(f"evaluation task {task!r} has no Vertex AI metrics schema; expected one of {sorted(VERTEX_METRICS_SCHEMAS)}")
+    schema = VERTEX_METRICS_SCHEMAS[task]
+    aiplatform = init_vertex(project, location, api_endpoint, credentials)
+    client = aiplatform.initializer.global_config.create_client(
+        client_class=utils.ModelClientWithOverride, location_override=location, credentials=credentials,
+    )  # fmt: skip
+    display_name = f"{EVALUATION_DISPLAY_NAME} {run_name}".strip()[:128]
+    for existing in client.list_model_evaluations(parent=model_version):
+        if existing.display_name == display_name:
+            return {"name": existing.name, "slices": 0, "reused": True}
+
+    def struct(value: dict[str, Any]) -> struct_pb2.Value:
+        message = struct_pb2.Value()
+        message.struct_value.update(json.loads(json.dumps(value, default=str)))
+        return message
+
+    slices = summary.get("slices") or []
+    metadata = {
+        "blessed": bool(summary.get("blessed")), "reasons": list(summary.get("reasons") or []),
+        "metrics": summary.get("metrics") or {}, "thresholds": summary.get("thresholds") or {},
+        "evaluation_uri": evaluation_uri, "pipeline_job_name": run_name, "rows": summary.get("rows"),
+        "split": summary.get("split"), "label": summary.get("label"),
+    }  # fmt: skip
+    evaluation = client.import_model_evaluation(
+        parent=model_version,
+        model_evaluation=ModelEvaluation(
+            display_name=display_name,
+            metrics_schema_uri=schema,
+            metrics=struct(vertex_evaluation_metrics(task, summary.get("metrics") or {}, summary.get("confusion_matrix"))),
+            slice_dimensions=sorted({str(entry.get("feature")) for entry in slices}),
+            metadata=struct(metadata),
+        ),
+    )
+    if slices:
+        client.batch_import_model_evaluation_slices(
+            parent=evaluation.name,
+            model_evaluation_slices=[
+                ModelEvaluationSlice(
+                    slice_=ModelEvaluationSlice.Slice(dimension=str(entry.get("feature")), value=str(entry.get("value"))),
+                    metrics_schema_uri=schema,
+                    metrics=struct(vertex_evaluation_metrics(task, entry.get("metrics") or {})),
+                )
+                for entry in slices
+            ],
+        )
+    return {"name": evaluation.name, "slices": len(slices), "reused": False}
+
+
 # -- the component's entry point -------------------------------------------------------------
 
 
@@ -647,6 +755,15 @@ def run_register_vertex(
             project, vertex_region, result["resource_name"], result["version_id"], "champion",
             replaced=replaced, api_endpoint=vertex_api_endpoint, credentials=credentials,
         )  # fmt: skip
+    evaluation_file = Path(lineage_inputs.get("evaluation_dir") or "-") / "evaluation.json"
+    if evaluation_file.is_file():  # the version's evaluation tab: evaluate's metrics, overall and per slice
+        imported = import_vertex_evaluation(
+            project, vertex_region, result["model_uri"], json.loads(evaluation_file.read_text()),
+            evaluation_uri=lineage_inputs.get("evaluation_uri") or str(evaluation_file.parent),
+            run_name=str((lineage_inputs.get("run") or {}).get("pipeline_job_name") or ""),
+            api_endpoint=vertex_api_endpoint, credentials=credentials,
+        )  # fmt: skip
+        result = {**result, "evaluation": imported["name"]}
     return {
         **result,
         "version": result["version_id"],
@@ -692,8 +809,18 @@ def gather_lineage(
         trigger=trigger,
         deployment=deployment,
         status=status,
+        transform_recipe=_transform_recipe(model_dir),
     )
     return record, str(lineage.write_record(record, lineage_dir))
+
+
+def _transform_recipe(model_dir: str) -> dict[str, Any] | None:
+    """The unfitted recipe of the bundle's fitted transform (what transform refits)."""
+    try:
+        recipe = json.loads((Path(model_dir) / "transform.json").read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def run_register_mlflow(

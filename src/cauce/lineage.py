@@ -3,10 +3,11 @@
 The register step gathers the record from what the run's steps already wrote — the
 extract Dataset's metadata (query, its hash and parameters, tables, BigQuery job id or
 local engine snapshot, per-split fingerprints), the model bundle's ``cauce_model.json``
-(framework, hyperparameters, seed, hashes of the fitted transform and encoded arrays),
-the evaluation (blessing, reasons, metrics), the champion lookup, the pipeline run's id
-and name, the code (cauce version, the images the compiled spec names, the commit) and,
-when monitoring started the run, the drift that did. Nothing is recomputed here.
+(framework, hyperparameters as given to train and as resolved, seed, hashes of the fitted
+transform and encoded arrays), the evaluation (blessing, reasons, metrics), the champion
+lookup, the pipeline run's id and name, the code (cauce version, the images the compiled
+spec names, the commit) and, when monitoring started the run, the drift that did. Nothing
+is recomputed here.
 
 The record is written as ``lineage.json`` into the register step's ``lineage`` artifact,
 next to the model, and referenced from the registry version: MLflow tags (and the file
@@ -85,17 +86,20 @@ def build_record(
     trigger: dict[str, Any] | None = None,
     deployment: dict[str, Any] | None = None,
     status: str = "",
+    transform_recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The lineage record of one registered version.
 
     ``dataset`` is the extract Dataset as ``{"uri", "metadata"}``, ``evaluation`` the
     evaluation summary (``evaluation.json``) with its ``uri``, ``champion`` the champion
     Model artifact's metadata; each may be missing when the version was registered
-    outside the training pipeline, and the record then says so (``None``)."""
+    outside the training pipeline, and the record then says so (``None``).
+    ``transform_recipe`` is the recipe the fitted transform was fitted from (the
+    bundle's ``transform.json`` holds it)."""
     data_hashes = dict(model_card.get("data_hashes") or {})
     transform_sha256 = data_hashes.pop("transform", None)
     source = None
-    data = {"transform_sha256": transform_sha256, "encoded_splits": data_hashes}
+    data = {"transform_sha256": transform_sha256, "encoded_splits": data_hashes, "transform_recipe": transform_recipe}
     if dataset:
         meta = dataset.get("metadata") or {}
         source = {
@@ -146,6 +150,9 @@ def build_record(
             "task": model_card.get("task"),
             "label": model_card.get("label"),
             "features": model_card.get("features"),
+            # As given to train (what remakes the model); the estimator's resolved
+            # parameters, library defaults included, are "hyperparameters".
+            "hyperparameters_given": model_card.get("hyperparameters_given"),
             "hyperparameters": model_card.get("hyperparameters"),
             "seed": model_card.get("seed"),
             "splits": model_card.get("splits"),
@@ -225,10 +232,13 @@ def summary_tags(record: dict[str, Any]) -> dict[str, str]:
 
 
 def rebuild_arguments(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The inputs of extract, transform and train that remake the recorded model:
-    ``{"extract": {...}, "train": {...}}`` (transform is refitted from the recorded
-    recipe, which the bundle's ``transform.json`` holds). The caller compares what it
-    rebuilds with ``record["data"]`` and ``record["model"]["content_hash"]``."""
+    """The inputs that remake the recorded model: ``{"extract": {...}, "transform":
+    {...}, "train": {...}, "pipeline": {...}}``, the last being the training pipeline's
+    parameters (``cauce run training --param name=value`` for each). Transform is
+    refitted from the recorded recipe (the unfitted one the bundle's ``transform.json``
+    holds), train gets the hyperparameters it was given. The caller compares what it
+    rebuilds with ``record["data"]`` and ``record["model"]["content_hash"]``; train's
+    ``seed`` is not a pipeline parameter (the pipeline trains with 42)."""
     source, model = record.get("source"), record.get("model") or {}
     if not source or not source.get("query"):
         raise CauceError("the lineage record has no source query: the version was not registered by a training run")
@@ -242,20 +252,41 @@ def rebuild_arguments(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if source.get("local_engine"):
         extract["local_database"] = source["local_engine"]["database"]
     splits = model.get("splits") or {}
-    train = {
-        # The card keeps the estimator's resolved parameters; the model type picks the estimator.
-        "hyperparameters": {
+    given = model.get("hyperparameters_given")
+    if given is None:
+        # A record from before train kept what it was given: the resolved parameters
+        # (the model type picks the estimator) remake a model of the same kind, not
+        # necessarily the same bytes.
+        given = {
             **({"model_type": model["model_type"]} if model.get("model_type") and model.get("framework") == "sklearn" else {}),
             # None is the estimator's own default, and KFP parameters cannot carry it.
             **{k: v for k, v in (model.get("hyperparameters") or {}).items() if v is not None},
-        },
+        }
+    train = {
+        "hyperparameters": dict(given),
         "seed": model.get("seed"),
         "framework": _framework_key(model.get("framework")),
         "task": model.get("task"),
         "train_split": splits.get("train") or "train",
         "eval_split": splits.get("eval") or "eval",
     }
-    return {"extract": extract, "train": train}
+    recipe = (record.get("data") or {}).get("transform_recipe")
+    transform = {"label": model.get("label"), "recipe": recipe or {}, "task": model.get("task")}
+    pipeline = {
+        "source": extract["source"],
+        "key_column": extract["key_column"],
+        "label": model.get("label"),
+        "splits": extract["splits"],
+        "query_parameters": extract["query_parameters"],
+        "task": train["task"],
+        "framework": train["framework"],
+        "hyperparameters": train["hyperparameters"],
+    }
+    if recipe:  # the recipe replaces the feature-list shorthand it was made from
+        pipeline.update(transform_recipe=recipe, numeric_features=[], categorical_features=[])
+    if extract.get("local_database"):
+        pipeline["local_database"] = extract["local_database"]
+    return {"extract": extract, "transform": transform, "train": train, "pipeline": pipeline}
 
 
 def _framework_key(framework: str | None) -> str:

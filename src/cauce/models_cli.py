@@ -118,7 +118,7 @@ def explain(version, record: dict | None, deployments: list[dict]) -> list[str]:
         lines.append(f"  data {split}: {count} rows, {str(prints.get(split, '?'))[:23]}…")
     lines.append(f"  transform: {data.get('transform_sha256')}")
     lines.append(f"  model: {model.get('framework')} {model.get('model_type')} ({model.get('task')}), seed {model.get('seed')}, "
-                 f"hyperparameters {json.dumps(model.get('hyperparameters'), default=str)}")  # fmt: skip
+                 f"hyperparameters {_given(model)}")  # fmt: skip
     code = record.get("code") or {}
     lines.append(f"  code: cauce {code.get('cauce')}, commit {code.get('commit') or 'unknown'}")
     for step, image in sorted((code.get("images") or {}).items()):
@@ -136,6 +136,14 @@ def explain(version, record: dict | None, deployments: list[dict]) -> list[str]:
     if record.get("trigger"):
         lines.append(f"  started by: {json.dumps(record['trigger'], default=str)[:300]}")
     return lines
+
+
+def _given(model: dict) -> str:
+    """The hyperparameters train was given (what remakes the model), else the resolved ones."""
+    if model.get("hyperparameters_given") is not None:
+        given = model["hyperparameters_given"]
+        return json.dumps(given, default=str) if given else "{} (the framework's defaults)"
+    return f"{json.dumps(model.get('hyperparameters'), default=str)} (resolved)"
 
 
 @app.command()
