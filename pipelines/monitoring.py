@@ -127,4 +127,7 @@ def monitoring(
                 pipeline_root=pipeline_root,
                 service_account=service_account,
                 vertex_api_endpoint=vertex_api_endpoint,
+                # The training run's `trigger`: its lineage records the drift that started it.
+                drift_report=monitored.outputs["drift_report"],
+                monitoring_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             ).set_display_name("retrain")

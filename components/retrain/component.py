@@ -15,6 +15,8 @@ def retrain(
     pipeline_root: str = "",
     service_account: str = "",
     vertex_api_endpoint: str = "",
+    drift_report: dsl.Input[dsl.Artifact] = None,
+    monitoring_run: str = "",
 ) -> str:
     """Start a run of the training pipeline.
 
@@ -34,9 +36,15 @@ def retrain(
         pipeline_root: ``gs://`` folder of the PipelineJob's outputs.
         service_account: the PipelineJob's service account; empty = the project's default.
         vertex_api_endpoint: Vertex AI API endpoint other than the region's.
+        drift_report: the monitor's ``drift_report``: passed to the training run as its
+            ``trigger`` parameter (report URI, flagged features), which its lineage records.
+        monitoring_run: the monitoring run's name (``dsl.PIPELINE_JOB_NAME_PLACEHOLDER``), in the trigger.
     """
-    from cauce.components.retrain.executor import start_training_run
+    from cauce.components.retrain.executor import drift_trigger, start_training_run
 
+    # An optional input that is not connected arrives as None.
+    trigger = drift_trigger(drift_report.uri, dict(drift_report.metadata), monitoring_run) if drift_report is not None else None
     return start_training_run(
-        training_spec, parameter_values, target, project, vertex_region, pipeline_root, service_account, vertex_api_endpoint
-    )
+        training_spec, parameter_values, target, project, vertex_region, pipeline_root, service_account, vertex_api_endpoint,
+        trigger=trigger,
+    )  # fmt: skip
