@@ -85,6 +85,9 @@ FAMILIES: dict[str, Family] = {
                 "joblib",
                 "mlflow",
                 "tensorflow_metadata.proto.v0.statistics_pb2",
+                "docker",  # the deploy step starts the serving container locally
+                "cauce.reports",  # validate's and monitor's HTML (Jinja2 templates, package data)
+                "cauce.components.extract.bigquery_backend",
                 "cauce.components.validate.executor",
             ),
         ),
@@ -112,6 +115,7 @@ FAMILIES: dict[str, Family] = {
                 "apache_beam",
                 "sklearn",
                 "lightgbm",  # evaluate scores the default models
+                "cauce.reports",  # evaluate's HTML
                 # the train component runs here (as a CustomJob) for framework "keras"
                 "cauce.components.train.executor",
                 "cauce.components.train.keras_trainer",
