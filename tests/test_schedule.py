@@ -89,3 +89,27 @@ def test_locally_the_schedule_is_a_crontab_entry(tmp_path):
     assert crontab.read_text().startswith("0 3 * * * CAUCE_HOME=")
     refused = runner.invoke(app, ["schedule", "create", "training", "--cron", "0 3 * *"])
     assert refused.exit_code == 1 and "has 4 fields" in refused.output
+
+
+def test_schedule_pipeline_is_short_for_create(vertex_server, monkeypatch, tmp_path):  # noqa: F811
+    """`cauce schedule PIPELINE --cron EXPR` creates, as `cauce schedule create` does; the
+    subcommands keep their meaning and a bad cron is still refused before any request."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", vertex_server.endpoint)
+    created = runner.invoke(app, [
+        "schedule", "training", "--cron", "0 3 * * *", "--name", "nightly", "--pipeline-root", "gs://acme-ml-pipelines/root",
+        "--param", "source=acme-ml.trips.taxi", *vertex_args(vertex_server),
+    ])  # fmt: skip
+    assert created.exit_code == 0, created.output
+    [schedule] = vertex_server.schedules.values()
+    assert schedule["cron"] == "0 3 * * *" and schedule["displayName"] == "nightly"
+    listed = runner.invoke(app, ["schedule", "list", *vertex_args(vertex_server)])
+    assert listed.exit_code == 0 and "nightly" in listed.output
+    count = len(vertex_server.requests)
+    refused = runner.invoke(app, ["schedule", "training", "--cron", "0 3 * *", "--pipeline-root", "gs://b/root", *vertex_args(vertex_server)])
+    assert refused.exit_code == 1 and "has 4 fields" in refused.output
+    assert len(vertex_server.requests) == count
+    # Locally: the crontab entry.
+    local = runner.invoke(app, ["schedule", "training", "--cron", "30 2 * * *", "--crontab", str(tmp_path / "crontab")])
+    assert local.exit_code == 0, local.output
+    assert (tmp_path / "crontab").read_text().startswith("30 2 * * * ")
+    assert "create" in runner.invoke(app, ["schedule", "--help"]).output

@@ -1,6 +1,7 @@
 """`cauce schedule`: run a pipeline on a cron schedule. With ``--project`` a Vertex AI
 pipeline schedule (create, list, pause, resume, delete); without, the crontab entry
-that runs `cauce run` locally (logic in cauce.schedules)."""
+that runs `cauce run` locally (logic in cauce.schedules). `cauce schedule PIPELINE
+--cron EXPR` (the issue's form) is `create`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,27 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from cauce.artifacts import CauceError
 
-app = typer.Typer(help="Pipeline schedules: Vertex AI pipeline schedules, or a local crontab entry.", no_args_is_help=True)
+
+class _CreateByDefault(TyperGroup):
+    """`cauce schedule PIPELINE --cron EXPR ...` is `cauce schedule create PIPELINE ...`:
+    a first argument that names no subcommand is the pipeline to schedule."""
+
+    def parse_args(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_CreateByDefault,
+    help="Pipeline schedules: Vertex AI pipeline schedules, or a local crontab entry. "
+    "`cauce schedule PIPELINE --cron EXPR` is short for `cauce schedule create PIPELINE --cron EXPR`.",
+    no_args_is_help=True,
+)
 console = Console()
 err_console = Console(stderr=True)
 
