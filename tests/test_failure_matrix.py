@@ -1098,6 +1098,31 @@ def test_cli_stop_with_a_path_for_an_endpoint():
     one_clear_line(cauce("stop", "../../etc"), r"endpoint_name '../../etc' must be non-empty letters, digits, '-' or '_'")
 
 
+def test_cli_verbose_shows_the_traceback_and_the_default_does_not():
+    quiet = cauce("stop", "../../etc")
+    one_clear_line(quiet, r"endpoint_name '../../etc' must be non-empty")
+    assert len((quiet.stdout + quiet.stderr).strip().splitlines()) <= 2
+    for arguments in (("--verbose", "stop", "../../etc"), ("-v", "stop", "../../etc")):
+        loud = cauce(*arguments)
+        assert loud.returncode == 1
+        assert "Traceback (most recent call last):" in loud.stderr and "raise CauceError" in loud.stderr
+        assert loud.stderr.rstrip().endswith("must be non-empty letters, digits, '-' or '_'")
+
+
+def test_cli_an_unforeseen_exception_is_one_line_and_its_traceback_with_verbose(tmp_path):
+    """A bug, not a user error: still one line (naming the exception), not Typer's
+    screen of framed source; CAUCE_VERBOSE=1 or --verbose shows where it came from."""
+    script = tmp_path / "boom.py"
+    script.write_text("import sys\nfrom cauce import cli\n\n@cli.app.command('boom')\ndef boom():\n"
+                      "    raise KeyError('stage')\n\ncli.app(sys.argv[1:])\n")  # fmt: skip
+    quiet = subprocess.run([sys.executable, str(script), "boom"], capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "╭" not in quiet.stderr
+    assert quiet.stderr.splitlines()[0] == "error: KeyError: 'stage'"
+    loud = subprocess.run([sys.executable, str(script), "boom"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CAUCE_VERBOSE": "1"})  # fmt: skip
+    assert loud.returncode == 1 and "Traceback (most recent call last):" in loud.stderr and "in boom" in loud.stderr
+
+
 def test_a_failed_run_surfaces_the_exception_when_no_step_logged_one(tmp_path):
     from cauce.local import _last_error
 

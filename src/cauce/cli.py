@@ -309,9 +309,13 @@ def _print_training_summary(result) -> None:
     register = result.task("register")
     if register:
         registered = register.artifacts.get("registered_model", {}).get("metadata", {})
+        registered_as = registered.get("alias", "?")
+        served = result.task("deploy")
+        if served and served.artifacts.get("endpoint", {}).get("metadata", {}).get("champion"):
+            registered_as = "champion, once deploy served it"  # registered pending, promoted by deploy
         table.add_row(
             "register",
-            f"version {register.parameters.get('version')} as {registered.get('alias', '?')} "
+            f"version {register.parameters.get('version')} as {registered_as} "
             f"({register.parameters.get('model_uri')})",
             f"{seconds.get(register.name, 0):.1f} s",
         )
