@@ -2,13 +2,18 @@
 combiners (components/validate/beam_statistics.py, components/monitor/beam_histograms.py) on
 the FnApiRunner, on the same rows.
 
-    .venv/bin/python bench/bench_scale.py [--rows 5000000] [--serving-rows 1000000] [--only validate|monitor]
+    .venv/bin/python bench/bench_scale.py [--rows 5000000] [--serving-rows 1000000] [--only validate|monitor|evaluate]
 
 monitor: a baseline split of ``--rows`` rows against ``--serving-rows`` logged instances (JSON
 Lines, 20 files, the serving window then drifting); prints each path's time and whether every
 drift number is identical. ``fare`` has ~20 k distinct values (exact on both paths);
 ``fare_fine`` has more distinct values than the combiner counts exactly (EXACT_VALUES), so
 its Jensen-Shannon divergence is TFDV-approximate on the Beam path: the difference is printed.
+
+evaluate: a logistic regression bundle scored on ``--rows`` generated taxi trips, by
+run_evaluate in process and by components/evaluate/dataflow.py's TFMA pipeline on the
+FnApiRunner; prints each time and whether the example counts (overall and per slice), the
+ROC points and the calibration buckets agree (mean scores to 1e-12 relative).
 
 Prints the time of each path and whether the statistics are identical (counts, missing,
 min/max, zeros, string frequencies, histograms and quantiles exactly; mean and standard
@@ -130,14 +135,81 @@ def bench_monitor(root: Path, dataset: str, serving_rows: int) -> None:
           f"verdicts identical: {local['drifted_features'] == on_beam['drifted_features']}")
 
 
+def bench_evaluate(root: Path, rows: int) -> None:
+    import json
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from cauce.components.evaluate.dataflow import run_tfma_beam
+    from cauce.components.evaluate.executor import run_evaluate
+    from cauce.demo import DEMO_CATEGORICAL, DEMO_LABEL, DEMO_NUMERIC, generate_taxi_trips
+    from cauce.features import FittedTransform
+    from cauce.recipe import Recipe
+
+    started = time.perf_counter()
+    train = generate_taxi_trips(100_000, seed=1)
+    fitted = FittedTransform.fit_table(Recipe.shorthand(DEMO_NUMERIC, DEMO_CATEGORICAL, 100, DEMO_LABEL), train, DEMO_LABEL)
+    estimator = LogisticRegression(max_iter=500).fit(fitted.transform_table(train), train.column(DEMO_LABEL).to_numpy())
+    model_dir = root / "model"
+    model_dir.mkdir()
+    joblib.dump(estimator, model_dir / "model.joblib")
+    fitted.save(model_dir)
+    (model_dir / "cauce_model.json").write_text(json.dumps({
+        "framework": "sklearn", "label": DEMO_LABEL, "task": "binary_classification",
+        "features": fitted.input_features, "metrics": {},
+    }))
+    dataset = root / "eval-dataset"
+    chunk = 1_000_000
+    for index, start in enumerate(range(0, rows, chunk)):
+        part = generate_taxi_trips(min(chunk, rows - start), seed=10 + index)
+        data.write_split(root / f"eval{index}", "eval", part)
+    (dataset / "eval").mkdir(parents=True)
+    for index, part_dir in enumerate(sorted(root.glob("eval[0-9]*"))):
+        for part in sorted((part_dir / "eval").glob("*.parquet")):
+            part.rename(dataset / "eval" / f"part-{index:05d}.parquet")
+    data.write_schema(dataset, train.schema, {"eval": rows})
+    print(f"evaluate: {rows:,} eval rows (generated in {time.perf_counter() - started:.1f} s)")
+    slices = ["payment_type", "company"]
+    import tensorflow_model_analysis  # noqa: F401 - imported before either path is timed
+
+    started = time.perf_counter()
+    summary = run_evaluate(str(model_dir), str(dataset), root / "evaluation", slice_features=slices, thresholds={"auc": 0.5})
+    local_s = time.perf_counter() - started
+    started = time.perf_counter()
+    on_beam = run_tfma_beam(str(model_dir), str(dataset), "eval", slices, str(root / "evaluation-beam"))
+    beam_s = time.perf_counter() - started
+    counts = on_beam["example_counts"]
+    same_counts = counts[None] == summary["metrics"]["example_count"] and all(
+        counts[(entry["feature"], entry["value"])] == entry["metrics"]["example_count"] for entry in summary["slices"]
+    )
+    calibration_gap = max(
+        abs(got["mean_score"] - want["mean_score"]) / abs(want["mean_score"])
+        for got, want in zip(on_beam["calibration"], summary["calibration"])
+    )
+    same_calibration = [(b["count"], b["positive_rate"]) for b in on_beam["calibration"]] == [
+        (b["count"], b["positive_rate"]) for b in summary["calibration"]
+    ]
+    print(f"in-process evaluate (scoring, exact metrics, TFMA): {local_s:.1f} s")
+    print(f"TFMA pipeline on the FnApiRunner (scoring, grouping, TFMA, publish): {beam_s:.1f} s "
+          f"({beam_s / local_s:.2f}x)")
+    print(f"example counts identical (overall + {len(summary['slices'])} slices): {same_counts}; "
+          f"ROC identical: {on_beam['roc'] == summary['roc']}; calibration counts and positive rates identical: "
+          f"{same_calibration}; largest relative mean-score difference: {calibration_gap:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--serving-rows", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=["validate", "monitor"], default="")
+    parser.add_argument("--only", choices=["validate", "monitor", "evaluate"], default="")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
+        if args.only == "evaluate" or not args.only:
+            bench_evaluate(root, args.rows)
+            if args.only:
+                return
         started = time.perf_counter()
         dataset = make(root, args.rows)
         print(f"rows: {args.rows:,}  (generated in {time.perf_counter() - started:.1f} s)")
