@@ -87,3 +87,31 @@ def test_submit_errors_name_the_problem(vertex, tmp_path):
     result = submit(vertex, "training", "--region", "mars-north1")
     assert result.exit_code == 1 and "cannot build the Vertex job: Unsupported region" in flat(result.output)
     assert list(vertex.pipeline_jobs) == ["taken"]
+
+
+def test_submit_makes_the_job_a_run_of_a_vertex_ai_experiment(vertex):
+    """`--experiment` on Vertex: PipelineJob.submit(experiment=...) creates the experiment
+    (an ML Metadata context, system.Experiment) when missing and adds the job's run
+    context to it, so the runs compare side by side in Vertex AI Experiments."""
+    from google.cloud import aiplatform
+
+    args = ["--param", "baseline_uri=gs://b/data", "--param", "request_log_dir=gs://b/logs", "--experiment", "drift-checks"]
+    for _ in range(2):
+        result = submit(vertex, "monitoring", *args)
+        assert result.exit_code == 0, result.output
+    store = "projects/acme-ml/locations/europe-west4/metadataStores/default"
+    experiment = vertex.contexts[f"{store}/contexts/drift-checks"]
+    assert experiment["schemaTitle"] == "system.Experiment"
+    runs = [job["jobDetail"]["pipelineRunContext"]["name"] for job in vertex.pipeline_jobs.values()]
+    assert len(runs) == 2 and experiment["childContexts"] == runs
+    assert len(vertex.requests_to("POST", "/metadataStores/default/contexts")) == 1  # found the second time
+    # What a user sees through the SDK: the experiment and its pipeline runs.
+    listed = aiplatform.Experiment("drift-checks", project="acme-ml", location="europe-west4")
+    assert listed.name == "drift-checks"
+
+
+def test_a_bad_experiment_name_is_refused_before_any_request(vertex):
+    result = submit(vertex, "monitoring", "--param", "baseline_uri=gs://b/data", "--param", "request_log_dir=gs://b/logs",
+                    "--experiment", "Drift Checks")  # fmt: skip
+    assert result.exit_code == 1 and "is not a Vertex AI experiment name" in flat(result.output)
+    assert vertex.pipeline_jobs == {} and vertex.contexts == {}

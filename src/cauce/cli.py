@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -497,7 +498,9 @@ def submit(
     dry_run: bool = typer.Option(False, help="build the job and print it, submit nothing"),
     kfp_host: str = typer.Option("", help="submit to this Kubeflow Pipelines API (e.g. http://localhost:8888) instead of Vertex AI"),
     namespace: str = typer.Option("", help="Kubeflow: your profile's namespace on a multi-user deployment"),
-    experiment: str = typer.Option("", help="Kubeflow: experiment for the run, created if missing (default: Default)"),
+    experiment: str = typer.Option(
+        "", help="experiment of the run, created if missing: Vertex AI Experiments (the PipelineJob's), or Kubeflow's (default: Default)"
+    ),
     wait: bool = typer.Option(False, help="Kubeflow: wait for the run to end; exit 1 unless it succeeded"),
     timeout: float = typer.Option(0, help="with --wait: give up waiting after this many seconds (0: no limit)"),
     poll_interval: float = typer.Option(10, help="with --wait: seconds between status checks"),
@@ -512,7 +515,7 @@ def submit(
         if api_endpoint:
             _fail("--api-endpoint is for Vertex AI; with --kfp-host give the Kubeflow address only")
     else:
-        for name, given in (("--namespace", namespace), ("--experiment", experiment), ("--wait", wait)):
+        for name, given in (("--namespace", namespace), ("--wait", wait)):
             if given:
                 _fail(f"{name} is for Kubeflow Pipelines: add --kfp-host URL")
         missing = [f"--{n}" for n, v in (("project", project), ("region", region), ("pipeline-root", pipeline_root)) if not v]
@@ -555,8 +558,9 @@ def submit(
                 )  # fmt: skip
                 return
             job = _submit_vertex(
-                path, project, region, pipeline_root, values, api_endpoint, enable_caching, service_account, dry_run
-            )
+                path, project, region, pipeline_root, values, api_endpoint, enable_caching, service_account, dry_run,
+                experiment=experiment,
+            )  # fmt: skip
     except CauceError as error:
         _fail(str(error))
     if job is not None:
@@ -564,10 +568,22 @@ def submit(
         print(f"submitted: {job.resource_name}")
 
 
-def _submit_vertex(path, project, region, pipeline_root, values, api_endpoint, enable_caching, service_account, dry_run):
-    """Create the Vertex PipelineJob (or print it for a dry run, returning None)."""
+_VERTEX_EXPERIMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def _submit_vertex(
+    path, project, region, pipeline_root, values, api_endpoint, enable_caching, service_account, dry_run, experiment=""
+):
+    """Create the Vertex PipelineJob (or print it for a dry run, returning None); with
+    ``experiment`` the job is a run of that Vertex AI Experiment (created if missing), so
+    its parameters and metrics compare side by side with the experiment's other runs."""
     from google.api_core.exceptions import GoogleAPICallError
 
+    if experiment and not _VERTEX_EXPERIMENT.fullmatch(experiment):
+        raise CauceError(
+            f"--experiment {experiment!r} is not a Vertex AI experiment name: lowercase letters, digits and '-', "
+            "starting with a letter or digit, at most 128 characters"
+        )
     try:
         job = _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enable_caching, dry_run)
         if dry_run:
@@ -578,13 +594,19 @@ def _submit_vertex(path, project, region, pipeline_root, values, api_endpoint, e
             body = json_format.MessageToDict(job._gca_resource._pb)
             body.pop("pipelineSpec", None)
             console.print_json(json.dumps(body))
+            if experiment:
+                console.print(f"experiment: {experiment}")
             console.print("[yellow]dry run[/]: nothing submitted")
             return None
-        job.submit(service_account=service_account or None)
+        job.submit(service_account=service_account or None, experiment=experiment or None)
     except ValueError as error:  # the Vertex SDK's checks: region, parameter names and types
         raise CauceError(f"cannot build the Vertex job: {error}") from None
     except GoogleAPICallError as error:
         raise CauceError(f"Vertex AI refused the job ({error.code}): {error.message}") from None
+    except RuntimeError as error:  # the SDK wraps what the experiment's metadata calls raised
+        cause = error.__cause__
+        detail = getattr(cause, "message", None) or str(cause or "")
+        raise CauceError(f"{error}{': ' + detail if detail else ''}") from None
     return job
 
 
