@@ -8,7 +8,6 @@ from kfp import dsl
 from cauce.artifact_types import VertexEndpoint
 from cauce.components.monitor.component import monitor, vertex_monitoring
 from cauce.components.retrain.component import retrain
-from cauce.demo import DEMO_CATEGORICAL, DEMO_NUMERIC
 from cauce.images import BEAM_IMAGE
 
 
@@ -22,8 +21,11 @@ def monitoring(
     # endpoint's request-response log table bq://project.dataset.table.
     request_log_dir: str = "",
     request_log_table: str = "",
-    numeric_features: list = DEMO_NUMERIC,
-    categorical_features: list = DEMO_CATEGORICAL,
+    # The features to compare (the model's raw inputs). `cauce run monitoring` fills them,
+    # when both are empty, from the model of the local endpoint that writes request_log_dir;
+    # `cauce demo` passes the demo's (cauce.demo.DEMO_MONITORING_PARAMETERS).
+    numeric_features: list = [],
+    categorical_features: list = [],
     baseline_split: str = "train",
     thresholds: dict = {},
     default_numeric_threshold: float = 0.3,

@@ -149,7 +149,8 @@ def test_monitoring_spec_reports_drift_on_logged_requests(training_run, specs, t
 
     run = run_spec(
         specs["monitoring"],
-        {"baseline_uri": raw, "request_log_dir": deploy.parameters["request_log_dir"], "window_start": window_start},
+        {"baseline_uri": raw, "request_log_dir": deploy.parameters["request_log_dir"], "window_start": window_start,
+         **demo.DEMO_MONITORING_PARAMETERS},
         pipeline_root=tmp_path / "runs",
     )
     monitor = run.task("monitor")

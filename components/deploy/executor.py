@@ -233,6 +233,9 @@ def deploy_local(
     previous = local_endpoint(endpoint_name)
     running = _reusable_server(previous, host, port, request_log_dir)
     if running is not None:
+        unchanged = _already_serving(running, model_dir)
+        if unchanged is not None:
+            return unchanged
         return _roll_out(endpoint_name, running, model_dir, traffic_percentage, promote, smoke_instances, startup_timeout)
     if traffic_percentage < 100 and not promote:
         raise CauceError(
@@ -243,6 +246,25 @@ def deploy_local(
     # With promote, a canary that has no serving version to protect simply starts at 100 %
     # (as on Vertex): a pipeline configured for canaries can make its first deployment.
     return _start_server(model_dir, endpoint_name, host, port, request_log_dir, smoke_instances, startup_timeout, previous)
+
+
+def _already_serving(state: dict, model_dir: str) -> dict | None:
+    """The endpoint as it is when the one version taking all its traffic is this model
+    (the same directory, or the same files by the registry's content hash, which leaves
+    out when the model was trained): deploying it again is a no-op, the same process
+    and deployment keep serving (``rollout``: ``unchanged``). None otherwise."""
+    split, current = state.get("traffic_split") or {}, state.get("model_dir")
+    if not current or len(split) != 1 or list(split.values()) != [100]:
+        return None
+    from cauce.components.register.executor import content_hash
+
+    try:
+        same = Path(current).resolve() == Path(model_dir).resolve() or content_hash(current) == content_hash(model_dir)
+    except OSError:  # the serving copy is gone: deploy as usual
+        return None
+    if not same:
+        return None
+    return {**_public(state), "rollout": "unchanged"}
 
 
 def _serving(state: dict | None) -> bool:

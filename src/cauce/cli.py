@@ -162,9 +162,42 @@ def _ensure_demo(pipeline: str, arguments: dict, rows: int) -> None:
             console.print(f"  loaded {rows:,} generated taxi trips into the local engine ({database})")
 
 
+def _monitored_features(arguments: dict) -> None:
+    """Monitoring without feature lists: the raw inputs of the model that the local
+    endpoint logging to ``request_log_dir`` serves (numbers numeric, strings categorical),
+    said on the terminal. Left empty when no such endpoint is found (the monitor then
+    names what it needs)."""
+    if arguments.get("numeric_features") or arguments.get("categorical_features"):
+        return
+    from cauce.paths import cauce_home
+
+    wanted = str(arguments.get("request_log_dir") or "")
+    for state_file in sorted((cauce_home() / "serving").glob("*/state.json")) if wanted else []:
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if str(state.get("request_log_dir", "")) != wanted or not state.get("model_dir"):
+            continue
+        from cauce.features import FittedTransform
+
+        fitted = FittedTransform.load(state["model_dir"])
+        types = fitted.input_types or {}
+        categorical = [c for c in fitted.input_features if "string" in str(types.get(c, "")) or "dictionary" in str(types.get(c, ""))]
+        numeric = [c for c in fitted.input_features if c not in categorical]
+        arguments.update(numeric_features=numeric, categorical_features=categorical)
+        console.print(
+            f"  monitoring the inputs of the model endpoint {state_file.parent.name!r} serves: numeric {numeric}, "
+            f"categorical {categorical}"
+        )
+        return
+
+
 def _preflight(pipeline: str, arguments: dict) -> None:
     """The training pipeline's preflight checks, here before kfp.local starts (the
     pipeline's first step runs them again where it runs)."""
+    if pipeline == "monitoring":
+        _monitored_features(arguments)
     if pipeline != "training":
         return
     from cauce import spec
@@ -328,9 +361,12 @@ def _print_training_summary(result) -> None:
         if pending
         else "skipped: the champion keeps serving"
     )
+    served = f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else waiting
+    if deploy and deploy.artifacts.get("endpoint", {}).get("metadata", {}).get("rollout") == "unchanged":
+        served += " (already serving this model: nothing redeployed)"
     table.add_row(
         "deploy",
-        f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else waiting,
+        served,
         f"{seconds.get(deploy.name, 0):.1f} s" if deploy else "",
     )
     table.add_row("total", "", f"{result.seconds:.1f} s")
@@ -408,7 +444,7 @@ def demo(
     _send_traffic(url, instances)
     monitoring = _run_with_progress(
         "monitoring",
-        {"baseline_uri": dataset_uri, "request_log_dir": request_log_dir},
+        {"baseline_uri": dataset_uri, "request_log_dir": request_log_dir, **demo_data.DEMO_MONITORING_PARAMETERS},
         verbose,
         runner,
     )

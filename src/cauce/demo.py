@@ -38,6 +38,10 @@ DEMO_PARAMETERS = {
     "endpoint_name": DEMO_MODEL,
 }
 
+# The monitoring pipeline's parameters for the demo's model (`cauce demo`); its own
+# defaults name no demo column either.
+DEMO_MONITORING_PARAMETERS = {"numeric_features": DEMO_NUMERIC, "categorical_features": DEMO_CATEGORICAL}
+
 _PAYMENT = np.array(["Credit Card", "Cash", "Mobile", "Prcard", "No Charge", "Unknown"])
 _PAYMENT_P = np.array([0.46, 0.38, 0.08, 0.05, 0.02, 0.01])
 _PAYMENT_TIP = np.array([1.6, -2.4, 1.2, 0.4, -3.0, -1.0])
