@@ -80,6 +80,10 @@ def test_serving_image_honours_the_vertex_contract_and_skips_pipeline_dependenci
     )
     closure = families.closure(families.get("serving").requirements())
     assert not {"kfp", "google-cloud-aiplatform", "google-cloud-bigquery", "tensorflow"} & set(closure)
+    # Every framework's model is served from its model.onnx: no training framework in the image.
+    assert "onnxruntime" in closure
+    assert not {"torch", "keras", "scikit-learn", "scipy", "lightgbm", "joblib"} & set(closure)
+    assert "torch" not in text and "KERAS_BACKEND" not in text
 
 
 def test_beam_image_carries_the_dataflow_worker_boot_of_the_locked_beam():
@@ -91,7 +95,7 @@ def test_beam_image_carries_the_dataflow_worker_boot_of_the_locked_beam():
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
 
 
-@pytest.mark.parametrize("family", ["torch", "serving"])
+@pytest.mark.parametrize("family", ["torch"])
 def test_torch_comes_alone_from_pytorchs_cpu_index_at_the_locked_version(family):
     text = (ROOT / f"containers/{family}.Dockerfile").read_text()
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
@@ -180,7 +184,9 @@ def test_smoke_check_imports_what_the_family_runs():
     assert "cauce.components.extract.executor" in families.executors_for("base")
     assert families.executors_for("beam") == [
         "cauce.components.batch_predict.executor",
+        "cauce.components.monitor.executor",
         "cauce.components.transform.executor",
+        "cauce.components.validate.executor",
     ]
     with pytest.raises(families.CauceError, match="unknown image family 'gpu'"):
         families.smoke("gpu")

@@ -97,7 +97,13 @@ FAMILIES: dict[str, Family] = {
             # scikit-learn: batch prediction loads the model bundles (Keras / PyTorch
             # bundles are batch-scored in the tf / torch images)
             extras=("beam", "sklearn"),
-            libraries=("kfp", "apache_beam", "apache_beam.io.gcp.gcsio", "apache_beam.runners.dataflow", "sklearn", "lightgbm"),
+            libraries=(
+                "kfp", "apache_beam", "apache_beam.io.gcp.gcsio", "apache_beam.runners.dataflow", "sklearn", "lightgbm",
+                # validate's statistics and monitor's histograms as Beam combiners
+                "cauce.components.validate.beam_statistics",
+                "cauce.components.monitor.beam_histograms",
+                "cauce.reports",
+            ),
             # /opt/apache/beam from Beam's SDK image (the worker boot program and its
             # licence files): not measurable without Docker, assumed at most 100 MiB.
             other_mib=100,
@@ -116,6 +122,7 @@ FAMILIES: dict[str, Family] = {
                 "sklearn",
                 "lightgbm",  # evaluate scores the default models
                 "cauce.reports",  # evaluate's HTML
+                "cauce.components.evaluate.dataflow",  # TFMA on Dataflow
                 # the train component runs here (as a CustomJob) for framework "keras"
                 "cauce.components.train.executor",
                 "cauce.components.train.keras_trainer",
