@@ -151,3 +151,16 @@ def test_preflight_refuses_too_many_missing_labels_under_the_fail_policy(tmp_pat
     warned = run_preflight(**values, check_port=False, validation_policy="warn")
     assert any("25 of 100 rows have no label" in note for note in warned.notes)
     assert run_preflight(**values, check_port=False, max_missing_label_fraction=0.3).label_counts["missing_label"] == 25
+
+
+def test_preflight_says_when_the_task_has_no_default_bound(tmp_path):
+    from cauce import load
+    from cauce.components.preflight.executor import run_preflight
+
+    (tmp_path / "d.csv").write_text("id,x,value\n" + "".join(f"{i},{i * 0.5},{i * 1.5}\n" for i in range(20)))
+    load.load(tmp_path / "local.duckdb", "mine.t", [str(tmp_path / "d.csv")])
+    values = dict(source="mine.t", key_column="id", label="value", local_database=str(tmp_path / "local.duckdb"))
+    notes = run_preflight(**values, task="regression", check_port=False).notes
+    assert any("no thresholds: a regression task has no default bound" in note for note in notes)
+    bounded = run_preflight(**values, task="regression", check_port=False, thresholds={"mean_absolute_error": {"upper_bound": 9}})
+    assert not any("no thresholds" in note for note in bounded.notes)

@@ -348,6 +348,11 @@ def run_preflight(
             else:
                 notes.append(f"features from the source's types: numeric {numeric}, categorical {categorical}")
 
+    if task in task_info.TASKS and not resolved_thresholds:
+        notes.append(
+            f"no thresholds: a {task} task has no default bound, so a model is blessed (and deployed) only once you "
+            f"set one, e.g. thresholds='{json.dumps(task_info.EXAMPLE_THRESHOLDS[task])}'"
+        )
     if problems:
         # One line: a pipeline log names a step's error by its line (cauce.local).
         raise CauceError(

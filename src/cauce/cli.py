@@ -206,7 +206,9 @@ def _preflight(pipeline: str, arguments: dict) -> None:
     inputs = spec.get_pipeline(pipeline).component_spec.inputs or {}
     defaults = {name: i.default for name, i in inputs.items() if i.default is not None}
     with console.status("preflight: checking the parameters against the source …"):
-        check_arguments(arguments, defaults)
+        checked = check_arguments(arguments, defaults)
+    for note in checked.notes:  # what it resolved or noticed: said before the run, not buried in its log
+        console.print(f"  [dim]preflight:[/] {note}", highlight=False)
 
 
 def _print_pipeline_help(pipeline: str) -> None:
@@ -339,6 +341,10 @@ def _print_training_summary(result) -> None:
             shown += f" on {int(evaluation['rows']):,} rows"
             if evaluation.get("rows_missing_label"):
                 shown += f" ({int(evaluation['rows_missing_label']):,} without a label left out)"
+        reasons = evaluation.get("reasons") or []
+        if not evaluate.parameters.get("Output") and reasons:  # why not: the gate's first reason
+            more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+            shown += f"; [yellow]{reasons[0]}{more}[/]"
         table.add_row("evaluate", f"{verdict}; {shown}", f"{seconds.get(evaluate.name, 0):.1f} s")
     register = result.task("register")
     if register:
@@ -360,6 +366,8 @@ def _print_training_summary(result) -> None:
         f"{register.artifacts['registered_model']['metadata'].get('model_name')}/{register.parameters.get('version')}"
         if pending
         else "skipped: the champion keeps serving"
+        if champion and champion.artifacts.get("champion_model", {}).get("metadata", {}).get("found")
+        else "skipped: not blessed, and no champion serves yet"
     )
     served = f"[bold]{deploy.parameters.get('endpoint_url')}[/]" if deploy else waiting
     if deploy and deploy.artifacts.get("endpoint", {}).get("metadata", {}).get("rollout") == "unchanged":

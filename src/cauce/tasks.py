@@ -31,6 +31,12 @@ LOWER_IS_BETTER = {
     "root_mean_squared_error",
 }  # fmt: skip
 DEFAULT_THRESHOLDS = {"binary": {"auc": 0.5}, "multiclass": {}, "regression": {}}
+# What a run without a default bound can set (docs, --help and preflight's note).
+EXAMPLE_THRESHOLDS = {
+    "binary": {"auc": 0.7},
+    "multiclass": {"sparse_categorical_accuracy": 0.8},
+    "regression": {"root_mean_squared_error": {"upper_bound": 12.5}},
+}
 DEFAULT_CHANGE_THRESHOLDS = {
     "binary": {"auc": 0.0},
     "multiclass": {"sparse_categorical_accuracy": 0.0},
