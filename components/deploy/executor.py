@@ -300,7 +300,7 @@ def _start_server(
         )
     if not _port_free(host, port):
         raise CauceError(f"port {port} on {host} is in use by another process; pass a free port{keeps}")
-    from cauce.serving.server import ADMIN_TOKEN_ENV
+    from cauce.serving import ADMIN_TOKEN_ENV
 
     server_log = endpoint_dir(endpoint_name) / "server.log"
     deployed_model_id = _new_deployed_model_id()

@@ -153,6 +153,9 @@ def docker_runner(spec_path: str | Path, home: Path):
         user = {"user": f"{os.getuid()}:{os.getgid()}"}
         environment["HOME"] = "/tmp"
     return local.DockerRunner(
+        # The spec's command replaces the image's entrypoint, as Kubernetes and Vertex run
+        # it (the beam image's entrypoint is Beam's worker boot, for Dataflow only).
+        entrypoint="",
         network_mode="host",
         environment=environment,
         mounts=[

@@ -12,13 +12,11 @@ import logging
 import os
 
 from cauce import model as model_bundle
+from cauce.serving import ADMIN_TOKEN_ENV
 from cauce.serving.app import PredictionApp, RequestLog
 
 log = logging.getLogger(__name__)
 
-# The admin token travels in the environment, not on the command line, where any
-# local user could read it from the process list.
-ADMIN_TOKEN_ENV = "CAUCE_SERVING_ADMIN_TOKEN"
 
 
 def build_app(
