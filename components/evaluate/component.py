@@ -34,6 +34,29 @@ def evaluate(
     output rather than a NamedTuple because kfp.local cannot resolve a
     ``dsl.If`` on a NamedTuple field; the metrics are in ``metrics``). ``evaluation`` holds TFMA's output,
     ``evaluation.json`` and the report; ``report`` is the same HTML report.
+
+    Args:
+        model: the cauce Model bundle evaluated (train's output).
+        dataset: the raw cauce Dataset (extract's output); the model applies its own transform.
+        metrics: output: the overall metrics, one scalar each (undefined ones left out).
+        classification_metrics: output: the ROC curve (binary) and the confusion matrix
+            (classifiers), which Vertex AI draws.
+        evaluation: output: TFMA's output, evaluation.json and the report; metadata ``blessed``,
+            ``reasons``, ``split``, ``rows``, ``rows_missing_label``.
+        report: output: the same HTML report as one file.
+        split: the split of ``dataset`` evaluated.
+        slice_features: columns, or crosses "a,b", whose every value is a slice.
+        thresholds: metric -> lower bound, or -> {"lower_bound": x, "upper_bound": y}, on the
+            overall slice; the metric names depend on the task (cauce.tasks).
+        baseline_model: the champion (the champion component's ``champion_model``, or any cauce
+            Model) scored on the same rows; unconnected, or a lookup that found none, for the
+            first model.
+        change_thresholds: metric -> margin by which this model must beat ``baseline_model``,
+            overall and on every slice.
+        slice_thresholds: metric -> bound, as ``thresholds``, on every slice.
+
+    Returns:
+        Blessed: every bound holds (and, with a baseline model, every margin).
     """
     import shutil
     from pathlib import Path
