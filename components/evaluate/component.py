@@ -56,7 +56,7 @@ def evaluate(
         slice_thresholds: metric -> bound, as ``thresholds``, on every slice.
 
     Returns:
-        Blessed: every bound holds (and, with a baseline model, every margin).
+        True when the model is blessed (every bound holds and, with a baseline model, every margin).
     """
     import shutil
     from pathlib import Path
