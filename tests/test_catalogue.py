@@ -77,6 +77,9 @@ def test_another_teams_pipeline_combines_two_components_with_a_gcpc_op(tmp_path,
 
     tasks = yaml.safe_load(path.read_text())["root"]["dag"]["tasks"]
     assert tasks["extract"]["dependentTasks"] == ["bigquery-query-job"]
+    # GCPC's table reaches extract as a google.BQTable: a lineage edge, not a copied string.
+    source_table = tasks["extract"]["inputs"]["artifacts"]["source_table"]["taskOutputArtifact"]
+    assert source_table == {"outputArtifactKey": "destination_table", "producerTask": "bigquery-query-job"}
     baseline = tasks["monitor"]["inputs"]["artifacts"]["baseline"]["taskOutputArtifact"]
     assert baseline == {"outputArtifactKey": "dataset", "producerTask": "extract"}
 

@@ -416,6 +416,64 @@ def test_component_compiles_and_runs_under_kfp_local(tmp_path, local_database, k
     assert dataset.metadata["split_bytes"] == data.read_schema(dataset.path)["split_bytes"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_table_is_named_back_and_read_again_as_a_table_id(backend, extract, request):
+    project = request.getfixturevalue("bigquery_demo").project if backend == "bigquery" else "local"
+    from_source = extract(backend, DEMO_TABLE)
+    assert from_source.table_id == f"{project}.{DEMO_TABLE}"
+    # A google.BQTable's id is read instead of source (the warning names the source ignored).
+    from_table = extract(backend, "demo.other_table", output="from_table", source_table=from_source.table_id)
+    assert from_table.table_id == from_source.table_id
+    assert from_table.metadata["split_fingerprints"] == from_source.metadata["split_fingerprints"]
+    # A query names no table.
+    assert extract(backend, f"SELECT * FROM {DEMO_TABLE}", output="query").table_id == ""
+
+
+def test_table_artifact_carries_gcpc_metadata_keys(local_database):
+    from cauce.components.extract.executor import table_artifact
+
+    uri, metadata = table_artifact("acme-ml.trips.taxi", "google-cloud")
+    assert uri == "https://www.googleapis.com/bigquery/v2/projects/acme-ml/datasets/trips/tables/taxi"
+    assert metadata == {"projectId": "acme-ml", "datasetId": "trips", "tableId": "taxi"}
+    uri, metadata = table_artifact("local.demo.taxi_trips", "local", str(local_database))
+    assert uri == "" and metadata["tableId"] == "taxi_trips" and metadata["local_database"] == str(local_database)
+    assert table_artifact("", "local") == ("", {})
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task that uses custom:RuntimeWarning")
+def test_kfp_local_extract_reads_a_table_passed_as_a_bigquery_table_artifact(local_database, kfp_local):
+    from typing import NamedTuple
+
+    from kfp import dsl
+
+    from cauce.artifact_types import BQTable
+    from cauce.components.extract.component import extract as extract_component
+
+    outputs = NamedTuple("Outputs", dataset=dsl.Dataset, table=BQTable)  # noqa: UP014 - real types, not strings
+
+    def from_table(database: str):
+        imported = dsl.importer(
+            artifact_uri="https://www.googleapis.com/bigquery/v2/projects/local/datasets/demo/tables/taxi_trips",
+            artifact_class=BQTable,
+            metadata={"projectId": "local", "datasetId": "demo", "tableId": "taxi_trips"},
+        )
+        task = extract_component(source_table=imported.output, key_column=DEMO_KEY, local_database=database)
+        return outputs(task.outputs["dataset"], task.outputs["table"])
+
+    # (this module's annotations are strings: KFP reads the pipeline's types from real ones)
+    from_table.__annotations__ = {"database": str, "return": outputs}
+    run = dsl.pipeline(from_table)(database=str(local_database))
+    dataset, table = run.outputs["dataset"], run.outputs["table"]
+    assert sum(data.read_schema(dataset.path)["splits"].values()) == DEMO_ROWS
+    assert dataset.metadata["query"] == "SELECT * FROM `local.demo.taxi_trips`"
+    # (kfp.local hands a pipeline's outputs back as plain Artifacts: the compiled type is checked in
+    # tests/test_typed_boundaries.py)
+    assert {key: table.metadata[key] for key in ("projectId", "datasetId", "tableId")} == {
+        "projectId": "local", "datasetId": "demo", "tableId": "taxi_trips",
+    }
+    assert table.metadata["local_database"] == str(local_database)
+
+
 # --------------------------------------------------------------------------- metadata
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_metadata_records_rows_bytes_schema_and_query(backend, extract, tmp_path):

@@ -11,6 +11,7 @@ from cauce.artifact_types import VertexEndpoint, VertexModel, vertex_resource_na
 from cauce.artifacts import CauceError
 from cauce.components.deploy.component import deploy, deploy_vertex
 from cauce.components.evaluate.component import evaluate
+from cauce.components.extract.component import extract
 from cauce.components.monitor.component import vertex_monitoring
 from cauce.components.monitor.executor import request_log_dir_of
 from cauce.components.register.component import register_vertex
@@ -116,6 +117,39 @@ def test_gcpc_model_ops_wire_into_and_out_of_cauce(tmp_path):
     assert _output_type(document, "comp-deploy-vertex", "vertex_endpoint") == "google.VertexEndpoint"
 
 
+def test_gcpc_bigquery_tables_wire_into_and_out_of_extract(tmp_path):
+    from google_cloud_pipeline_components.v1.bigquery import BigqueryQueryJobOp
+    from google_cloud_pipeline_components.v1.model_evaluation import ModelEvaluationClassificationOp
+
+    @dsl.pipeline(name="bigquery-tables-through-extract")
+    def pipeline(project: str):
+        # GCPC -> cauce: the table a BigQuery query job wrote is extract's source, no string in between.
+        snapshot = BigqueryQueryJobOp(
+            project=project, location="EU", query="SELECT * FROM fraud.transactions WHERE day = CURRENT_DATE()"
+        )
+        extracted = extract(
+            source_table=snapshot.outputs["destination_table"], key_column="transaction_id",
+            target="google-cloud", project=project,
+        )
+        # cauce -> GCPC (and cauce): the table extract read goes on as a google.BQTable.
+        ModelEvaluationClassificationOp(
+            target_field_name="is_fraud", predictions_bigquery_source=extracted.outputs["table"], project=project
+        )
+        extract(source_table=extracted.outputs["table"], key_column="transaction_id", target="google-cloud")
+
+    document = _compiled(pipeline, tmp_path)
+    assert {
+        ("bigquery-query-job", "destination_table", "extract", "source_table"),
+        ("extract", "table", "model-evaluation-classification", "predictions_bigquery_source"),
+        ("extract", "table", "extract-2", "source_table"),
+    } <= _artifact_edges(document)
+    assert _output_type(document, "comp-extract", "table") == "google.BQTable"
+    source_table = document["components"]["comp-extract"]["inputDefinitions"]["artifacts"]["source_table"]
+    assert source_table["artifactType"]["schemaTitle"] == "google.BQTable" and source_table["isOptional"]
+    # `source` still works unchanged, and is what a pipeline without a table passes.
+    assert extract.component_spec.inputs["source"].default == ""
+
+
 def test_mismatched_artifact_types_are_refused_at_definition():
     from google_cloud_pipeline_components.v1.model import ModelGetOp
 
@@ -193,5 +227,5 @@ def test_vertex_artifacts_must_name_their_resource():
 def test_monitor_reads_the_request_logs_of_a_connected_endpoint():
     assert request_log_dir_of("", {"request_log_dir": "/logs/a"}) == "/logs/a"
     assert request_log_dir_of("/logs/b", {"request_log_dir": "/logs/a"}) == "/logs/b"
-    with pytest.raises(CauceError, match="request_log_dir is empty"):
+    with pytest.raises(CauceError, match="request_log_dir and request_log_table are empty"):
         request_log_dir_of("", None)

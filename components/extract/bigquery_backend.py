@@ -122,6 +122,11 @@ class BigQueryBackend:
         self._api_retry_timeout_s = api_retry_timeout_s
         self._query_timeout_s = query_timeout_s
 
+    @property
+    def default_project(self) -> str:
+        """The project the client runs in (``project``, or the credentials' default)."""
+        return self._client.project or ""
+
     def _to_bigquery(self, parameter: QueryParameter):
         if parameter.is_array:
             return self._bigquery.ArrayQueryParameter(parameter.name, parameter.type, parameter.value)

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from cauce.artifact_types import BQTable
 from cauce.images import BASE_IMAGE
 
 
@@ -11,9 +12,11 @@ from cauce.images import BASE_IMAGE
 # into the spec and never mutates them), hence the dict defaults.
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def extract(
-    source: str,
     key_column: str,
     dataset: dsl.Output[dsl.Dataset],
+    table: dsl.Output[BQTable],
+    source: str = "",
+    source_table: dsl.Input[BQTable] = None,
     splits: dict = {"train": 0.8, "eval": 0.2},  # noqa: B006
     target: str = "local",
     local_database: str = "",
@@ -31,10 +34,17 @@ def extract(
     """Run a BigQuery query (or read a table) and split its rows into a Dataset by a hashed key.
 
     Args:
-        source: table (dataset.table or project.dataset.table) or BigQuery Standard SQL
-            starting with SELECT or WITH.
         key_column: the column whose FARM_FINGERPRINT decides each row's split.
         dataset: output cauce Dataset: one Parquet folder per split + _schema.json.
+        table: output ``google.BQTable`` naming the table read (metadata ``projectId``, ``datasetId``,
+            ``tableId``; ``uri`` its REST URL on BigQuery, locally the local engine's table, its
+            ``local_database`` in the metadata), for GCPC ops and another extract; when the source is
+            a query it names no table (no such metadata).
+        source: table (dataset.table or project.dataset.table) or BigQuery Standard SQL
+            starting with SELECT or WITH; may be empty when ``source_table`` is given.
+        source_table: a ``google.BQTable`` (GCPC's ``BigqueryQueryJobOp`` ``destination_table``,
+            another extract's ``table``, or imported with those metadata keys): when given, this
+            table is read instead of ``source``.
         splits: split name -> ratio (> 0, summing to 1).
         target: where the query runs: "local" (the embedded DuckDB engine) or "google-cloud" (BigQuery).
         local_database: DuckDB file of the local engine; empty = cauce's default.
@@ -56,10 +66,13 @@ def extract(
     """
     from collections import namedtuple
 
-    from cauce.components.extract.executor import run_extract
+    from cauce.artifact_types import bigquery_table_id
+    from cauce.components.extract.executor import run_extract, table_artifact
 
     result = run_extract(
         source=source,
+        # An optional input that is not connected arrives as None.
+        source_table=bigquery_table_id(source_table) if source_table else "",
         key_column=key_column,
         output_dir=dataset.path,
         splits=splits,
@@ -77,4 +90,8 @@ def extract(
         max_null_key_fraction=max_null_key_fraction,
     )
     dataset.metadata.update(result.metadata)
+    uri, metadata = table_artifact(result.table_id, target, local_database)
+    if uri:
+        table.uri = uri
+    table.metadata.update(metadata)
     return namedtuple("ExtractOutputs", ["rows"])(result.metadata["rows"])

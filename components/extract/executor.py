@@ -20,6 +20,11 @@ the bytes it would process, and the cost guard (``maximum_bytes_billed``)
 refuses the query before anything is billed. The rows then come back through
 the Storage Read API (Arrow streams over gRPC, read in parallel) or through
 REST pages (``read_api``).
+
+The source may also come as a ``google.BQTable`` (``source_table``: the table id from GCPC's
+metadata keys), read instead of ``source``; when what was read is a table, the step names it
+back as a ``google.BQTable`` (``table_artifact``), so BigQuery tables keep their lineage
+through extract.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ DEFAULT_SPLITS = {"train": 0.8, "eval": 0.2}
 MAX_NULL_KEY_FRACTION = 0.01
 NULL_KEY_SPLIT = -1
 HASH_BUCKETS = 1000
+# The local engine is one project (a project qualifier is dropped): a google.BQTable naming
+# one of its tables without a project of its own gets this one.
+LOCAL_PROJECT = "local"
 # Helper columns of the split query; a name no user query is expected to use.
 BUCKET_COLUMN = "__cauce_bucket"
 SPLIT_COLUMN = "__cauce_split"
@@ -69,6 +77,8 @@ _BIGQUERY_SCALAR_TYPES = {bool: "BOOL", int: "INT64", float: "FLOAT64", str: "ST
 class ExtractResult:
     split_rows: dict[str, int]
     metadata: dict[str, Any] = field(default_factory=dict)
+    table_id: str = ""
+    """``project.dataset.table`` of the table read, when the source was a table (not a query)."""
 
 
 def run_extract(
@@ -90,6 +100,7 @@ def run_extract(
     staging_dataset: str = "",
     identifiers: Mapping[str, str] | None = None,
     max_null_key_fraction: float = MAX_NULL_KEY_FRACTION,
+    source_table: str = "",
 ) -> ExtractResult:
     """Run ``source``, split its rows by a hash of ``key_column``, write a cauce Dataset.
 
@@ -137,6 +148,8 @@ def run_extract(
             dropped, counted (``null_key_rows``) and warned about while they are at most
             this fraction of the result (0: any NULL key fails; 1: never fail), and
             fail the step above it.
+        source_table: a table id (``project.dataset.table``, as ``bigquery_table_id`` reads it
+            from a ``google.BQTable``) read instead of ``source``; ``source`` may then be empty.
     """
     if target not in TARGETS:
         raise CauceError(f"target must be one of {TARGETS}, got {target!r}")
@@ -149,6 +162,7 @@ def run_extract(
         0 <= max_null_key_fraction <= 1
     ):
         raise CauceError(f"max_null_key_fraction must be a fraction in [0, 1], got {max_null_key_fraction!r}")
+    source = effective_source(source, source_table)
     query = source_query(render_identifiers(source, identifiers or {}))
     parameters = infer_query_parameters(query_parameters or {})
     split_sql = split_query(query, column, split_ratios)
@@ -179,6 +193,7 @@ def run_extract(
         check_cost(bytes_estimated, maximum_bytes_billed)
         output = bigquery_backend.run(split_sql)
         output.details = {"bytes_estimated": bytes_estimated, **output.details}
+        project = project or bigquery_backend.default_project
 
     table = output.table
     if table.num_rows == 0:
@@ -225,7 +240,47 @@ def run_extract(
         "schema": {f.name: str(f.type) for f in rows.schema},
         **extra,
     }
-    return ExtractResult(split_rows=split_rows, metadata=metadata)
+    default_project = project or (LOCAL_PROJECT if backend == "local" else "")
+    table_id = source_table_id(source, identifiers or {}, default_project)
+    return ExtractResult(split_rows=split_rows, metadata=metadata, table_id=table_id)
+
+
+def effective_source(source: str, source_table: str) -> str:
+    """What extract reads: ``source_table`` (a table id) when given, else ``source``."""
+    if not source_table:
+        return source
+    if isinstance(source, str) and source.strip():
+        _log.warning("source_table %s is given: it is read, and source %r is not", source_table, source)
+    return source_table
+
+
+def source_table_id(source: str, identifiers: Mapping[str, str], default_project: str) -> str:
+    """``project.dataset.table`` of the table ``source`` names (its placeholders filled), the
+    project defaulting to ``default_project``; empty when ``source`` is a query."""
+    rendered = render_identifiers(source, identifiers)
+    body = rendered[_LEADING_COMMENTS.match(rendered).end() :]
+    if _QUERY_START.match(body):
+        return ""
+    parts = _validate_table_reference(rendered.strip()).split(".")
+    if len(parts) == 2 and default_project:
+        parts.insert(0, default_project)
+    return ".".join(parts) if len(parts) == 3 else ""
+
+
+def table_artifact(table_id: str, target: str, local_database: str = "") -> tuple[str, dict[str, Any]]:
+    """The ``uri`` and ``metadata`` of the ``google.BQTable`` naming ``table_id`` (GCPC's keys
+    ``projectId``, ``datasetId``, ``tableId``): on BigQuery the table's REST URL, as GCPC ops
+    write it; locally no URL (empty: the artifact keeps its own) and ``local_database``, the
+    engine's file. An empty ``table_id`` (a query was read) gives no table metadata."""
+    from cauce.artifact_types import bigquery_table_uri
+
+    if not table_id:
+        return "", {}
+    project, dataset, table = table_id.split(".")
+    metadata: dict[str, Any] = {"projectId": project, "datasetId": dataset, "tableId": table}
+    if target == "local":
+        return "", {**metadata, "local_database": str(local_database or _default_local_database())}
+    return bigquery_table_uri(project, dataset, table), metadata
 
 
 _TABLE_REFERENCE = re.compile(r"\b(?:FROM|JOIN)\s+`([^`]+)`|\b(?:FROM|JOIN)\s+([A-Za-z_][\w-]*(?:\.[\w-]+){1,2})\b", re.IGNORECASE)
@@ -334,7 +389,8 @@ def source_query(source: str) -> str:
     """
     if not isinstance(source, str) or not source.strip():
         raise CauceError(
-            "source must be a table reference (dataset.table or project.dataset.table) or a query"
+            "source must be a table reference (dataset.table or project.dataset.table) or a query, "
+            "or source_table a google.BQTable"
         )
     body = source[_LEADING_COMMENTS.match(source).end() :]
     if _QUERY_START.match(body):

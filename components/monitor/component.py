@@ -74,6 +74,61 @@ def monitor(
     ``beam_image`` as transform takes them; a Dataflow job cancelled if the step is cancelled)
     computes them as Beam combiners with the same numbers, for a baseline or a window past one
     machine (JSON Lines request logs, local or gs://).
+
+    Args:
+        baseline: a cauce Dataset (``<split>/part-*.parquet``), e.g. extract's output.
+        numeric_features: features compared with Jensen-Shannon divergence; strings from JSON
+            requests (``"42.5"``) are parsed.
+        categorical_features: features compared with L-infinity; values compared as text, so
+            ``3`` and ``"3"`` are one category.
+        drift_report: output: a folder with report.json and report.html; metadata
+            ``drift_detected``, ``drifted_features``, ``num_features``, ``num_drifted``,
+            ``baseline_rows``, ``serving_rows``, ``undelivered_alerts`` (the webhook URL / topic
+            of each alert that could not be delivered).
+        report_html: output: the same page as one file, which the Vertex AI console renders:
+            summary, features ranked by drift, baseline-vs-serving bar charts (inline SVG, no
+            scripts or external assets).
+        endpoint: the endpoint whose request logs are read when ``request_log_dir`` and
+            ``request_log_table`` are empty (``deploy``'s log folder, or the table ``deploy_vertex`` named).
+        request_log_dir: folder of the serving request logs ``requests-*.jsonl`` (the format in
+            docs/architecture.md), readable from the step (on Vertex, a Cloud Storage FUSE path).
+        baseline_split: the split of ``baseline`` compared with.
+        thresholds: feature -> threshold, overriding the defaults.
+        default_numeric_threshold: threshold of numeric features not in ``thresholds``.
+        default_categorical_threshold: threshold of categorical features not in ``thresholds``.
+        window_start: ISO-8601 time; requests logged in [start, end) are compared. Empty:
+            unbounded; a time without offset is UTC.
+        window_end: the window's end (exclusive), as ``window_start``.
+        previous_window_start: a previous window of the same logs: when it or
+            ``previous_window_end`` is set, the serving window is also compared with it (drift,
+            beside the skew against the baseline).
+        previous_window_end: the previous window's end (exclusive).
+        alert_webhook: http(s) URL that receives the JSON alert as a POST when anything is flagged.
+        alert_topic: Pub/Sub topic ``projects/<project>/topics/<topic>`` that receives the same
+            alert as one message; any other form fails the step before it reads anything.
+        request_log_table: instead of a folder: the endpoint's Vertex AI request-response log
+            table ``bq://project.dataset.table`` (what ``deploy_vertex`` turns on and names in its
+            endpoint's ``request_log_table``).
+        bigquery_project: project that runs (and pays for) the log table's query; empty = the
+            credentials' default.
+        bigquery_location: BigQuery location of that query.
+        bigquery_api_endpoint: BigQuery endpoint other than Google's (emulator, private endpoint).
+        bigquery_read_api: how the rows are read, as extract's ``read_api``: "auto", "storage" or "rest".
+        bigquery_storage_api_endpoint: Storage Read API host:port other than Google's.
+        bigquery_staging_dataset: dataset where the query result is staged as a table, as extract's
+            ``staging_dataset``.
+        maximum_bytes_billed: cost guard of the log table's query (a dry run first); 0 = no limit.
+        runner: empty: the histograms are computed in the step's process; "DirectRunner" or
+            "DataflowRunner": as Beam combiners, with the same numbers.
+        pipeline_options: any other Beam option; names that look like credentials are refused.
+        project: Google Cloud project of the Dataflow job (DataflowRunner only).
+        dataflow: Dataflow options as transform takes them (cauce.beam_pipelines.DATAFLOW_FIELDS).
+        beam_image: the image Dataflow workers run unless ``dataflow`` names an sdk_container_image.
+
+    Returns:
+        The drift flag: any feature of either comparison above its threshold (the features:
+        ``drift_report``'s ``drifted_features``). One bool output rather than named fields, so
+        ``dsl.If(task.outputs["Output"] == True)`` branches under kfp.local too.
     """
     from cauce.beam_pipelines import runner_options, work_uri
     from cauce.components.monitor.executor import (

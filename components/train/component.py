@@ -30,16 +30,25 @@ def train(
     metadata) that cauce.model.load serves for every framework.
 
     Args:
+        transformed: transform's encoded Dataset.
+        fitted_transform: transform's fitted transform (transform.json), put in the bundle.
+        model: output: the bundle (model file, transform.json, cauce_model.json).
+        metrics: output: summary metrics, and for Keras/PyTorch the training curves, one scalar
+            per epoch (epoch_003_val_loss, zero-padded so Vertex's metrics table sorts by epoch).
         hyperparameters: the framework's; empty means its defaults. sklearn:
-            {"model_type": "hist_gradient_boosting" | "random_forest" |
-            "logistic_regression" (regression: "ridge" | "linear_regression"),
-            ...estimator parameters}. keras/torch: {"hidden_units", "dropout",
-            "learning_rate", "weight_decay", "epochs", "batch_size", "patience",
+            {"model_type": "lightgbm" (the default) | "hist_gradient_boosting" |
+            "random_forest" | "logistic_regression" (regression: "ridge" |
+            "linear_regression"), ...estimator parameters}. keras/torch: {"hidden_units",
+            "dropout", "learning_rate", "weight_decay", "epochs", "batch_size", "patience",
             "min_delta", "validation_fraction"}.
+        train_split: the split trained on.
+        eval_split: the split the eval_* metrics are measured on; a dataset without it gives
+            no eval_* metrics.
+        seed: same data + seed -> same model metrics (every framework).
         framework: "sklearn" | "keras" | "torch" (the image must have it: see
             train_component()).
         task: "binary" | "multiclass" | "regression".
-        seed: same data + seed -> same model metrics.
+        eval_auc: output: AUC on eval_split; NaN for regression, or without eval_split.
     """
     from collections import namedtuple
 

@@ -34,6 +34,10 @@ def transform(
         numeric_features: columns z-scored (missing -> mean); shorthand for a zscore recipe step.
         categorical_features: columns one-hot encoded over the top_k training values + OOV;
             shorthand for a vocabulary recipe step.
+        analyze_split: the split the transform is fitted on.
+        top_k: vocabulary size per categorical feature (numeric_features/categorical_features
+            shorthand).
+        task: "binary" | "multiclass" | "regression": how the label is checked and encoded.
         recipe: the full declarative transform (see docs/recipes.md): {"steps": [...]} of
             row-level steps (drop/rename columns, replace_text, cast, map_values,
             fill_missing, derive) and analyzers (zscore, min_max, vocabulary, bucketize)
@@ -49,9 +53,10 @@ def transform(
         beam_image: the image Dataflow workers run unless dataflow names an sdk_container_image:
             pipelines pass the beam image they were compiled with (the `training` pipeline
             does); empty = the image cauce.images names in the running step.
-        transformed: output: the encoded splits.
+        transformed: output: the same splits, encoded: float32 features + the label.
         fitted_transform: output: the fitted transform (transform.json) that training,
             evaluation, serving and batch prediction apply.
+        features_out: output: the number of encoded feature columns.
     """
     from collections import namedtuple
 

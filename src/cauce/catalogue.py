@@ -266,6 +266,11 @@ def _producer(entries: list[CatalogueEntry], consumer: CatalogueEntry, name: str
     return f'dsl.importer(artifact_uri="gs://acme-ml/{name}", artifact_class=dsl.{artifact_class}).output'
 
 
+# Optional inputs an example still shows, by component: what extract reads (``source``, or
+# a ``source_table``).
+_EXAMPLE_OPTIONAL = {"extract": {"source"}}
+
+
 def _example(entries: list[CatalogueEntry], entry: CatalogueEntry) -> str:
     lines = [
         "from kfp import components",
@@ -278,7 +283,7 @@ def _example(entries: list[CatalogueEntry], entry: CatalogueEntry) -> str:
     ]
     arguments = []
     for name, spec in (entry.spec.inputs or {}).items():
-        if spec.default is not None or spec.optional:
+        if (spec.default is not None or spec.optional) and name not in _EXAMPLE_OPTIONAL.get(entry.name, ()):
             continue
         if _is_artifact(spec.type):
             value = _producer(entries, entry, name, spec.type)
@@ -393,15 +398,19 @@ monitor = components.load_component_from_url(f"{{CAUCE}}/monitor/component.yaml"
 
 @dsl.pipeline(name="fraud-skew-check")
 def skew_check(project: str, request_log_dir: str):
-    # Freeze today's training rows (GCPC), then compare served requests with them (cauce).
+    # Freeze today's training rows in a table (GCPC's query job), then compare served
+    # requests with them (cauce).
     snapshot = BigqueryQueryJobOp(
         project=project,
         location="EU",
-        query="CREATE OR REPLACE TABLE fraud.training_snapshot AS SELECT * FROM fraud.transactions",
+        query="SELECT * FROM fraud.transactions WHERE DATE(created) = CURRENT_DATE()",
     )
     baseline = extract(
-        source="fraud.training_snapshot", key_column="transaction_id", target="google-cloud", project=project
-    ).after(snapshot)
+        source_table=snapshot.outputs["destination_table"],  # a google.BQTable, as extract takes it
+        key_column="transaction_id",
+        target="google-cloud",
+        project=project,
+    )
     monitor(
         baseline=baseline.outputs["dataset"],
         request_log_dir=request_log_dir,
