@@ -22,7 +22,7 @@ from cauce.components.register.component import register, register_vertex
 from cauce.components.train.component import FRAMEWORK_IMAGE_FAMILIES, train_component
 from cauce.components.transform.component import transform
 from cauce.components.validate.component import validate
-from cauce.images import BEAM_IMAGE, SERVING_IMAGE
+from cauce.images import BEAM_IMAGE, SERVING_IMAGE, TF_IMAGE
 from cauce.kfp_local_compat import allow_oneof_artifacts
 
 allow_oneof_artifacts()  # kfp.local resolves dsl.OneOf over the train branches' model as Vertex does
@@ -82,6 +82,9 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
         # validate's statistics: "" in the step's process; "DirectRunner" or "DataflowRunner" as a
         # Beam combiner (same statistics), with pipeline_options and dataflow as transform's.
         validate_runner: str = "",
+        # evaluate's scoring, exact metrics and TFMA: "" in the step's process; "DirectRunner" or
+        # "DataflowRunner" in one Beam pipeline (same outputs), with pipeline_options and dataflow.
+        evaluate_runner: str = "",
         task: str = "binary",  # "binary" | "multiclass" | "regression"
         # "sklearn" (LightGBM and scikit-learn, base image) | "keras" (tf image) | "torch" (torch image)
         framework: str = frameworks[0],
@@ -146,6 +149,7 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
             pipeline_options: further Beam pipeline options.
             dataflow: Dataflow options (region, temp_location, max_num_workers, ...; cauce.beam_pipelines.DATAFLOW_FIELDS).
             validate_runner: where validate computes its statistics: empty in its process; DirectRunner or DataflowRunner (with pipeline_options and dataflow) as a Beam combiner, the same statistics.
+            evaluate_runner: where evaluate scores the eval split and runs TFMA: empty in its process; DirectRunner or DataflowRunner (with pipeline_options and dataflow; workers run the tf image) in one Beam pipeline, the same metrics and plots.
             task: binary | multiclass | regression. Metrics: binary auc, auc_precision_recall, binary_accuracy, precision, recall, binary_crossentropy; multiclass sparse_categorical_accuracy, sparse_categorical_crossentropy; regression root_mean_squared_error, mean_squared_error, mean_absolute_error (all: example_count).
             framework: sklearn (LightGBM / scikit-learn, base image) | keras (tf image) | torch (torch image).
             hyperparameters: the framework's (components/train/README.md); empty: its defaults.
@@ -282,6 +286,12 @@ def build_training_pipeline(train_ops: dict | None = None, name: str = "cauce-tr
             thresholds=checked.outputs["thresholds"],
             baseline_model=current_champion.outputs["champion_model"],
             change_thresholds=checked.outputs["change_thresholds"],
+            runner=evaluate_runner,
+            pipeline_options=pipeline_options,
+            project=project,
+            dataflow=dataflow,
+            # Dataflow's workers need TFMA: the tf image, the step's own.
+            beam_image=TF_IMAGE,
         ).set_display_name("evaluate")
 
         # What every registered version records about its making (cauce.lineage); the

@@ -19,6 +19,11 @@ def evaluate(
     baseline_model: dsl.Input[dsl.Model] = None,
     change_thresholds: dict = {},  # noqa: B006
     slice_thresholds: dict = {},  # noqa: B006
+    runner: str = "",
+    pipeline_options: dict = {},  # noqa: B006
+    project: str = "",
+    dataflow: dict = {},  # noqa: B006
+    beam_image: str = "",
 ) -> bool:
     """Evaluate ``model`` on ``split`` of the raw ``dataset`` with TensorFlow Model Analysis.
 
@@ -54,6 +59,18 @@ def evaluate(
         change_thresholds: metric -> margin by which this model must beat ``baseline_model``,
             overall and on every slice.
         slice_thresholds: metric -> bound, as ``thresholds``, on every slice.
+        runner: empty scores the split and computes everything in the step's process;
+            "DirectRunner" (Beam's FnApiRunner) or "DataflowRunner" scores it and runs TFMA in
+            one Beam pipeline (a Dataflow job, cancelled if the step is cancelled) with the same
+            outputs: the exact metrics merged from per-slice aggregates (the in-process numbers,
+            bit for bit), TFMA's output published under ``evaluation``'s URI by its
+            ``tfma/_PUBLISHED.json`` manifest.
+        pipeline_options: any other Beam option; names that look like credentials are refused.
+        project: Google Cloud project of the Dataflow job (DataflowRunner only).
+        dataflow: Dataflow options, as transform's (see cauce.beam_pipelines.DATAFLOW_FIELDS):
+            region and temp_location (gs://) required. Checked before any job.
+        beam_image: the image Dataflow workers run unless dataflow names an sdk_container_image;
+            they need TFMA: the tf image (the training pipeline passes it).
 
     Returns:
         True when the model is blessed (every bound holds and, with a baseline model, every margin).
@@ -61,9 +78,11 @@ def evaluate(
     import shutil
     from pathlib import Path
 
+    from cauce.beam_pipelines import DATAFLOW_RUNNER, runner_options, work_uri
     from cauce.components.champion.executor import baseline_model_dir
     from cauce.components.evaluate.executor import REPORT_FILE, run_evaluate
 
+    on_dataflow = runner == DATAFLOW_RUNNER
     result = run_evaluate(
         model_dir=model.path,
         dataset_dir=dataset.path,
@@ -75,6 +94,16 @@ def evaluate(
         champion_model_dir=baseline_model_dir(baseline_model.uri, baseline_model.metadata) if baseline_model else "",
         change_thresholds=change_thresholds,
         slice_thresholds=slice_thresholds,
+        runner=runner,
+        pipeline_options=runner_options(
+            runner, pipeline_options, job_name_prefix="cauce-evaluate", project=project, dataflow=dataflow,
+            beam_image=beam_image,
+        ) if runner else None,
+        work_uri=work_uri(runner, dataflow, "cauce-evaluate"),
+        # What Dataflow's workers read and write: the artifacts' URIs (gs://), not the step's paths.
+        model_uri=model.uri if on_dataflow else "",
+        dataset_uri=dataset.uri if on_dataflow else "",
+        output_uri=evaluation.uri if on_dataflow else "",
     )
     for name, value in result["metrics"].items():
         if value is not None:

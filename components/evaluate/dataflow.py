@@ -35,8 +35,10 @@ import pyarrow.compute as pc
 from cauce.artifacts import CauceError
 
 from . import executor
+from . import metrics as exact_metrics
 
 MANIFEST = "_PUBLISHED.json"
+EXACT_FILE = "exact_metrics.json"  # what the pipeline writes into its work folder
 ATTEMPT_PREFIX = "attempt-"
 
 
@@ -150,20 +152,35 @@ def _delete(paths: list[str]) -> None:
 
 class _ScoreBatches(beam.DoFn):
     """Record batches of the split -> TFMA's rows (binary: partial groups keyed as
-    ``aggregate_for_tfma`` groups them; other tasks: Arrow tables with weight 1)."""
+    ``aggregate_for_tfma`` groups them; other tasks: Arrow tables with weight 1) as the main
+    output; with ``exact``, also ``counts`` (rows kept, rows without a label) and
+    ``aggregates``: ``((model, slice), aggregate)`` of every slice of the batch
+    (``metrics.slice_aggregates``), for the candidate and, with ``champion_uri``, the champion."""
 
-    def __init__(self, model_uri: str, split: str, slice_features: list[str]):
+    def __init__(self, model_uri: str, split: str, slice_features: list[str], exact: bool = False,
+                 slicings: list | None = None, champion_uri: str = ""):
         self._model_uri, self._split, self._slice_features = model_uri, split, slice_features
-        self._model = None
+        self._exact, self._slicings, self._champion_uri = exact, [tuple(s) for s in slicings or []], champion_uri
+        self._model = self._champion = None
 
     def setup(self):
         from cauce import model as cauce_model
 
         self._model = cauce_model.load(cauce_model.fetch_model_dir(self._model_uri))
+        if self._champion_uri:
+            self._champion = cauce_model.load(cauce_model.fetch_model_dir(self._champion_uri))
 
     def process(self, batch):
+        from cauce.data import drop_missing_labels
+
         model = self._model
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        # Rows without a label measure nothing: left out and counted, as in process.
+        table, missing = drop_missing_labels(table, model.label)
+        if self._exact:
+            yield beam.pvalue.TaggedOutput("counts", (table.num_rows, missing))
+        if not table.num_rows:
+            return
         labels = _batch_labels(table, model, self._split)
         outputs = model.predict_scores(table)
         columns = {model.label: labels, executor.PREDICTION_KEY: executor._predictions(outputs, model.task)}
@@ -171,6 +188,16 @@ class _ScoreBatches(beam.DoFn):
             columns[feature] = pc.fill_null(
                 pc.cast(table.column(feature), pa.string()), executor.MISSING_SLICE_VALUE
             ).combine_chunks()
+        if self._exact:
+            label_values = labels.to_numpy()
+            slice_values = {f: columns[f].to_numpy(zero_copy_only=False) for f in self._slice_features}
+            scored = [(executor.CANDIDATE, outputs)]
+            if self._champion is not None:
+                scored.append((executor.CHAMPION, self._champion.predict_scores(table)))
+            for who, who_outputs in scored:
+                parts = exact_metrics.slice_aggregates(model.task, label_values, who_outputs, slice_values, self._slicings)
+                for key, aggregated in parts.items():
+                    yield beam.pvalue.TaggedOutput("aggregates", ((who, key), aggregated))
         rows = pa.table(columns)
         if model.task != "binary":
             yield "rows", rows.append_column(executor.WEIGHT_KEY, pa.array(np.ones(rows.num_rows)))
@@ -236,6 +263,36 @@ def run_tfma_beam(
     counts by slice), read back from the published output. ``dataset_dir`` is read here for
     the model's task and label; the workers read ``dataset_uri`` (gs:// on Dataflow; empty =
     dataset_dir) and the model at ``model_uri``."""
+    return _run(model_uri, dataset_dir, split, slice_features, output_uri, runner, pipeline_options, dataset_uri)
+
+
+def evaluate_beam(
+    model_uri: str,
+    dataset_dir: str,
+    split: str,
+    slice_features: list[str] | tuple[str, ...],
+    output_uri: str,
+    work_uri: str,
+    runner: str = "DirectRunner",
+    pipeline_options: dict | None = None,
+    dataset_uri: str = "",
+    champion_uri: str = "",
+) -> dict:
+    """Everything ``executor.run_evaluate`` computes from the rows, in one Beam pipeline:
+    TFMA's plots and counts (published under ``<output_uri>/tfma``, as ``run_tfma_beam``),
+    and the exact metrics of the candidate (and, with ``champion_uri``, of the champion)
+    overall and per slice, merged from per-batch aggregates (``metrics.merge``: the same
+    numbers, bit for bit, as all rows at once), written as one JSON file into ``work_uri``
+    (gs:// on Dataflow) and read back here. Adds to ``run_tfma_beam``'s result ``metrics``,
+    ``slices``, ``champion`` (``{"metrics", "slices"}`` or None), ``confusion`` (the overall
+    confusion counts), ``rows``, ``rows_missing_label`` and ``tfma_examples``."""
+    return _run(model_uri, dataset_dir, split, slice_features, output_uri, runner, pipeline_options, dataset_uri,
+                work_uri=work_uri, champion_uri=champion_uri)
+
+
+def _run(model_uri, dataset_dir, split, slice_features, output_uri, runner, pipeline_options, dataset_uri,
+         work_uri: str = "", champion_uri: str = "") -> dict:
+    import pyarrow.dataset as ds
     import tensorflow_model_analysis as tfma
     from apache_beam.io.parquetio import ReadFromParquetBatched
     from tfx_bsl.arrow import table_util
@@ -244,44 +301,155 @@ def run_tfma_beam(
     from cauce.beam_pipelines import run_pipeline
     from cauce.data import split_path
 
+    exact = bool(work_uri)
     slicings = executor.parse_slicings(slice_features)
     features = sorted({name for slicing in slicings for name in slicing})
     model = cauce_model.load(cauce_model.fetch_model_dir(model_uri))
-    import pyarrow.dataset as ds
-
-    present = ds.dataset(split_path(dataset_dir, split), format="parquet").schema.names
+    split_dataset = ds.dataset(split_path(dataset_dir, split), format="parquet")
+    present = split_dataset.schema.names
     executor._check_slice_features(pa.schema([(name, pa.string()) for name in present]).empty_table(), features,
                                    model.label, split)
+    if model.label not in present:
+        raise CauceError(
+            f"label column {model.label!r} (the model's label) not found in split {split!r}; columns present: {present}"
+        )
+    if not split_dataset.count_rows():
+        raise CauceError(f"split {split!r} is empty: there is nothing to evaluate")
     eval_config = executor.build_eval_config(model.label, slicings, model.task)
     tfma_uri = _join(os.fspath(output_uri), executor.TFMA_DIR)
     attempt = new_attempt(tfma_uri)
     read_root = (dataset_uri or os.fspath(dataset_dir)).rstrip("/")
+    task = model.task
 
     def build(pipeline):
         scored = (
             pipeline
             | "Read split" >> ReadFromParquetBatched(f"{read_root}/{split}/*.parquet")
-            | "Score" >> beam.ParDo(_ScoreBatches(model_uri, split, features))
+            | "Score" >> beam.ParDo(
+                _ScoreBatches(model_uri, split, features, exact, slicings, champion_uri)
+            ).with_outputs("counts", "aggregates", main="tfma")
         )
-        if model.task == "binary":
+        if task == "binary":
             batches = (
-                scored
+                scored.tfma
                 | "Groups" >> beam.Map(lambda kind_and_value: kind_and_value[1])
                 | "Merge groups" >> beam.CombinePerKey(_merge_groups)
                 | "All groups" >> beam.combiners.ToList()
                 | "Examples" >> beam.Map(_examples(model.label, features))
             )
         else:
-            batches = scored | "Rows" >> beam.FlatMap(lambda kind_and_table: kind_and_table[1].to_batches())
+            batches = scored.tfma | "Rows" >> beam.FlatMap(lambda kind_and_table: kind_and_table[1].to_batches())
         _ = (
             batches
             | "Canonical batches" >> beam.Map(table_util.CanonicalizeRecordBatch)
             | "TFMA" >> tfma.ExtractEvaluateAndWriteResults(eval_config=eval_config, output_path=attempt)
         )
+        if exact:
+            summaries = (
+                scored.aggregates
+                | "Merge aggregates" >> beam.CombinePerKey(exact_metrics.merge)
+                | "Metrics" >> beam.Map(_slice_summary(task))
+            )
+            counts = (
+                scored.counts
+                | "Count rows" >> beam.CombineGlobally(_sum_pairs)
+                | "Counts" >> beam.Map(lambda pair: {"rows": pair[0], "rows_missing_label": pair[1]})
+            )
+            examples = (
+                batches
+                | "Examples per batch" >> beam.Map(lambda batch: batch.num_rows)
+                | "Count examples" >> beam.CombineGlobally(sum)
+                | "Examples count" >> beam.Map(lambda count: {"tfma_examples": count})
+            )
+            _ = (
+                (summaries, counts, examples)
+                | "Results" >> beam.Flatten()
+                | "All results" >> beam.combiners.ToList()
+                | "Write results" >> beam.Map(_write_json(_join(work_uri, EXACT_FILE)))
+            )
 
     run_pipeline(build, runner, pipeline_options)
+    if exact:
+        # Checked before publishing: a split the in-process path refuses is refused here too.
+        computed = _read_exact(_join(work_uri, EXACT_FILE), model, split)
     publish(tfma_uri, attempt)
-    return read_tfma_results(tfma_uri, model.task)
+    results = read_tfma_results(tfma_uri, task)
+    if exact:
+        results.update(computed)
+    return results
+
+
+def _sum_pairs(pairs) -> tuple[int, int]:
+    first = second = 0
+    for one, two in pairs:
+        first, second = first + one, second + two
+    return first, second
+
+
+def _slice_summary(task: str):
+    def summarize(keyed) -> dict:
+        (who, key), aggregated = keyed
+        entry = {"model": who, "slice": list(key) if key is not None else None,
+                 "metrics": exact_metrics.metrics_of(task, aggregated)}
+        if key is None:
+            if task == "binary":
+                entry["confusion"] = exact_metrics.binary_confusion(aggregated)
+                entry["classes"] = aggregated["counts"].sum(axis=0).tolist()  # negatives, positives
+            elif task == "multiclass":
+                entry["confusion"] = aggregated["confusion"].tolist()
+        return entry
+
+    return summarize
+
+
+def _write_json(path: str):
+    def write(results) -> str:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as handle:
+            handle.write(json.dumps(results).encode())
+        return path
+
+    return write
+
+
+def _read_exact(path: str, model, split: str) -> dict:
+    """The pipeline's exact results, in ``run_evaluate``'s shapes."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as handle:
+        results = json.loads(handle.read())
+    computed = {"champion": None}
+    by_model: dict[str, dict] = {}
+    for entry in results:
+        if "model" not in entry:
+            computed.update(entry)
+            continue
+        place = by_model.setdefault(entry["model"], {"metrics": None, "slices": []})
+        if entry["slice"] is None:
+            place["metrics"] = entry["metrics"]
+            if entry["model"] == executor.CANDIDATE:
+                computed["confusion"] = entry.get("confusion")
+                computed["classes"] = entry.get("classes")
+        else:
+            place["slices"].append({"feature": entry["slice"][0], "value": entry["slice"][1], "metrics": entry["metrics"]})
+    for place in by_model.values():
+        place["slices"].sort(key=lambda item: (item["feature"], item["value"]))
+    if not computed.get("rows"):
+        raise CauceError(f"split {split!r} is empty: there is nothing to evaluate")
+    if model.task == "binary":
+        negatives, positives = computed.pop("classes")
+        if not (negatives and positives):
+            raise CauceError(
+                f"label column {model.label!r} holds only the class {int(bool(positives))} in split {split!r}; "
+                "evaluating a classifier (AUC, precision, recall) needs examples of both classes"
+            )
+    computed.pop("classes", None)
+    candidate = by_model[executor.CANDIDATE]
+    computed["metrics"], computed["slices"] = candidate["metrics"], candidate["slices"]
+    if executor.CHAMPION in by_model:
+        computed["champion"] = by_model[executor.CHAMPION]
+    return computed
 
 
 def read_tfma_results(tfma_uri: str, task: str) -> dict:

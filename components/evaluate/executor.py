@@ -97,6 +97,13 @@ def run_evaluate(
     champion_model_dir: str | os.PathLike = "",
     change_thresholds: dict | None = None,
     slice_thresholds: dict | None = None,
+    runner: str = "",
+    pipeline_options: dict | None = None,
+    work_uri: str = "",
+    model_uri: str = "",
+    dataset_uri: str = "",
+    champion_model_uri: str = "",
+    output_uri: str = "",
 ) -> dict:
     """Evaluate the model in ``model_dir`` on ``split`` of the raw dataset in ``dataset_dir``.
 
@@ -115,6 +122,19 @@ def run_evaluate(
     an upper bound is what a loss such as ``binary_crossentropy`` needs). They
     apply to the overall slice; the model is blessed when every bound holds on
     the exact metrics; with no thresholds at all it is not blessed.
+
+    ``runner`` empty scores the split and computes everything in this process.
+    "DirectRunner" (Beam's FnApiRunner) or "DataflowRunner" (``pipeline_options`` from
+    ``cauce.beam_pipelines.runner_options``) does it in one Beam pipeline
+    (``dataflow.evaluate_beam``): the workers read the model at ``model_uri``, the
+    champion at ``champion_model_uri`` and the split under ``dataset_uri`` (as they see
+    them: gs:// on Dataflow; empty = the local ones), the exact metrics are merged from
+    per-batch aggregates (the same numbers, bit for bit), TFMA's output is published with
+    its manifest (``tfma/_PUBLISHED.json``), and the pipeline's results go through
+    ``work_uri`` (gs:// on Dataflow; empty = a temporary folder, DirectRunner only).
+    With ``output_uri`` (gs://, required on Dataflow: the evaluation artifact's URI, whose
+    local path is ``output_dir``) TFMA writes there, published by its manifest, and
+    ``evaluation.json`` and ``report.html`` are each written atomically into ``output_dir``.
 
     Writes ``output_dir`` atomically: ``tfma/`` (TFMA's eval config, example
     counts and plots), ``evaluation.json`` and ``report.html``.
@@ -145,6 +165,12 @@ def run_evaluate(
                 f"the champion at {champion_model_dir} predicts {champion.label!r} ({champion.task}), the candidate "
                 f"{model.label!r} ({task}): they cannot be compared"
             )
+    if runner:
+        return _evaluate_on_beam(
+            model, champion, model_dir, dataset_dir, output_dir, split, slicings, runner, pipeline_options,
+            work_uri, model_uri, dataset_uri, champion_model_uri or str(champion_model_dir), output_uri,
+            dict(bounds=bounds, slice_bounds=slice_bounds, margins=margins, champion_model_dir=champion_model_dir),
+        )
     table = read_split(dataset_dir, split)
     # Rows without a label measure nothing: left out by the rule transform and train
     # follow (cauce.data.missing_label_mask), and counted.
@@ -176,37 +202,103 @@ def run_evaluate(
         eval_table = aggregate_for_tfma(eval_table, [model.label, *slice_features])
     else:  # the histogram argument of aggregate_for_tfma holds for binary scores only
         eval_table = eval_table.append_column(WEIGHT_KEY, pa.array(np.ones(eval_table.num_rows)))
+    if task == "binary":
+        confusion = exact.confusion_counts(label_values, outputs)
+    elif task == "multiclass":
+        confusion = exact.multiclass_confusion(label_values, outputs, len(model.classes))
+    else:
+        confusion = None
 
     with atomic_dir(output_dir) as out:
         tfma_import.join()
         plots = _run_tfma(eval_table, model.label, slicings, out / TFMA_DIR, task)
-        _check_example_counts(plots.pop("example_counts"), overall, slices)
-        reasons = threshold_failures(overall, slices, bounds, slice_bounds)
-        summary = {
-            "champion": champion_summary,
-            "blessed": (bool(bounds) or bool(slice_bounds)) and not reasons,
-            "metrics": overall,
-            "slices": slices,
-            "thresholds": bounds,
-            "reasons": reasons,
-            "confusion_matrix": _confusion_matrix(task, label_values, outputs, model.classes),
-            **plots,
-            "slice_thresholds": slice_bounds,
-            "change_thresholds": margins,
-        }
-        if champion is not None:
-            comparisons = compare_with_champion(summary, margins)
-            summary["champion"]["comparisons"] = comparisons
-            summary["champion"]["model_dir"] = str(champion_model_dir)
-            failed = [c for c in comparisons if not c["passed"]]
-            summary["reasons"] += [c["reason"] for c in failed]
-            summary["blessed"] = summary["blessed"] and not failed
-        summary.update(
-            task=task, split=split, rows=rows, rows_missing_label=rows_missing_label, tfma_examples=eval_table.num_rows,
-            label=model.label, model=model.metadata,
+        summary = _summarize(
+            model, plots, overall, slices, champion_summary, confusion,
+            dict(bounds=bounds, slice_bounds=slice_bounds, margins=margins, champion_model_dir=champion_model_dir),
+            split=split, rows=rows, rows_missing_label=rows_missing_label, tfma_examples=eval_table.num_rows,
         )
         write_json(out / EVALUATION_FILE, summary)
         (out / REPORT_FILE).write_text(render_report(summary))
+    return summary
+
+
+def _evaluate_on_beam(model, champion, model_dir, dataset_dir, output_dir, split, slicings, runner,
+                      pipeline_options, work_uri, model_uri, dataset_uri, champion_uri, output_uri, gate) -> dict:
+    """``run_evaluate`` with the rows processed by ``dataflow.evaluate_beam``."""
+    import tempfile
+
+    from cauce.artifacts import atomic_file
+    from cauce.components.evaluate import dataflow
+
+    if runner != "DirectRunner" and not (work_uri and output_uri):
+        raise CauceError(
+            f"runner={runner} needs a work_uri and an output_uri its workers can write (gs://); "
+            f"got work_uri={work_uri!r}, output_uri={output_uri!r}"
+        )
+
+    def evaluate(tfma_root: str, work: str) -> dict:
+        computed = dataflow.evaluate_beam(
+            model_uri or str(model_dir), str(dataset_dir), split, slicings, tfma_root, work, runner,
+            pipeline_options, dataset_uri, champion_uri if champion is not None else "",
+        )
+        computed["tfma_output"] = computed["tfma_output"][len(tfma_root.rstrip("/")) + 1 :]
+        plots = {name: computed[name] for name in ("roc", "calibration", "tfma_output", "example_counts")}
+        return _summarize(
+            model, plots, computed["metrics"], computed["slices"], computed["champion"],
+            computed.get("confusion"), gate,
+            split=split, rows=computed["rows"], rows_missing_label=computed["rows_missing_label"],
+            tfma_examples=computed["tfma_examples"],
+        )
+
+    with tempfile.TemporaryDirectory(prefix="cauce-evaluate-") as temporary:
+        if output_uri:
+            # TFMA's output is published under output_uri by its manifest; the two summary
+            # files are each replaced atomically.
+            summary = evaluate(output_uri, work_uri or temporary)
+            out = Path(output_dir)
+            write_json(out / EVALUATION_FILE, summary)
+            with atomic_file(out / REPORT_FILE) as handle:
+                handle.write(render_report(summary))
+            return summary
+        with atomic_dir(output_dir) as out:
+            summary = evaluate(str(out), work_uri or temporary)
+            write_json(out / EVALUATION_FILE, summary)
+            (out / REPORT_FILE).write_text(render_report(summary))
+    return summary
+
+
+def _summarize(model, plots: dict, overall: dict, slices: list, champion_summary: dict | None, confusion,
+               gate: dict, *, split: str, rows: int, rows_missing_label: int, tfma_examples: int) -> dict:
+    """evaluation.json's content: the exact metrics and TFMA's plots checked against each
+    other, the gate (thresholds, champion margins) decided on the exact metrics."""
+    task = model.task
+    bounds, slice_bounds, margins = gate["bounds"], gate["slice_bounds"], gate["margins"]
+    plots = dict(plots)
+    _check_example_counts(plots.pop("example_counts"), overall, slices)
+    reasons = threshold_failures(overall, slices, bounds, slice_bounds)
+    summary = {
+        "champion": champion_summary,
+        "blessed": (bool(bounds) or bool(slice_bounds)) and not reasons,
+        "metrics": overall,
+        "slices": slices,
+        "thresholds": bounds,
+        "reasons": reasons,
+        "confusion_matrix": _confusion_matrix(task, confusion, model.classes),
+        **plots,
+        "slice_thresholds": slice_bounds,
+        "change_thresholds": margins,
+    }
+    if champion_summary is not None:
+        comparisons = compare_with_champion(summary, margins)
+        summary["champion"]["comparisons"] = comparisons
+        summary["champion"]["model_dir"] = str(gate["champion_model_dir"])
+        failed = [c for c in comparisons if not c["passed"]]
+        summary["reasons"] += [c["reason"] for c in failed]
+        summary["blessed"] = summary["blessed"] and not failed
+    summary.update(
+        task=task, split=split, rows=rows, rows_missing_label=rows_missing_label, tfma_examples=tfma_examples,
+        label=model.label, model=model.metadata,
+    )
     return summary
 
 
@@ -590,11 +682,12 @@ def _slice_of(slice_key) -> tuple[str, str] | None:
     return ",".join(columns), ",".join(values)
 
 
-def _confusion_matrix(task: str, labels: np.ndarray, outputs: np.ndarray, classes: list) -> dict | None:
-    """Binary: the counts at ``DECISION_THRESHOLD``; multiclass: k x k (rows the
-    actual class, columns the argmax); the layout KFP's ClassificationMetrics expects."""
+def _confusion_matrix(task: str, confusion, classes: list) -> dict | None:
+    """Binary: the counts at ``DECISION_THRESHOLD`` (``metrics.confusion_counts``);
+    multiclass: k x k (rows the actual class, columns the argmax); the layout KFP's
+    ClassificationMetrics expects."""
     if task == "binary":
-        counts = exact.confusion_counts(labels, outputs)
+        counts = confusion
         return {
             "threshold": DECISION_THRESHOLD,
             "labels": ["0", "1"],
@@ -605,10 +698,7 @@ def _confusion_matrix(task: str, labels: np.ndarray, outputs: np.ndarray, classe
             **counts,
         }
     if task == "multiclass":
-        return {
-            "labels": [str(c) for c in classes],
-            "matrix": exact.multiclass_confusion(labels, outputs, len(classes)),
-        }
+        return {"labels": [str(c) for c in classes], "matrix": confusion}
     return None
 
 
