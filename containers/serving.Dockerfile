@@ -5,53 +5,40 @@
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-# PyPI's Linux torch wheel is the CUDA build; PyTorch's CPU index serves the same version.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Keras bundles run on the torch backend here (the smoke check imports keras too).
-ENV KERAS_BACKEND=torch
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# LightGBM (the default gradient-boosting engine) links the system's OpenMP runtime, which
-# slim images lack; the version is pinned like everything else.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the server imports (containers/serving.requirements.txt, closed over and
 # pinned in requirements/image-serving.txt): no kfp, BigQuery or Vertex SDK, half a GB
-# the server never imports. One server for every framework: scikit-learn, PyTorch, and
-# Keras on the torch backend. Exact pins, --no-deps, wheels only.
+# the server never imports. One runtime for every framework: each bundle's model.onnx
+# (scikit-learn, LightGBM, Keras, PyTorch) runs in ONNX Runtime, so no training framework
+# (PyTorch, Keras, scikit-learn with SciPy, LightGBM with OpenMP) is installed here.
+# Exact pins, --no-deps, wheels only.
 COPY requirements/build.txt requirements/lock.txt requirements/image-serving.txt requirements/
 RUN python -m venv /opt/cauce \
     && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --requirement requirements/build.txt \
-    && /opt/cauce/bin/pip install --no-cache-dir --no-deps --only-binary=:all: --index-url "${TORCH_INDEX_URL}" \
-        "torch==$(sed -n 's/^torch==//p' requirements/lock.txt)" \
     && /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation --requirement requirements/image-serving.txt
 COPY pyproject.toml README.md ./
 COPY src src
 COPY components components
 COPY pipelines pipelines
 # cauce without its pipeline dependencies; the smoke check fails the build if the server
-# could not import what it runs, or if anything installed is not pinned by the lock.
+# could not import what it runs, or if anything installed is not pinned by the lock. Then
+# the installer goes: a server installs nothing (pip, setuptools, wheel: 18 MiB).
 RUN /opt/cauce/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
-    && /opt/cauce/bin/python -m cauce.families smoke serving --lock requirements/lock.txt
+    && /opt/cauce/bin/python -m cauce.families smoke serving --lock requirements/lock.txt \
+    && /opt/cauce/bin/python -m pip uninstall --yes pip setuptools wheel
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="cauce-serving" \
       org.opencontainers.image.source="https://github.com/cauce-ml/cauce" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin cauce
-# LightGBM (the default gradient-boosting engine) links the system's OpenMP runtime, which
-# slim images lack; the version is pinned like everything else.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
-    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/cauce /opt/cauce
 # Inside a container the server listens on all interfaces (the platform routes to it);
 # outside one, cauce serves on loopback only.
 ENV PATH=/opt/cauce/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CAUCE_SERVE_HOST=0.0.0.0 \
-    KERAS_BACKEND=torch \
     AIP_HTTP_PORT=8080 \
     AIP_HEALTH_ROUTE=/health \
     AIP_PREDICT_ROUTE=/predict

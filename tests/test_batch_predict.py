@@ -49,7 +49,7 @@ def test_registered_champion_scores_every_eval_row_with_its_key(tmp_path, regist
     assert predictions.schema.names == [DEMO_KEY, "label", "score"]
     assert sorted(predictions.column(DEMO_KEY).to_pylist()) == sorted(rows.column(DEMO_KEY).to_pylist())
 
-    expected = model.load(trained_model[3]).predict_scores(rows)
+    expected = model.load(trained_model[3], serving=True).predict_scores(rows)  # what the server runs
     got = aligned(predictions, rows)
     np.testing.assert_allclose(got.column("score").to_numpy(), expected, rtol=1e-12)
     assert got.column("label").to_pylist() == (expected >= 0.5).astype(int).tolist()
@@ -82,7 +82,7 @@ def other_task_models(tmp_path_factory, raw_dataset):
 
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_prediction_columns_follow_the_task(tmp_path, raw_dataset, other_task_models, task):
-    bundle = model.load(other_task_models[task])
+    bundle = model.load(other_task_models[task], serving=True)  # what the server runs
     out = tmp_path / "p"
     run_batch_predict(other_task_models[task], str(out), DEMO_KEY, input_dataset_dir=raw_dataset, input_split="eval")
     rows = data.read_split(raw_dataset, "eval")
@@ -110,7 +110,7 @@ def test_bigquery_table_through_the_real_client(tmp_path, bigquery_emulator, raw
     )
     assert result["rows"] == 200 and result["input"]["source"] == "scoring.trips"
     got = aligned(predictions_of(out), rows)
-    expected = model.load(trained_model[3]).predict_scores(rows)
+    expected = model.load(trained_model[3], serving=True).predict_scores(rows)  # what the server runs
     np.testing.assert_allclose(got.column("score").to_numpy(), expected, rtol=1e-6)
     assert sorted(p.name for p in out.parent.iterdir()) == ["predictions"]  # the staging dataset is gone
 

@@ -58,12 +58,14 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def bundles(trained_model, tmp_path_factory):
-    """The trained model, and a copy whose model file is truncated (does not load)."""
+    """The trained model, and a copy whose model files are truncated (do not load): the
+    framework's file and model.onnx, which serving loads."""
     raw, _, _, model_dir = trained_model
     root = tmp_path_factory.mktemp("bundles")
     broken = Path(shutil.copytree(model_dir, root / "truncated"))
-    payload = (broken / "model.joblib").read_bytes()
-    (broken / "model.joblib").write_bytes(payload[: len(payload) // 2])
+    for name in ("model.joblib", "model.onnx"):
+        payload = (broken / name).read_bytes()
+        (broken / name).write_bytes(payload[: len(payload) // 2])
     return {"good": model_dir, "truncated": str(broken), "instances": smoke_instances_from(raw, "eval", model_dir, rows=3)}
 
 

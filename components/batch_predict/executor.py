@@ -10,8 +10,8 @@ Input is one of:
   checks, query parameters, local engine and BigQuery client, no second SQL path.
 
 The model bundle is loaded once per Beam worker (``DoFn.setup``) with
-``cauce.model.load``, so the transform and the framework are exactly the ones
-serving and evaluation use. Output: a cauce Dataset with one split
+``cauce.model.load(..., serving=True)``: the fitted transform and the bundle's
+``model.onnx`` in ONNX Runtime, exactly what the prediction server runs. Output: a cauce Dataset with one split
 ``predictions`` holding the key column and, by task,
 
 * binary: ``label`` (int64, score >= the bundle's decision threshold) and ``score`` (p(class 1));
@@ -116,7 +116,7 @@ def _make_predict_fn(model_uri: str, key_column: str, signature: dict, batch_siz
             from cauce import model
 
             self._model_dir = model.fetch_model_dir(model_uri)
-            self._model = model.load(self._model_dir)
+            self._model = model.load(self._model_dir, serving=True)  # the served path: model.onnx in ONNX Runtime
 
         def teardown(self):
             # A gs:// bundle is downloaded to a temporary folder per DoFn instance; a

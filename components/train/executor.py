@@ -45,7 +45,7 @@ from cauce.components.train.sklearn_trainer import (  # importable from here, as
     build_estimator,
 )
 from cauce.features import TRANSFORM_FILE, FittedTransform
-from cauce.model import METADATA_FILE, TASKS, passive_openmp_waits
+from cauce.model import METADATA_FILE, ONNX_FILE, TASKS, passive_openmp_waits
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +303,15 @@ def run_train(
         metrics.update({f"eval_{k}": v for k, v in evaluation_metrics(task, training.y_eval, eval_outputs, n_classes).items()})
     metrics.update(trained.summary)
 
+    # The served form (model.onnx, ONNX Runtime): accepted only if it reproduces the
+    # framework's outputs to 1e-6 on the eval split (else the train split).
+    from cauce.components.train import onnx_export
+
+    onnx_bytes, serving = onnx_export.export(framework, trained.model, len(fitted.feature_names), task)
+    check_rows = training.x_eval if training.x_eval is not None else training.x_train
+    serving.update(onnx_export.check(onnx_bytes, serving, trained.model, check_rows))
+    serving = {"runtime": "onnxruntime", "file": ONNX_FILE, **serving}
+
     import cauce
 
     transform_path = Path(transform_dir) / TRANSFORM_FILE
@@ -344,10 +353,12 @@ def run_train(
         "training_curves": trained.curves,
         "training_seconds": round(seconds, 3),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "serving": serving,
         **trained.details,
     }
     with atomic_dir(model_dir) as out:
         trained.save(Path(out))
+        (Path(out) / ONNX_FILE).write_bytes(onnx_bytes)
         shutil.copyfile(transform_path, Path(out) / TRANSFORM_FILE)
         (Path(out) / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
     log.info("trained %s %s (%s) on %d rows in %.1f s: %s", framework, trained.model_type, task, len(training.y_train), seconds, metrics)

@@ -9,7 +9,8 @@ One image per dependency family instead of one giant image (TFX's is 12 GB):
 * **tf**: + TensorFlow, TFMA: evaluate, Keras training;
 * **torch**: + PyTorch (CPU build): PyTorch training;
 * **serving**: only what the prediction server needs (no kfp, no Google Cloud
-  SDKs but Cloud Storage), for Vertex endpoints.
+  SDKs but Cloud Storage, no training framework: ONNX Runtime serves every
+  framework's model), for Vertex endpoints.
 
 Used three ways:
 
@@ -54,6 +55,8 @@ class Family:
     libraries: tuple[str, ...] = field(default_factory=tuple)
     # What the image holds besides Python packages, MiB (estimated, see its comment).
     other_mib: int = 0
+    # Whether the image's venv keeps its installer (pip, setuptools, wheel) after the build.
+    keeps_installer: bool = True
 
     @property
     def dockerfile(self) -> Path:
@@ -145,8 +148,12 @@ FAMILIES: dict[str, Family] = {
             "serving",
             "Vertex AI endpoints: the prediction server",
             requirements_file="containers/serving.requirements.txt",
-            # every framework's bundles: Keras runs on the torch backend (KERAS_BACKEND=torch)
-            libraries=("uvicorn", "httptools", "uvloop", "orjson", "sklearn", "lightgbm", "joblib", "torch", "keras", "google.cloud.storage", "cauce.serving.server"),
+            # every framework's bundles through their model.onnx: no scikit-learn, LightGBM,
+            # torch or Keras in this image
+            libraries=("uvicorn", "httptools", "uvloop", "orjson", "onnxruntime", "google.cloud.storage", "cauce.serving.server"),
+            # the Dockerfile uninstalls pip, setuptools and wheel after its smoke check: a
+            # server installs nothing (18 MiB)
+            keeps_installer=False,
         ),
     )
 }
@@ -279,12 +286,13 @@ class SizeEstimate:
 def estimate(name: str) -> SizeEstimate:
     """Estimated uncompressed size of family ``name``'s image: the Python slim base,
     plus the installed size of the family's dependency closure (and the venv's pip
-    and setuptools) measured in the current environment, plus what else it copies in.
+    and setuptools, where the image keeps them) measured in the current environment,
+    plus what else it copies in.
 
     Checked against fresh installs: within 2 % of the apparent size of a throwaway
     venv built from the lock file for each family (containers/README.md)."""
     family = get(name)
-    dists = closure(family.requirements() + ["pip", "setuptools"])
+    dists = closure(family.requirements() + (["pip", "setuptools"] if family.keeps_installer else []))
     sizes = {key: distribution_bytes(dist) for key, dist in dists.items()}
     packages = {key: round(size / MIB) for key, size in sorted(sizes.items(), key=lambda kv: -kv[1])}
     return SizeEstimate(name, PYTHON_SLIM_MIB + family.other_mib + round(sum(sizes.values()) / MIB), packages)

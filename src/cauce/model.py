@@ -8,9 +8,16 @@ prediction load the same way, whatever framework trained it.
         model.keras        Keras 3 model, built-in layers    (framework "keras")
         model.pt           PyTorch state dict of the MLP     (framework "torch")
                            that :func:`build_torch_mlp` defines
+        model.onnx         the same model as an ONNX graph (every framework):
+                           what serving and batch prediction run, in ONNX
+                           Runtime (``load(..., serving=True)``)
 
 Only the framework the bundle names is imported, so loading a scikit-learn
-model never imports TensorFlow or torch.
+model never imports TensorFlow or torch; loading it for serving imports only
+ONNX Runtime (the serving image holds no training framework). Train writes
+``model.onnx`` only after it reproduced the framework's outputs to 1e-6
+(``cauce.components.train.onnx_export``); ``metadata["serving"]`` records the
+check.
 
 Outputs per task (``scores_from_features`` / ``predict_scores``):
 
@@ -49,6 +56,7 @@ METADATA_FILE = "cauce_model.json"
 SKLEARN_FILE = "model.joblib"
 KERAS_FILE = "model.keras"
 TORCH_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
 FRAMEWORK_FILES = {"sklearn": SKLEARN_FILE, "keras": KERAS_FILE, "torch": TORCH_FILE}
 # Bundles written before the task names were shortened.
 _TASK_ALIASES = {"binary_classification": "binary", "multiclass_classification": "multiclass"}
@@ -186,6 +194,41 @@ class TorchModel(LoadedModel):
         return torch_outputs(self.estimator, features, self.task)
 
 
+@dataclass
+class OnnxModel(LoadedModel):
+    """A bundle's ``model.onnx`` in ONNX Runtime: the served form of every framework's
+    model. ``estimator`` is the ``InferenceSession``; ``metadata["serving"]`` says which
+    output holds the task's outputs."""
+
+    def __post_init__(self):
+        serving = self.metadata.get("serving") or {}
+        self._output_names = [serving.get("output", "outputs")]
+        self._column = serving.get("column")
+        self._run = self.estimator.run
+
+    def _outputs(self, features: np.ndarray) -> np.ndarray:
+        out = self._run(self._output_names, {"features": features})[0]
+        if self._column is not None:
+            out = out[:, self._column]
+        elif self.task == "regression":
+            out = out.reshape(-1)
+        return out.astype(np.float64)
+
+
+def onnx_session(model: bytes | str | os.PathLike, threads: int = 1):
+    """An ONNX Runtime session on the CPU, ``threads`` intra-op threads (1: a serving
+    request is a few rows, and a thread pool only adds wake-ups), no spinning."""
+    onnxruntime = _require("onnxruntime", "onnx", Path(str(model)) if not isinstance(model, bytes) else Path(ONNX_FILE))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 def keras_outputs(model, features: np.ndarray, task: str) -> np.ndarray:
     """Forward pass of a Keras model whose last layer already applies the output
     activation (sigmoid, softmax, or the regression rescaling).
@@ -252,7 +295,7 @@ def _require(module: str, framework: str, path: Path):
     try:
         return importlib.import_module(module)
     except ImportError:
-        extra = {"keras": "tf", "torch": "torch"}.get(framework, framework)
+        extra = {"keras": "tf", "torch": "torch", "onnx": "serving"}.get(framework, framework)
         raise CauceError(
             f"{path} is a {framework} model but {module!r} is not installed here; install cauce[{extra}] "
             f"(or use an image of the {framework} family)"
@@ -331,7 +374,10 @@ def fetch_model_dir(uri: str) -> str:
     return str(target)
 
 
-def load(model_dir: str | os.PathLike) -> LoadedModel:
+def load(model_dir: str | os.PathLike, serving: bool = False) -> LoadedModel:
+    """The bundle in ``model_dir``. ``serving``: its ``model.onnx`` in ONNX Runtime,
+    importing no training framework (the prediction server and batch prediction);
+    a bundle without one (written before cauce exported ONNX) loads its framework."""
     root = Path(model_dir)
     meta_path = root / METADATA_FILE
     if not meta_path.exists():
@@ -347,5 +393,7 @@ def load(model_dir: str | os.PathLike) -> LoadedModel:
     if not model_file.exists():
         raise CauceError(f"{model_file} not found: a {framework} bundle keeps its model there")
     transform = FittedTransform.load(root)
+    if serving and (root / ONNX_FILE).exists():
+        return OnnxModel(metadata=metadata, transform=transform, estimator=onnx_session(root / ONNX_FILE))
     model_cls, loader = _LOADERS[framework]
     return model_cls(metadata=metadata, transform=transform, estimator=loader(model_file, metadata))

@@ -162,7 +162,7 @@ class Deployment:
 
 def load_deployment(deployed_model_id: str, model_dir: str) -> Deployment:
     """Load a model bundle (local folder or gs:// URI) as a deployment."""
-    return Deployment(deployed_model_id, model_bundle.load(model_bundle.fetch_model_dir(model_dir)), model_dir)
+    return Deployment(deployed_model_id, model_bundle.load(model_bundle.fetch_model_dir(model_dir), serving=True), model_dir)
 
 
 def weighted_round_robin(traffic_split: dict[str, int]) -> list[str]:
@@ -396,7 +396,10 @@ class PredictionApp:
         # The event loop's clock, not time.monotonic(): one call, and what wait_for uses.
         deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         try:
-            message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            if _arrived(receive):  # the body came with the headers: nothing to time
+                message = await receive()
+            else:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
             body = message.get("body", b"")
             if message.get("more_body", False):
                 if self.buffering >= self.max_buffering:
@@ -431,6 +434,16 @@ class PredictionApp:
             status, payload = self.handle(method, path, body)
         await send({"type": "http.response.start", "status": status, "headers": _JSON + [(b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _arrived(receive) -> bool:
+    """Whether ``receive()`` returns at once: uvicorn's request cycle already holds the
+    next message (its event is set), as it does when the body came with the headers.
+    Then no timer is needed, and ``asyncio.wait_for`` (a task and an extra turn of the
+    event loop, ≈ 15 µs, a fifth of a one-instance request) is skipped. Any other server,
+    or a body still on its way, takes the timed path."""
+    event = getattr(getattr(receive, "__self__", None), "message_event", None)
+    return event is not None and event.is_set()
 
 
 async def _answer(send, status: int, payload: dict) -> None:

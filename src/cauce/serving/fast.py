@@ -1,5 +1,9 @@
 """Serving fast path for linear scikit-learn models.
 
+Bundles with a ``model.onnx`` (every bundle train writes now) are served by ONNX
+Runtime (``cauce.model.OnnxModel``), which needs no such shortcut; this path serves
+bundles written before that, loaded with scikit-learn itself.
+
 For one instance, ``LogisticRegression.predict_proba`` spends ~100 us in
 scikit-learn's per-call input validation (array checks, feature-count and
 finiteness checks, config lookups) and ~2 us in the math. The serving path

@@ -29,7 +29,7 @@ def build_app(
 ) -> PredictionApp:
     deployed_model_id = deployed_model_id or os.environ.get("AIP_DEPLOYED_MODEL_ID", "")
     return PredictionApp(
-        model_bundle.load(model_bundle.fetch_model_dir(model_dir)),
+        model_bundle.load(model_bundle.fetch_model_dir(model_dir), serving=True),
         model_name=model_name,
         health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
         predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"),
