@@ -97,7 +97,7 @@ def test_the_serving_image_honours_vertex_custom_container_contract(
         assert status == 200, body
         from cauce import model as model_bundle
 
-        expected = model_bundle.load(model_dir).predict_instances(instances)
+        expected = model_bundle.load(model_dir, serving=True).predict_instances(instances)  # model.onnx, as the image serves it
         assert [p["label"] for p in body["predictions"]] == [p["label"] for p in expected]
         assert [p["score"] for p in body["predictions"]] == pytest.approx([p["score"] for p in expected], abs=1e-12)
         assert body["deployed_model_id"] == "2"
