@@ -57,6 +57,11 @@ def versions(trained_model, tmp_path_factory):
     data = (unloadable / "model.joblib").read_bytes()
     (unloadable / "model.joblib").write_bytes(data[: len(data) // 2])
 
+    # Served through their framework, as a bundle written before model.onnx existed: the
+    # server runs model.onnx when a bundle has one, which these broken copies would keep.
+    for broken in (garbage, raises, unloadable):
+        (broken / "model.onnx").unlink()
+
     return {
         "v1": model_dir,
         "v3": str(root / "v3"),
