@@ -105,12 +105,18 @@ def test_requests_are_logged_in_vertex_logging_shape(endpoint):
     assert last["endpoint"] == "test-serving"
 
 
-def test_redeploy_swaps_the_model_inside_the_running_server(endpoint, trained_model):
+def test_redeploy_swaps_the_model_inside_the_running_server(endpoint, trained_model, tmp_path):
     """A new version at 100 % goes into the running process next to the old one,
     passes its smoke test, takes all the traffic, and the old one is undeployed:
-    no restart, so the endpoint never stops answering."""
+    no restart, so the endpoint never stops answering. (The same model again would be a
+    no-op: a new version is a bundle with other content, here one more file.)"""
+    import shutil
+
     state, instances = endpoint
-    again = deploy_local(trained_model[3], "test-serving", port=state["port"], smoke_instances=instances)
+    new_version = tmp_path / "v2"
+    shutil.copytree(trained_model[3], new_version)
+    (new_version / "NOTES.txt").write_text("version 2\n")
+    again = deploy_local(str(new_version), "test-serving", port=state["port"], smoke_instances=instances)
     assert again["pid"] == state["pid"] and again["rollout"] == "replaced"
     assert again["deployed_model_id"] != state["deployed_model_id"]
     assert again["traffic_split"] == {again["deployed_model_id"]: 100}

@@ -51,3 +51,6 @@ export CAUCE_PUSH="$push"
 for family in "${families[@]}"; do
   "$root/containers/build-image.sh" "$family" "$repository" "$out_dir" "$tag"
 done
+# A rebuild leaves the previous build of each family untagged (several GB each time):
+# remove those of ours, and only ours.
+docker image prune --force --filter "label=org.opencontainers.image.source=https://github.com/cauce-ml/cauce" >/dev/null

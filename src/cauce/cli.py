@@ -709,8 +709,17 @@ def _vertex_job(path, project, region, pipeline_root, values, api_endpoint, enab
     if dry_run or api_endpoint.startswith("http://"):
         init["credentials"] = AnonymousCredentials()
     aiplatform.init(**init)
+    import secrets
+
+    import yaml
+
+    # The SDK's default job id is the pipeline's name and the time to the second: two
+    # submissions within a second would collide (409). A short random suffix keeps ids unique.
+    name = yaml.safe_load(Path(path).read_text())["pipelineInfo"]["name"]
+    job_id = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     return aiplatform.PipelineJob(
         display_name=Path(path).stem,
+        job_id=job_id,
         template_path=str(path),
         pipeline_root=pipeline_root,
         parameter_values=values,
