@@ -224,3 +224,20 @@ def test_makefile_is_self_documenting_and_ci_calls_the_readme_test_command():
 
 def test_the_lock_pins_the_installed_torch():
     assert LOCK["torch"] == families.public_version(metadata.version("torch"))
+
+
+def test_every_python_package_of_the_tree_is_in_the_distribution():
+    # pyproject lists the packages by name (three roots map into one namespace), and an
+    # editable install finds a missing one anyway: only the images, which install the
+    # wheel, would notice. (A new components/ folder was missed that way once.)
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    roots = {"src/cauce": "cauce", "components": "cauce.components", "pipelines": "cauce.pipelines"}
+    found = {
+        ".".join([package, *init.parent.relative_to(ROOT / root).parts])
+        for root, package in roots.items()
+        for init in (ROOT / root).rglob("__init__.py")
+    }
+    assert found <= listed, f"packages missing from pyproject.toml's [tool.setuptools] packages: {sorted(found - listed)}"
+
