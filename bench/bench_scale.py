@@ -196,6 +196,19 @@ def bench_evaluate(root: Path, rows: int) -> None:
     print(f"example counts identical (overall + {len(summary['slices'])} slices): {same_counts}; "
           f"ROC identical: {on_beam['roc'] == summary['roc']}; calibration counts and positive rates identical: "
           f"{same_calibration}; largest relative mean-score difference: {calibration_gap:.1e}")
+    # The whole component path on Beam: scoring, exact metrics from mergeable per-slice
+    # counts and TFMA in one job, published with its manifest; its evaluation.json must
+    # equal the in-process one (but for where TFMA's output was published).
+    started = time.perf_counter()
+    run_evaluate(str(model_dir), str(dataset), root / "evaluation-runner", slice_features=slices,
+                 thresholds={"auc": 0.5}, runner="DirectRunner")
+    runner_s = time.perf_counter() - started
+    in_process = json.loads((root / "evaluation" / "evaluation.json").read_text())
+    with_runner = json.loads((root / "evaluation-runner" / "evaluation.json").read_text())
+    differing = sorted(k for k in in_process if k != "tfma_output" and in_process[k] != with_runner.get(k))
+    print(f"evaluate with runner=DirectRunner (exact metrics on Beam + TFMA + publish): {runner_s:.1f} s "
+          f"({runner_s / local_s:.2f}x); evaluation.json identical but tfma_output: "
+          f"{'yes' if not differing else 'no, differs in ' + str(differing)}")
 
 
 def main() -> None:
