@@ -58,10 +58,10 @@ engine: ## Start a Docker engine (installs Debian's docker.io if none answers) a
 	containers/local/engine.sh
 	containers/local/python-standin.sh
 
-images: setup engine ## Build all five image families here; each must pass its smoke import, run non-root, fit its budget
-	containers/local/build-images.sh
+images: setup ## Build all five image families here; each must pass its smoke import, run non-root, fit its budget
+	containers/local/build-images.sh  # starts the engine and prepares the stand-ins itself
 
-image: setup engine ## Build and check one image family: make image FAMILY=base
+image: setup ## Build and check one image family: make image FAMILY=base
 	containers/local/build-images.sh $(FAMILY)
 
 sizes: setup ## Estimate each image's size from this venv and compare with the budgets (no engine needed)

@@ -138,7 +138,8 @@ def _reap(pid: int) -> None:
 
 
 # --------------------------------------------------------------------------- containers
-def _engine():
+def engine_client():
+    """A docker-py client of the local engine, or CauceError saying how to get one."""
     import docker
 
     try:
@@ -169,7 +170,7 @@ class ContainerRuntime:
 
         from cauce.paths import cauce_home
 
-        client = _engine()
+        client = engine_client()
         # Named by port too: a redeploy to another port starts its container while the
         # previous one (same endpoint) still serves, and stops that one only afterwards.
         port = arguments[arguments.index("--port") + 1] if "--port" in arguments else ""
@@ -202,7 +203,7 @@ class ContainerRuntime:
         import docker
 
         try:
-            container = _engine().containers.get(state.get("container_id", ""))
+            container = engine_client().containers.get(state.get("container_id", ""))
         except docker.errors.NotFound:
             return None
         if container.labels.get(ENDPOINT_LABEL) != state.get("endpoint"):

@@ -115,10 +115,10 @@ def docker_runner(spec_path: str | Path, home: Path):
     from docker.types import Mount
     from kfp import local
 
-    from cauce.components.deploy.runtimes import SERVING_IMAGE_ENV, SERVING_RUNTIME_ENV, _engine
+    from cauce.components.deploy.runtimes import SERVING_IMAGE_ENV, SERVING_RUNTIME_ENV, engine_client
     from cauce.images import image_for
 
-    client = _engine()
+    client = engine_client()
     needed = [*spec_images(spec_path), image_for("serving")]
     present = {tag for image in client.images.list() for tag in image.tags + image.attrs.get("RepoDigests", [])}
     missing = [image for image in needed if image not in present and f"{image}:latest" not in present]
