@@ -85,6 +85,7 @@ lock: ## Re-pin requirements/lock.txt and requirements/image-*.txt from the curr
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^cauce' | sed 's/^\(torch==[^+]*\)+cpu$$/\1/'; \
 	} > requirements/lock.txt.new && mv requirements/lock.txt.new requirements/lock.txt
 	$(BIN)/python -m cauce.families lock
+	$(BIN)/python -m cauce.components.register.mlflow_schema  # a new MLflow's schema for new local databases
 	touch $(BIN)/.installed
 
 clean: ## Remove build outputs (keeps .venv and ~/.cauce)

@@ -165,11 +165,14 @@ ALIASES = ("champion", "challenger", "pending")
 
 def mlflow_client(tracking_uri: str = "") -> Any:
     """An MLflow client on ``tracking_uri`` (empty: cauce's sqlite default) for both
-    tracking and the registry, the database's folder created."""
+    tracking and the registry. A new sqlite database is made from MLflow's own schema
+    (``mlflow_schema``), in its folder, never the cwd."""
     tracking_uri = tracking_uri or default_mlflow_uri()
     database = _sqlite_path(tracking_uri)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        from cauce.components.register import mlflow_schema
+
+        mlflow_schema.seed(database)  # creates the folder; skipped for an existing database
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -216,12 +219,7 @@ def register_mlflow(
     _check_mlflow_alias(alias)
     tracking_uri = tracking_uri or default_mlflow_uri()
     database = _sqlite_path(tracking_uri)
-    if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     digest = content_hash(model_dir)
     already_registered = client.search_model_versions(
         f"name = '{model_name}' and tag.`{CONTENT_HASH_TAG}` = '{digest}'"
