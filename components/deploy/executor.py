@@ -70,6 +70,17 @@ def run_deploy_local(
     alias moves to it (``registered``: the register step's metadata, model_name and
     version): see :func:`make_champion`."""
     champion = _registered_version(registered) if set_champion else None  # checked before anything changes
+    registry = None
+    if champion:
+        # Opening the registry is mostly MLflow's import (~1.5 s): on a thread, while the
+        # serving process starts and answers its smoke test. An error surfaces at .result().
+        from concurrent.futures import ThreadPoolExecutor
+
+        from cauce.model_registry import LocalRegistry
+
+        opening = ThreadPoolExecutor(1, thread_name_prefix="open-registry")
+        registry = opening.submit(LocalRegistry, mlflow_tracking_uri)
+        opening.shutdown(wait=False)
     instances = smoke_instances_from(smoke_dataset_dir, smoke_split, model_dir, smoke_rows)
     result = deploy_local(
         model_dir=model_dir,
@@ -81,9 +92,7 @@ def run_deploy_local(
         promote=True,
     )
     if champion:
-        from cauce.model_registry import LocalRegistry
-
-        result["champion"] = make_champion(LocalRegistry(mlflow_tracking_uri), *champion, result["predict_url"])
+        result["champion"] = make_champion(registry.result(), *champion, result["predict_url"])
     return result
 
 
