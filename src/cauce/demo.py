@@ -137,8 +137,18 @@ def ensure_demo_table(database: str | Path, rows: int = 100_000, seed: int = 42)
             current = con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608 - constant name
             if current == rows:
                 return False
-        trips = generate_taxi_trips(rows, seed)  # noqa: F841 - read by DuckDB's replacement scan
-        con.execute(f"CREATE OR REPLACE TABLE {DEMO_TABLE} AS SELECT * FROM trips")  # noqa: S608 - constant name
+        # Registered by name, not found by DuckDB in this frame's variables: a frame's
+        # variables read from C stay referenced until the frame ends.
+        con.register("generated_trips", generate_taxi_trips(rows, seed))
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE {DEMO_TABLE} AS SELECT * FROM generated_trips")  # noqa: S608 - constant names
+        finally:
+            con.unregister("generated_trips")
         return True
     finally:
         con.close()
+        # The process that made the table goes on to run the pipeline (`cauce run`):
+        # Arrow's allocator would keep the freed table's pages (~80 MB at 1 M rows).
+        import pyarrow
+
+        pyarrow.default_memory_pool().release_unused()
