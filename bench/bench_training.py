@@ -107,10 +107,11 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def _sample_tree(root: int, cpu: dict, phase_of: dict) -> tuple[int, int]:
+def _sample_tree(root: int, cpu: dict, phase_of: dict, rss_of: dict) -> tuple[int, int]:
     """(sum of resident bytes of ``root`` and its descendants, largest single one);
-    records each process's CPU seconds so far in ``cpu`` and, for a step process,
-    its task (from the output file named on its command line) in ``phase_of``."""
+    records each process's CPU seconds so far in ``cpu``, its largest resident set so
+    far in ``rss_of`` and, for a step process, its task (from the output file named
+    on its command line) in ``phase_of``."""
     children = _children()
     total = largest = 0
     pending = [root]
@@ -131,6 +132,7 @@ def _sample_tree(root: int, cpu: dict, phase_of: dict) -> tuple[int, int]:
             continue
         total += rss
         largest = max(largest, rss)
+        rss_of[pid] = max(rss_of.get(pid, 0), rss)
     return total, largest
 
 
@@ -142,11 +144,12 @@ def measure(rows: int, workdir: Path) -> dict:
     peak = {"tree": 0, "process": 0}
     cpu: dict[int, float] = {}
     phase_of: dict[int, str | None] = {}
+    rss_of: dict[int, int] = {}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            tree, largest = _sample_tree(child.pid, cpu, phase_of)
+            tree, largest = _sample_tree(child.pid, cpu, phase_of, rss_of)
             peak["tree"], peak["process"] = max(peak["tree"], tree), max(peak["process"], largest)
             done.wait(0.1)
 
@@ -159,14 +162,18 @@ def measure(rows: int, workdir: Path) -> dict:
     if code != 0:
         raise SystemExit(f"the {rows:,}-row run failed (exit {code})")
     phase_cpu: dict[str, float] = {}
+    phase_rss: dict[str, int] = {}
     for pid, seconds in cpu.items():
         task = phase_of.get(pid)
         phase = next((p for p in PHASES if task and (task == p or re.fullmatch(rf"{p}-\d+", task))), None)
         if phase:
             phase_cpu[phase] = phase_cpu.get(phase, 0.0) + seconds
+            phase_rss[phase] = max(phase_rss.get(phase, 0), rss_of.get(pid, 0))
     result = json.loads(result_file.read_text())
     result.update(process_wall=wall, peak_gb=peak["tree"] / 1e9, largest_process_gb=peak["process"] / 1e9,
-                  phase_cpu=phase_cpu, process_cpu=sum(cpu.values()))
+                  phase_cpu=phase_cpu, process_cpu=sum(cpu.values()),
+                  phase_peak_gb={phase: rss / 1e9 for phase, rss in phase_rss.items()},
+                  runner_peak_gb=rss_of.get(child.pid, 0) / 1e9)
     return result
 
 
@@ -184,6 +191,10 @@ def report(results: dict[int, dict]) -> None:
     for name in PHASES:
         print(f"{'  ' + name:<22}" + "".join(_cell(results[r]["phase_cpu"].get(name)) for r in sizes))
     print(f"{'  all processes':<22}" + "".join(_cell(results[r]["process_cpu"]) for r in sizes))
+    print("largest resident set of each step's process (GB):")
+    for name in PHASES:
+        print(f"{'  ' + name:<22}" + "".join(f"{results[r]['phase_peak_gb'].get(name, 0):>13.2f} GB" for r in sizes))
+    print(f"{'  runner (kfp.local)':<22}" + "".join(f"{results[r]['runner_peak_gb']:>13.2f} GB" for r in sizes))
     print(f"{'peak memory (tree)':<22}" + "".join(f"{results[r]['peak_gb']:>13.2f} GB" for r in sizes))
     print(f"{'largest process':<22}" + "".join(f"{results[r]['largest_process_gb']:>13.2f} GB" for r in sizes))
     print(f"{'eval AUC':<22}" + "".join(f"{results[r]['auc'] or float('nan'):>16.5f}" for r in sizes))
