@@ -172,31 +172,41 @@ def test_response_and_log_line_are_cut_from_one_serialization(trained_model, tmp
     assert logged.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - logged).total_seconds() < 60
 
 
-def test_linear_fast_path_reproduces_the_estimator(trained_model):
-    """The serving shortcut for linear models gives the estimator's own predictions
-    for every batch size, and is only taken when it matches the estimator."""
+def test_linear_scorer_of_an_older_bundle_comes_from_its_estimator(trained_model, tmp_path):
+    """A bundle written before linear.json and model.onnx loads with scikit-learn: the
+    fused linear scorer then takes the estimator's coefficients (tests/test_linear_scorer.py
+    covers the scorer itself), and the serving app keeps it."""
+    import shutil
+    from pathlib import Path
+
     from cauce import model
     from cauce.serving.fast import accelerate
 
     raw, _, _, model_dir = trained_model
+    old = Path(shutil.copytree(model_dir, tmp_path / "old"))
+    (old / model.LINEAR_FILE).unlink()
+    (old / model.ONNX_FILE).unlink()
     instances = smoke_instances_from(raw, "eval", model_dir, rows=300)
-    reference = model.load(model_dir)
-    fast = accelerate(model.load(model_dir))
-    assert "_outputs" in vars(fast)  # the logistic regression of the fixture takes the fast path
+    loaded = accelerate(model.load(old, serving=True))
+    assert type(loaded) is model.SklearnModel and "linear" in vars(loaded)
+    reference = model.SklearnModel(metadata=loaded.metadata, transform=loaded.transform, estimator=loaded.estimator)
     for rows in (1, 2, 7, 32, 300):
-        assert fast.predict_instances(instances[:rows]) == reference.predict_instances(instances[:rows])
+        got, expected = loaded.predict_instances(instances[:rows]), reference.predict_instances(instances[:rows])
+        assert all(abs(a["score"] - b["score"]) <= 2e-6 for a, b in zip(got, expected))
     features = reference.transform.transform_instances(instances)
-    assert (fast.scores_from_features(features) == reference.scores_from_features(features)).all()
+    assert loaded.scores_from_features(features).tolist() == loaded.linear.score_instances(instances)
 
 
-def test_linear_fast_path_falls_back_when_it_does_not_match(trained_model):
+def test_linear_scorer_is_not_used_when_it_does_not_match_the_estimator(trained_model):
+    from pathlib import Path
+
     from cauce import model
-    from cauce.serving.fast import accelerate
 
     loaded = model.load(trained_model[3])
-    original = loaded.estimator.predict_proba
-    loaded.estimator.predict_proba = lambda x: original(x) * 0.5  # an estimator the direct formula does not describe
-    assert "_outputs" not in vars(accelerate(loaded))
+    reference = model.SklearnModel(metadata=loaded.metadata, transform=loaded.transform, estimator=loaded.estimator)
+    original = reference.estimator.predict_proba
+    reference.estimator.predict_proba = lambda x: original(x) * 0.5  # an estimator the coefficients do not describe
+    assert "linear" not in vars(model.with_linear_scorer(reference, Path(trained_model[3])))
 
 
 # ---- several deployments in one process: traffic split, direct route, admin routes ----

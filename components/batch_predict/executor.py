@@ -11,7 +11,10 @@ Input is one of:
 
 The model bundle is loaded once per Beam worker (``DoFn.setup``) with
 ``cauce.model.load(..., serving=True)``: the fitted transform and the bundle's
-``model.onnx`` in ONNX Runtime, exactly what the prediction server runs. Output: a cauce Dataset with one split
+``model.onnx`` in ONNX Runtime, or for a linear model its fused scorer (the
+coefficients folded into the transform, ``cauce.features.LinearScorer``), exactly what
+the prediction server runs: a row's score here is bit for bit the number the server
+answers for it (rounded there to 6 places). Output: a cauce Dataset with one split
 ``predictions`` holding the key column and, by task,
 
 * binary: ``label`` (int64, score >= the bundle's decision threshold) and ``score`` (p(class 1));
@@ -116,7 +119,7 @@ def _make_predict_fn(model_uri: str, key_column: str, signature: dict, batch_siz
             from cauce import model
 
             self._model_dir = model.fetch_model_dir(model_uri)
-            self._model = model.load(self._model_dir, serving=True)  # the served path: model.onnx in ONNX Runtime
+            self._model = model.load(self._model_dir, serving=True)  # the served path: linear scorer or model.onnx
 
         def teardown(self):
             # A gs:// bundle is downloaded to a temporary folder per DoFn instance; a

@@ -45,7 +45,7 @@ from cauce.components.train.sklearn_trainer import (  # importable from here, as
     build_estimator,
 )
 from cauce.features import TRANSFORM_FILE, FittedTransform
-from cauce.model import METADATA_FILE, ONNX_FILE, TASKS, passive_openmp_waits
+from cauce.model import LINEAR_FILE, METADATA_FILE, ONNX_FILE, TASKS, passive_openmp_waits
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +311,11 @@ def run_train(
     check_rows = training.x_eval if training.x_eval is not None else training.x_train
     serving.update(onnx_export.check(onnx_bytes, serving, trained.model, check_rows))
     serving = {"runtime": "onnxruntime", "file": ONNX_FILE, **serving}
+    # A linear model is also served by its coefficients folded into the transform
+    # (cauce.model's LINEAR_FILE), accepted by the same rule as model.onnx.
+    linear = onnx_export.export_linear(framework, trained.model, task, check_rows)
+    if linear is not None:
+        serving["linear"] = {"file": LINEAR_FILE, **{k: linear.pop(k) for k in ("checked_rows", "max_abs_difference", "tolerance")}}
 
     import cauce
 
@@ -359,6 +364,8 @@ def run_train(
     with atomic_dir(model_dir) as out:
         trained.save(Path(out))
         (Path(out) / ONNX_FILE).write_bytes(onnx_bytes)
+        if linear is not None:
+            (Path(out) / LINEAR_FILE).write_text(json.dumps(linear, indent=1))
         shutil.copyfile(transform_path, Path(out) / TRANSFORM_FILE)
         (Path(out) / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
     log.info("trained %s %s (%s) on %d rows in %.1f s: %s", framework, trained.model_type, task, len(training.y_train), seconds, metrics)

@@ -26,10 +26,14 @@ fields fixed, no random names).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from cauce.artifacts import CauceError
 from cauce.model import LoadedModel, onnx_session
+
+log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-6
 CHECK_ROWS = 20_000
@@ -276,3 +280,25 @@ def check(onnx_bytes: bytes, how: dict, model: LoadedModel, features: np.ndarray
         "tolerance": TOLERANCE,
         "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
+
+
+def export_linear(framework: str, model: LoadedModel, task: str, features: np.ndarray) -> dict | None:
+    """The fused linear scorer's coefficients (``cauce.model.LINEAR_FILE``) for a linear
+    scikit-learn model, with the check that accepted them (``checked_rows``,
+    ``max_abs_difference``), or None for any other model. Accepted only when the scorer
+    reproduces the framework's outputs on ``features`` within the tolerance model.onnx
+    must meet; otherwise the bundle is written without them (served by model.onnx)."""
+    from cauce.model import linear_coefficients, linear_difference
+
+    if framework != "sklearn":
+        return None
+    spec = linear_coefficients(model.estimator, task, model.transform.width)
+    if spec is None:
+        return None
+    rows = features[:CHECK_ROWS]
+    scorer = model.transform.linear_scorer(spec["coefficients"], spec["intercept"], spec["link"])
+    difference = linear_difference(model.scores_from_features(rows), scorer.score_features(rows))
+    if difference is None:
+        log.warning("linear scorer does not reproduce the %s model to %g: serving it through model.onnx", type(model.estimator).__name__, TOLERANCE)
+        return None
+    return {**spec, "checked_rows": int(len(rows)), "max_abs_difference": difference, "tolerance": TOLERANCE}

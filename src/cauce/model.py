@@ -11,6 +11,9 @@ prediction load the same way, whatever framework trained it.
         model.onnx         the same model as an ONNX graph (every framework):
                            what serving and batch prediction run, in ONNX
                            Runtime (``load(..., serving=True)``)
+        linear.json        a linear model's coefficients (binary logistic, linear
+                           and ridge regression), which every load scores it with
+                           (the fused scorer: the section at the end of this module)
 
 Only the framework the bundle names is imported, so loading a scikit-learn
 model never imports TensorFlow or torch; loading it for serving imports only
@@ -394,6 +397,156 @@ def load(model_dir: str | os.PathLike, serving: bool = False) -> LoadedModel:
         raise CauceError(f"{model_file} not found: a {framework} bundle keeps its model there")
     transform = FittedTransform.load(root)
     if serving and (root / ONNX_FILE).exists():
-        return OnnxModel(metadata=metadata, transform=transform, estimator=onnx_session(root / ONNX_FILE))
+        return with_linear_scorer(OnnxModel(metadata=metadata, transform=transform, estimator=onnx_session(root / ONNX_FILE)), root)
     model_cls, loader = _LOADERS[framework]
-    return model_cls(metadata=metadata, transform=transform, estimator=loader(model_file, metadata))
+    return with_linear_scorer(model_cls(metadata=metadata, transform=transform, estimator=loader(model_file, metadata)), root)
+
+
+# ---- Linear models: the fused scorer ------------------------------------------------
+# A linear model (binary logistic regression; linear or ridge regression) is served,
+# batch-predicted and evaluated by its coefficients folded into the fitted transform
+# (cauce.features.LinearScorer): per request in plain Python, no numpy and no ONNX
+# Runtime call, a few microseconds for one instance (bench/README.md, "Serving"). Train
+# writes the coefficients as LINEAR_FILE beside model.onnx, only when the scorer
+# reproduces the framework's outputs to 1e-6, as model.onnx must
+# (cauce.components.train.onnx_export.export_linear); a bundle written before that
+# takes them from its scikit-learn estimator when it loads with its framework.
+# Loading checks the scorer once more against the model it loaded (ONNX Runtime or the
+# framework) on probe instances, and that its per-instance and vectorized ways agree
+# bit for bit; otherwise the model serves as before and the reason is logged.
+
+LINEAR_FILE = "linear.json"
+LINEAR_FORMAT = "cauce.linear/v1"
+LINEAR_TOLERANCE = 1e-6  # |scorer - model| <= 1e-6 + 1e-6 x |model|, as for model.onnx
+_LINEAR_ESTIMATORS = {"binary": ("LogisticRegression",), "regression": ("LinearRegression", "Ridge")}
+
+
+def linear_coefficients(estimator, task: str, width: int) -> dict | None:
+    """``{"format", "link", "intercept", "coefficients"}`` of a fitted scikit-learn linear
+    model of ``task`` over ``width`` features, or None for any other model."""
+    if type(estimator).__name__ not in _LINEAR_ESTIMATORS.get(task, ()):
+        return None
+    if not type(estimator).__module__.startswith("sklearn."):
+        return None
+    coef, intercept = getattr(estimator, "coef_", None), getattr(estimator, "intercept_", None)
+    if coef is None or intercept is None:
+        return None
+    coef, intercept = np.asarray(coef, dtype=np.float64), np.asarray(intercept, dtype=np.float64).reshape(-1)
+    if coef.size != width or intercept.size != 1 or coef.ndim > 2 or (coef.ndim == 2 and coef.shape[0] != 1):
+        return None  # several outputs (multiclass, multi-target)
+    if task == "binary" and len(getattr(estimator, "classes_", ())) != 2:
+        return None
+    return {
+        "format": LINEAR_FORMAT,
+        "link": "logistic" if task == "binary" else "identity",
+        "intercept": float(intercept[0]),
+        "coefficients": coef.reshape(-1).tolist(),
+    }
+
+
+def linear_difference(expected: np.ndarray, got: np.ndarray) -> float | None:
+    """The largest ``|got - expected|`` when every output is within LINEAR_TOLERANCE, else None."""
+    expected, got = np.asarray(expected, dtype=np.float64).reshape(-1), np.asarray(got, dtype=np.float64).reshape(-1)
+    if expected.shape != got.shape or not np.isfinite(got).all():
+        return None
+    difference = np.abs(got - expected)
+    if not (difference <= LINEAR_TOLERANCE + LINEAR_TOLERANCE * np.abs(expected)).all():
+        return None
+    return float(difference.max()) if len(difference) else 0.0
+
+
+def _linear_probe(transform: FittedTransform, rows: int = 64) -> tuple[list[dict] | None, np.ndarray]:
+    """Probe rows for the load-time check: instances drawn from the transform's own
+    fitted state (values around each number's center, vocabulary values, unseen and
+    missing ones) and their features; a recipe serving cannot encode per instance
+    without Arrow gets a random matrix of features instead."""
+    import random
+
+    generator = random.Random(0)
+    if not transform._direct:
+        matrix = np.random.default_rng(0).normal(size=(rows, transform.width)).astype(np.float32)
+        matrix[np.random.default_rng(1).random(size=matrix.shape) < 0.5] = 0.0
+        return None, matrix
+    instances = []
+    for row in range(rows):
+        instance = {}
+        for kind, name, _, constants in transform._scalar_plan:
+            if row % 7 == 3:
+                instance[name] = None
+            elif kind in ("one_hot", "index"):
+                vocabulary = list(constants)
+                instance[name] = generator.choice(vocabulary) if vocabulary and row % 5 else f"unseen-{row}"
+            elif kind == "scale":
+                center, scale, _ = constants
+                instance[name] = center + scale * generator.gauss(0.0, 1.5)
+            else:
+                boundaries = constants or [0.0]
+                instance[name] = generator.uniform(boundaries[0] - 1.0, boundaries[-1] + 1.0)
+        instances.append(instance)
+    return instances, transform.transform_instances(instances)
+
+
+def with_linear_scorer(model: LoadedModel, root: Path) -> LoadedModel:
+    """``model``, scored by the fused linear scorer when it is a linear model that has
+    one (see the section's comment); returns the same object. The scorer becomes the
+    instance's ``scores_from_features`` (so ``predict_scores``: batch prediction,
+    evaluation) and its ``predict_instances`` (serving); ``model.linear`` holds it."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    path = root / LINEAR_FILE
+    width = model.transform.width
+    try:
+        if path.exists():
+            spec = json.loads(path.read_text())
+            if spec.get("format") != LINEAR_FORMAT:
+                raise CauceError(f"format {spec.get('format')!r}, expected {LINEAR_FORMAT!r}")
+        elif type(model) is SklearnModel:
+            spec = linear_coefficients(model.estimator, model.task, width)
+        else:
+            spec = None
+        if spec is None:
+            return model
+        if spec["link"] != ("logistic" if model.task == "binary" else "identity"):
+            raise CauceError(f"link {spec['link']!r} does not fit a {model.task} model")
+        scorer = model.transform.linear_scorer(spec["coefficients"], spec["intercept"], spec["link"])
+        instances, features = _linear_probe(model.transform)
+        got = scorer.score_features(features)
+        if linear_difference(model._outputs(features), got) is None:
+            raise CauceError("it does not reproduce the model's outputs to 1e-6 on the probe")
+        if instances is not None and scorer.score_instances(instances) != got.tolist():
+            raise CauceError("its per-instance and vectorized outputs differ")
+    except Exception as error:  # noqa: BLE001 - any doubt: the model's own outputs, as before
+        log.warning("model %s: linear scorer not used (%s: %s); scoring with %s", root, type(error).__name__, error, type(model).__name__)
+        return model
+    _use_linear_scorer(model, scorer, width)
+    return model
+
+
+def _use_linear_scorer(model: LoadedModel, scorer, width: int) -> None:
+    general = model.predict_instances  # the transform, then scores_from_features: this scorer's vectorized way
+    binary = model.task == "binary"
+    threshold = float(model.metadata.get("decision_threshold", 0.5))
+    score_instances, score_features = scorer.score_instances, scorer.score_features
+
+    def scores_from_features(features: np.ndarray) -> np.ndarray:  # LoadedModel.scores_from_features
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != width:
+            raise CauceError(f"encoded features have shape {features.shape}; this model expects (rows, {width})")
+        return score_features(features)
+
+    def predict_instances(instances: list[dict], may_hold_booleans: bool = True) -> list[dict]:  # LoadedModel.predict_instances
+        scores = score_instances(instances)
+        if scores is None:  # a value the per-instance way leaves to the transform (or an error to name)
+            return general(instances, may_hold_booleans)
+        if binary:
+            return [{"label": 1 if score >= threshold else 0, "score": round(score, 6)} for score in scores]
+        return [{"value": score} for score in scores]
+
+    def predict_scores(table: pa.Table | pa.RecordBatch) -> np.ndarray:  # LoadedModel.predict_scores
+        return scorer.score_columns(model.transform.transform_columns(table))  # feature-major: no transposed copy
+
+    model.linear = scorer
+    model.scores_from_features = scores_from_features
+    model.predict_scores = predict_scores
+    model.predict_instances = predict_instances
