@@ -12,8 +12,11 @@ request bodies (1 and 32 instances from the eval split) at concurrency 1/8/32
 (`wrk -t1 -cN --latency`) against:
 
 * ours     `python -m cauce.serving --model-dir ... --request-log-dir ...`: the
-           fitted transform per request, the bundle's model.onnx in ONNX Runtime,
-           request logging on, as deployed;
+           fitted transform per request, the bundle's model.onnx in ONNX Runtime (for
+           the linear model, its coefficients folded into the transform, no ONNX
+           Runtime call: cauce.features.LinearScorer), request logging on (every line
+           written before its response; requests in flight together share a write),
+           as deployed;
 * mlflow   `mlflow models serve --env-manager local` of the same estimator type
            packaged the way MLflow users ship it: a scikit-learn Pipeline of
            ColumnTransformer(impute + scale, impute + one-hot) and the model
@@ -556,7 +559,8 @@ def report(results: dict, args, soak: dict | None, alive, logged) -> bool:
     print(f"serving benchmark, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}")
     print(
         f"wrk -t1 --latency, {args.duration:.0f} s per cell after 1 s warm-up, loopback; wrk and the servers share "
-        "the machine's cores. ours: model.onnx in ONNX Runtime, request logging on. req/s counts 2xx answers only."
+        "the machine's cores. ours: model.onnx in ONNX Runtime (linear: the fused linear scorer), request logging "
+        "on. req/s counts 2xx answers only."
     )
     print(f"1-min load average during the run: {min(args.load):.1f} to {max(args.load):.1f} (2.0 = wrk + one busy server)")
     header = f"{'model':<7}{'server':<12}{'batch':>6}{'conc':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"

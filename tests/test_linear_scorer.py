@@ -249,3 +249,62 @@ def test_batch_prediction_gives_exactly_the_served_numbers(bundle, trained_model
     # and the server's answers are those numbers, rounded to 6 places
     answered = served.predict_instances(instances[:50])
     assert answered == [{"label": int(s >= 0.5), "score": round(s, 6)} for s in scores[:50]]
+
+
+def test_round6_is_round_to_6_places_bit_for_bit():
+    import random
+    import struct
+
+    generator = random.Random(5)
+    values = [generator.random() for _ in range(200_000)] + [generator.random() ** 9 for _ in range(50_000)]
+    values += [k / 1e6 + d for k in range(0, 1_000_001, 101) for d in (0.0, 5e-7, -5e-7, 4.999999e-7)]
+    values += [0.0, 1.0, 0.5, 5e-324, 0.0000005, 0.9999995, 1.5, -0.25, 1e300, float("inf")]
+    assert [struct.pack("d", model.round6(v)) for v in values] == [struct.pack("d", round(v, 6)) for v in values]
+
+
+def test_requests_of_one_event_loop_turn_share_one_log_write(bundle, tmp_path):
+    """With other requests in flight, the app holds each request's log line for one turn
+    of the event loop; then one write(2) logs every line held, before any of those
+    requests is answered."""
+    import asyncio
+
+    import orjson
+
+    from cauce.serving.app import PredictionApp, RequestLog
+
+    model_dir, instances = bundle
+    app = PredictionApp(model.load(model_dir, serving=True), request_log=RequestLog(tmp_path, "test"))
+    writes, events = [], []
+    original = app.request_log._write
+
+    def write(data: bytes) -> None:
+        writes.append(data.count(b"\n"))
+        events.append(("write", data.count(b"\n")))
+        original(data)
+
+    app.request_log._write = write
+
+    async def request(i: int) -> None:
+        async def receive():
+            return {"type": "http.request", "body": orjson.dumps({"instances": instances[i : i + 1]}), "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                events.append(("answer", message["status"]))
+
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [], "client": ("127.0.0.1", 1)}
+        await app(scope, receive, send)
+
+    async def turn(count: int) -> None:
+        tasks = {asyncio.ensure_future(request(i)) for i in range(count)}
+        app.in_flight = tasks  # what cauce.serving.server gives the app: uvicorn's requests in flight
+        await asyncio.gather(*tasks)
+
+    asyncio.run(turn(5))
+    assert writes == [5] and events[0] == ("write", 5) and events[1:] == [("answer", 200)] * 5
+    writes.clear(), events.clear()
+    app.in_flight = None  # a lone request (and any server that does not say): written at once
+    asyncio.run(request(7))
+    assert writes == [1] and events == [("write", 1), ("answer", 200)]
+    lines = [orjson.loads(line) for line in app.request_log.path.read_bytes().splitlines()]
+    assert [orjson.loads(line["request_payload"][0]) for line in lines] == instances[:5] + [instances[7]]

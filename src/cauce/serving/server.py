@@ -131,6 +131,7 @@ def serve(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", http=_header_timeout_protocol()
     )
     server = uvicorn.Server(config)
+    app.in_flight = server.server_state.tasks  # one request-log write per turn of the event loop (PredictionApp)
     # Set TCP_NODELAY ourselves: without it keep-alive responses can wait ~40 ms
     # for a delayed ACK (uvicorn#3149; docs/architecture.md, "Measured facts").
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
