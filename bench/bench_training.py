@@ -45,6 +45,12 @@ TFX_ANCHOR = {"rows": 1_000_000, "seconds": 416.0, "peak_gb": 2.5}
 GOALS_1M = {"pipeline total": 42.0, "train": 10.0, "evaluate": 10.0, "champion": 1.5, "register": 1.5, "deploy": 1.5}
 GOAL_PEAK_GB = 1.5
 GOAL_AUC = 0.897
+# Why a goal can miss for reasons outside our code (measured: bench/README.md), printed with a miss.
+KNOWN_CAUSES = {
+    "register": "MLflow's own start-up: importing mlflow 1.3-1.9 s and opening its SQLAlchemy store 0.7 s",
+    "deploy": "MLflow's own start-up for the champion alias (import 1.3-1.9 s, store 0.7 s), "
+    "overlapped with the serving process's start",
+}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -216,6 +222,8 @@ def report(results: dict[int, dict]) -> None:
                 continue
             verdict = "met" if value <= limit else f"MISSED by {value - limit:.1f} {unit}"
             print(f"  {name:<16} {value:8.2f} {unit:<2} goal <= {limit:g} {unit}: {verdict}")
+            if value > limit and name in KNOWN_CAUSES:
+                print(f"  {'':<16} why: {KNOWN_CAUSES[name]}")
         auc = one["auc"]
         if auc is not None:
             print(f"  {'eval AUC':<16} {auc:8.5f}    goal >= {GOAL_AUC}: {'met' if auc >= GOAL_AUC else 'MISSED'}")
