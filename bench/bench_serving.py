@@ -80,6 +80,14 @@ MODELS = {
 }
 GOAL_P50_MS = 0.5
 GOAL_FLOOR_SHARE = 0.60
+# Why the linear model's floor share can miss (measured: bench/README.md), printed with a miss.
+FLOOR_SHARE_CAUSES = {
+    1: "the model is 1.3 us; the rest of ours' ~48 us of server CPU per request (the floor's ~28.5) is uvicorn's "
+    "ASGI cycle, JSON in and out and the request-log line, each 2-3x its tight-loop cost with wrk on the other "
+    "core; c=8 lands at 53-61 % from run to run",
+    32: "32 instances are scored one by one in Python, and their JSON and 32 request-log strings cost more than "
+    "the floor's whole request",
+}
 GOAL_IMAGE_MB = 500
 # KServe 0.21 and what it needs beyond the lock (pip --dry-run against the dev venv).
 KSERVE_PACKAGES = [
@@ -602,6 +610,8 @@ def report(results: dict, args, soak: dict | None, alive, logged) -> bool:
             verdict = "met" if worst >= GOAL_FLOOR_SHARE else f"MISSED by {GOAL_FLOOR_SHARE - worst:.0%} points in the worst cell"
             goal = " (the goal row)" if batch == 1 else " (for reference)"
             print(f"  linear model, {batch} instance(s), share of the constant-JSON floor: {cells} (>= 60 % each){goal}: {verdict}")
+            if worst < GOAL_FLOOR_SHARE:
+                print(f"    why: {FLOOR_SHARE_CAUSES[batch]}")
     try:
         sys.path.insert(0, str(ROOT / "src"))
         from cauce import families
