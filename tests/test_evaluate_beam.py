@@ -3,6 +3,7 @@ evaluation as in process, the exact metrics included, merged from per-batch aggr
 (components/evaluate/metrics.py); and the Dataflow launch against the Dataflow stand-in."""
 
 import json
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -143,3 +144,21 @@ def test_dataflow_needs_gcs_locations(models, tmp_path):
     dataset = split_in_files(tmp_path / "dataset", generate_taxi_trips(300, seed=4), 300)
     with pytest.raises(CauceError, match="runner=DataflowRunner needs a work_uri and an output_uri"):
         run_evaluate(candidate, dataset, tmp_path / "out", thresholds={"auc": 0.5}, runner="DataflowRunner")
+
+
+def test_group_sums_are_the_same_number_however_beams_batches_merge():
+    """The plots' group means: exact partials merged in any grouping and order give
+    math.fsum of all the values (float64 scores, whose plain sums depend on the order)."""
+    from cauce.components.evaluate.executor import exact_partials
+
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.random(5000), rng.random(50) * 1e-12, 1 - rng.random(50) * 1e-15])
+    expected = math.fsum(scores)
+    for seed in range(5):
+        order = np.random.default_rng(seed).permutation(scores)
+        cuts = sorted(np.random.default_rng(seed + 10).choice(len(order), 7, replace=False))
+        merged: list[float] = []
+        for part in np.split(order, cuts)[::-1]:
+            merged = exact_partials(exact_partials(part), merged)
+        assert math.fsum(merged) == expected
+    assert sum(np.random.default_rng(1).permutation(scores)) != expected or sum(scores) != expected  # plain sums do differ

@@ -23,6 +23,7 @@ A rerun publishes a new attempt by replacing the manifest; earlier attempts stay
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from datetime import datetime, timezone
@@ -206,11 +207,14 @@ class _ScoreBatches(beam.DoFn):
         grouped = (
             rows.append_column("group", pa.array(executor.plot_groups(rows.column(executor.PREDICTION_KEY).to_numpy())))
             .group_by([*keys, "group"], use_threads=False)
-            .aggregate([(executor.PREDICTION_KEY, kind) for kind in ("sum", "min", "max", "count")])
+            .aggregate([(executor.PREDICTION_KEY, kind) for kind in ("list", "min", "max", "count")])
         )
         names = [*keys, "group"]
         key_values = [grouped.column(name).to_pylist() for name in names]
-        stats = [grouped.column(f"{executor.PREDICTION_KEY}_{kind}").to_pylist() for kind in ("sum", "min", "max", "count")]
+        # Each group's sum as exact partials: merged across batches, they give the same
+        # correctly rounded sum as the in-process path (executor.group_means).
+        partials = [executor.exact_partials(values.values.to_numpy()) for values in grouped.column(f"{executor.PREDICTION_KEY}_list").combine_chunks()]
+        stats = [partials] + [grouped.column(f"{executor.PREDICTION_KEY}_{kind}").to_pylist() for kind in ("min", "max", "count")]
         for index in range(grouped.num_rows):
             yield "groups", (tuple(values[index] for values in key_values), tuple(s[index] for s in stats))
 
@@ -228,19 +232,20 @@ def _batch_labels(table: pa.Table, model, split: str) -> pa.Array:
 
 
 def _merge_groups(values):
-    total, low, high, count = 0.0, np.inf, -np.inf, 0
-    for part_sum, part_min, part_max, part_count in values:
-        total, low, high, count = total + part_sum, min(low, part_min), max(high, part_max), count + part_count
-    return total, low, high, count
+    partials, low, high, count = [], np.inf, -np.inf, 0
+    for part_partials, part_min, part_max, part_count in values:
+        partials = executor.exact_partials(part_partials, partials)
+        low, high, count = min(low, part_min), max(high, part_max), count + part_count
+    return partials, low, high, count
 
 
 def _examples(label: str, slice_features: list[str]):
     def build(groups) -> pa.RecordBatch:
         groups = sorted(groups)
         columns = {name: [key[index] for key, _ in groups] for index, name in enumerate([label, *slice_features])}
-        total, low, high, count = (np.array([stats[i] for _, stats in groups], dtype=np.float64) for i in range(4))
-        # The group's mean, kept inside the group's interval (a rounding error could leave it).
-        columns[executor.PREDICTION_KEY] = np.minimum(np.maximum(total / count, low), high)
+        sums = np.array([math.fsum(stats[0]) for _, stats in groups], dtype=np.float64)
+        low, high, count = (np.array([stats[i] for _, stats in groups], dtype=np.float64) for i in range(1, 4))
+        columns[executor.PREDICTION_KEY] = executor.group_means(sums, count, low, high)
         columns[executor.WEIGHT_KEY] = count
         return pa.table(columns).combine_chunks().to_batches()[0]
 

@@ -425,22 +425,49 @@ def aggregate_for_tfma(eval_table: pa.Table, group_columns: list[str]) -> pa.Tab
         keyed = keyed.append_column(f"{name}__group", pa.array(plot_groups(keyed.column(name).to_numpy())))
     keys = group_columns + [f"{name}__group" for name in prediction_columns]
     grouped = keyed.group_by(keys, use_threads=False).aggregate(
-        [(name, kind) for name in prediction_columns for kind in ("mean", "min", "max")]
+        [(name, kind) for name in prediction_columns for kind in ("list", "min", "max")]
         + [(prediction_columns[0], "count")]
     )
     if grouped.num_rows > eval_table.num_rows // 2:
         return eval_table.append_column(WEIGHT_KEY, weights)
     columns = {name: grouped.column(name) for name in group_columns}
+    counts = grouped.column(f"{prediction_columns[0]}_count").to_numpy().astype(np.float64)
     for name in prediction_columns:
-        # A computed mean can land a rounding error outside the group (n equal
-        # values on an edge): clamp it to the group's own extremes, which are
-        # real members of the interval.
-        columns[name] = pc.min_element_wise(
-            pc.max_element_wise(grouped.column(f"{name}_mean"), grouped.column(f"{name}_min")),
-            grouped.column(f"{name}_max"),
-        )
-    columns[WEIGHT_KEY] = pc.cast(grouped.column(f"{prediction_columns[0]}_count"), pa.float64())
+        sums = [math.fsum(values.values.to_numpy()) for values in grouped.column(f"{name}_list").combine_chunks()]
+        columns[name] = group_means(np.array(sums), counts, grouped.column(f"{name}_min"), grouped.column(f"{name}_max"))
+    columns[WEIGHT_KEY] = counts
     return pa.table(columns)
+
+
+def group_means(sums: np.ndarray, counts: np.ndarray, lows, highs) -> np.ndarray:
+    """Each group's mean prediction from its exact sum (``math.fsum``: correctly rounded,
+    so the same number whatever order the rows were added in: in one table here, merged
+    from Beam's batches in ``dataflow``), kept within the group's own extremes: a
+    computed mean can land a rounding error outside the group (n equal values on an
+    edge), and the extremes are real members of the interval."""
+    return np.minimum(np.maximum(sums / counts, np.asarray(lows, dtype=np.float64)), np.asarray(highs, dtype=np.float64))
+
+
+def exact_partials(values, partials=()) -> list[float]:
+    """Shewchuk's non-overlapping partials of the sum of ``partials`` and ``values``:
+    floats whose exact sum is exactly that sum, so ``math.fsum`` of them is the correctly
+    rounded total of every value ever added, in any order and any grouping (how Beam's
+    batches of a group merge). The same algorithm ``math.fsum`` runs internally."""
+    partials = list(partials)
+    for x in values:
+        x = float(x)
+        kept = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            high = x + y
+            low = y - (high - x)
+            if low:
+                partials[kept] = low
+                kept += 1
+            x = high
+        partials[kept:] = [x]
+    return partials
 
 
 def normalize_change_thresholds(change_thresholds: dict | None, task: str = "binary") -> dict[str, float]:
