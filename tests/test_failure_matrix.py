@@ -609,7 +609,7 @@ def test_no_answered_request_is_missing_from_the_log_after_sigkill(serving, bund
 @pytest.fixture(scope="module")
 def apps(trained_model, tmp_path_factory):
     """The real prediction app (no HTTP: its whole request path) for the linear model,
-    which takes the fast path (cauce.serving.fast), and for a gradient-boosted one,
+    which takes the fused linear scorer (cauce.features.LinearScorer), and for a gradient-boosted one,
     which takes the estimator's own predict_proba."""
     from cauce import model as model_bundle
     from cauce.components.train.executor import run_train

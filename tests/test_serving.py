@@ -180,14 +180,14 @@ def test_linear_scorer_of_an_older_bundle_comes_from_its_estimator(trained_model
     from pathlib import Path
 
     from cauce import model
-    from cauce.serving.fast import accelerate
+    from cauce.serving.app import Deployment
 
     raw, _, _, model_dir = trained_model
     old = Path(shutil.copytree(model_dir, tmp_path / "old"))
     (old / model.LINEAR_FILE).unlink()
     (old / model.ONNX_FILE).unlink()
     instances = smoke_instances_from(raw, "eval", model_dir, rows=300)
-    loaded = accelerate(model.load(old, serving=True))
+    loaded = Deployment("old", model.load(old, serving=True)).model
     assert type(loaded) is model.SklearnModel and "linear" in vars(loaded)
     reference = model.SklearnModel(metadata=loaded.metadata, transform=loaded.transform, estimator=loaded.estimator)
     for rows in (1, 2, 7, 32, 300):

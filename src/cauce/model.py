@@ -123,7 +123,7 @@ class LoadedModel:
         """Model outputs for an encoded matrix: binary -> p(class 1) ``(n,)``;
         multiclass -> probabilities ``(n, k)``; regression -> values ``(n,)``."""
         features = np.asarray(features, dtype=np.float32)
-        width = len(self.transform.feature_names)
+        width = self.transform.width  # not len(feature_names), which builds every one-hot name
         if features.ndim != 2 or features.shape[1] != width:
             raise CauceError(f"encoded features have shape {features.shape}; this model expects (rows, {width})")
         return self._outputs(features)

@@ -50,7 +50,6 @@ import orjson
 from cauce import model as model_bundle
 from cauce.artifacts import CauceError
 from cauce.model import LoadedModel
-from cauce.serving.fast import accelerate
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +152,6 @@ class RequestLog:
         while written < len(data):  # a short write (a signal, a nearly full disk): finish the line
             written += os.write(self._fd, data[written:])
 
-    def flush(self) -> None:
-        """Nothing to flush: every line is written when logged (kept for callers)."""
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -169,7 +165,7 @@ class Deployment:
 
     def __init__(self, deployed_model_id: str, model: LoadedModel, model_dir: str = ""):
         self.deployed_model_id = deployed_model_id
-        self.model = accelerate(model)
+        self.model = model
         self.model_dir = model_dir
         # Binary and regression predictions hold numbers only ({"label": 0|1, "score": p},
         # {"value": x}): their serialized list splits exactly at "},{".
